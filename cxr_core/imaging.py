@@ -1,0 +1,196 @@
+"""Decode and validate an uploaded X-ray into an :class:`XRay` record.
+
+PNG (8/16-bit, grayscale, RGB, RGBA, palette), JPEG, TIFF and DICOM all end up as one float32
+array in [0, 1] at the original resolution, bone bright, with only non-identifying metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxr_core.config import get_settings
+from cxr_core.dicom import is_dicom, read_dicom
+from cxr_core.errors import (
+    CorruptImageError,
+    EmptyFileError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    UnsupportedFormatError,
+)
+
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpeg",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+}
+ACCEPTED = "PNG, JPEG, TIFF or DICOM"
+
+
+@dataclass(frozen=True)
+class XRay:
+    """One radiograph as the rest of CXR Review sees it.
+
+    Attributes
+    ----------
+    pixels : (H, W) float32 ndarray
+        Values in [0, 1], original resolution, bone bright.
+    source_format : str
+        ``"png"``, ``"jpeg"``, ``"tiff"`` or ``"dicom"``.
+    bit_depth : int
+        Bits per sample of the source (8, 12, 16, ...).
+    sha256 : str
+        SHA-256 of the decoded float32 pixels: the image's identity, whatever file it came in.
+    name : str or None
+        File name given by the user, if any.
+    metadata : dict
+        Non-identifying facts only (modality, view, photometric interpretation, pixel spacing,
+        size, manufacturer); never names, ids, dates, institutions or free text.
+    warnings : tuple of str
+        Odd-but-accepted things a reader should know (e.g. a CT modality).
+    was_color : bool
+        The source had colour channels that were converted to luminance.
+    """
+
+    pixels: np.ndarray
+    source_format: str
+    bit_depth: int
+    sha256: str
+    name: str | None = None
+    metadata: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    was_color: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pixels.shape  # type: ignore[return-value]
+
+
+def pixel_sha256(pixels: np.ndarray) -> str:
+    """SHA-256 of a float32 C-contiguous pixel array, with its shape mixed in."""
+    arr = np.ascontiguousarray(pixels, dtype=np.float32)
+    digest = hashlib.sha256(f"{arr.shape[0]}x{arr.shape[1]}:".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def sniff_format(data: bytes) -> str:
+    """Return the format of ``data`` from its magic bytes, or raise :class:`UnsupportedFormatError`."""
+    if not data:
+        raise EmptyFileError("the file is empty (0 bytes); expected a " + ACCEPTED + " image")
+    if is_dicom(data):  # first: a DICOM preamble may itself look like a TIFF header
+        return "dicom"
+    for magic, fmt in _MAGIC.items():
+        if data.startswith(magic):
+            return fmt
+    head = data[:8]
+    raise UnsupportedFormatError(f"not an image CXR Review can read (starts with {head!r}); expected {ACCEPTED}")
+
+
+def _pil_to_unit(img) -> tuple[np.ndarray, int, bool]:
+    """PIL image to (float [0, 1] luminance, bit depth, was_color). Alpha is composited on black."""
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img, dtype=np.float64) / 65535.0, 16, False
+    if mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.max() <= 65535 and arr.min() >= 0:
+            return arr / 65535.0, 16, False
+        lo, hi = arr.min(), arr.max()
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, False
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = arr.min(), arr.max()
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, False
+    if mode == "1":
+        return np.asarray(img, dtype=np.float64), 1, False
+    if mode == "L":
+        return np.asarray(img, dtype=np.float64) / 255.0, 8, False
+    if mode == "LA":
+        arr = np.asarray(img, dtype=np.float64) / 255.0
+        return arr[..., 0] * arr[..., 1], 8, False
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
+    rgb = rgba[..., :3] * rgba[..., 3:4]
+    lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    colourful = bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() > 1e-6 or np.abs(rgb[..., 1] - rgb[..., 2]).max() > 1e-6)
+    return lum, 8, colourful
+
+
+def _read_raster(data: bytes, fmt: str, max_pixels: int) -> tuple[np.ndarray, int, bool]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
+                )
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise CorruptImageError(f"{fmt.upper()} data could not be decoded: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(f"{fmt.upper()} data is truncated or damaged: {exc}") from exc
+    return _pil_to_unit(img)
+
+
+def load_xray(source: str | Path | bytes, name: str | None = None) -> XRay:
+    """Read a file path or raw bytes into an :class:`XRay`.
+
+    Parameters
+    ----------
+    source : path or bytes
+        The file, or its content (an upload).
+    name : str, optional
+        A display name; defaults to the file name of a path.
+
+    Raises
+    ------
+    EmptyFileError, UnsupportedFormatError, CorruptImageError, ImageTooLargeError,
+    ImageTooSmallError, MultiFrameError
+        Each with a one-line message saying what was got and what is accepted.
+    """
+    settings = get_settings()
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CorruptImageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        name = name or path.name
+    else:
+        data = bytes(source)
+    fmt = sniff_format(data)
+    notes: tuple[str, ...] = ()
+    metadata: dict = {}
+    if fmt == "dicom":
+        dcm = read_dicom(data, max_pixels=settings.max_pixels)
+        pixels, bits, colour, metadata, notes = dcm.pixels, dcm.bit_depth, dcm.was_color, dcm.metadata, dcm.warnings
+    else:
+        pixels, bits, colour = _read_raster(data, fmt, settings.max_pixels)
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if pixels.ndim != 2:
+        raise CorruptImageError(f"decoded image has shape {pixels.shape}; expected a 2-D grayscale radiograph")
+    height, width = pixels.shape
+    if min(height, width) < settings.min_side:
+        raise ImageTooSmallError(
+            f"image is {width}x{height} pixels; a chest X-ray must be at least {settings.min_side} pixels on each side"
+        )
+    if not np.isfinite(pixels).all():
+        raise CorruptImageError("decoded pixels contain NaN or infinity")
+    metadata = {**metadata, "height": height, "width": width}
+    return XRay(pixels, fmt, bits, pixel_sha256(pixels), name, metadata, notes, colour)
