@@ -49,12 +49,14 @@ def _metadata(ds) -> dict:
         value = ds.get(keyword)
         if value not in (None, ""):
             meta[key] = str(value)
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    if spacing is not None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):  # a 0\\0 spacing means "unknown", not 0 mm
         try:
-            meta["pixel_spacing_mm"] = [float(v) for v in spacing]
+            spacing = [float(v) for v in ds.get(keyword) or ()]
         except (TypeError, ValueError):
-            pass
+            continue
+        if len(spacing) == 2 and min(spacing) > 0:
+            meta["pixel_spacing_mm"] = spacing
+            break
     meta["rows"], meta["columns"] = int(ds.Rows), int(ds.Columns)
     return meta
 
@@ -120,10 +122,14 @@ def read_dicom(data: bytes, *, max_pixels: int) -> DicomImage:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns (to stderr) on a truncated file; handled below
+            ds = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise CorruptImageError(f"DICOM header could not be read ({exc}); the file is truncated or damaged") from exc
     if "PixelData" not in ds:
+        if "Rows" in ds or "SOPClassUID" not in ds:  # an image header without its pixels, or no real header
+            raise CorruptImageError("DICOM data is truncated or damaged: no readable pixel data after the header")
         raise CorruptImageError("DICOM file has no pixel data (a report or structured document, not an image)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:

@@ -109,6 +109,8 @@ def _pil_to_unit(img) -> tuple[np.ndarray, int, bool]:
         return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, False
     if mode == "F":
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():  # else min/max are NaN and the image silently turns black
+            raise CorruptImageError("decoded pixels contain NaN or infinity")
         lo, hi = arr.min(), arr.max()
         return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, False
     if mode == "1":
