@@ -1,0 +1,178 @@
+"""Reports: CSV, JSON and COCO parse back to what went in; the HTML is offline and holds the gallery."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_core.agreement import aggregate, diagnosis_agreement, reader_agreement, score_records
+from cxr_core.reports import (
+    CSV_FIELDS,
+    EXPERT_RGB,
+    HEATMAP_RGB,
+    CocoAnnotation,
+    GalleryCase,
+    Report,
+    ReportError,
+    case_uri,
+    pick_cases,
+    render_case,
+    rle_decode,
+    rle_encode,
+    to_coco,
+    to_csv,
+    to_html,
+    to_json,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _tags(page: str) -> list[tuple[str, dict]]:
+    """Every start tag with its attributes (script bodies are not parsed as markup)."""
+    found = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.append((tag, dict(attrs)))
+
+    Collect().feed(page)
+    return found
+
+
+@pytest.fixture(scope="module")
+def session():
+    """Scores of two models on three real lung masks (one image marked Normal), plus the arrays."""
+    masks = [np.asarray(Image.open(p)) > 0 for p in sorted((FIXTURES / "lung_masks").glob("hannover_*.png"))]
+    shape = (64, 80)  # small copies keep the HTML test fast
+    masks = [np.asarray(Image.fromarray(m).resize(shape[::-1], Image.NEAREST)) for m in masks]
+    rng = np.random.default_rng(0)
+    gts = np.stack(masks)
+    ids, targets = ["img0", "img1", "img2"], ["COVID-19", "COVID-19", "Normal"]
+    heatmaps = {m: rng.random((3, 7, 7)) for m in ("resnet50", "vgg16")}
+    scores = []
+    for model, maps in heatmaps.items():
+        scores += score_records(maps, gts, image_ids=ids, model=model, method="gradcam", target=targets,
+                                reader="dr1", session="s1")
+    return scores, gts, heatmaps
+
+
+def test_csv_parses_back_one_row_per_score(session):
+    scores, _, _ = session
+    rows = list(csv.DictReader(io.StringIO(to_csv(scores))))
+    assert len(rows) == len(scores) and tuple(rows[0]) == CSV_FIELDS
+    for row, s in zip(rows, scores):
+        for key, value in s.to_dict().items():
+            if isinstance(value, float):
+                assert (row[key] == "" and math.isnan(value)) or float(row[key]) == value
+            else:
+                assert row[key] == value
+
+
+def test_json_holds_everything_and_parses_back(session):
+    scores, gts, _ = session
+    report = Report("Session s1", scores, groups=aggregate(scores, n_boot=100),
+                    reader_pairs=reader_agreement({"img0": {"dr1": gts[0], "dr2": gts[1]}}),
+                    diagnosis=diagnosis_agreement(["COVID-19", "Normal"], ["COVID-19", "COVID-19"]),
+                    meta={"session": "s1", "weights_sha256": {"resnet50": "ab" * 32}})
+    doc = json.loads(to_json(report))
+    assert doc["method"]["thresholds"] == ["otsu"] and doc["method"]["rules"] == ["true_positive_only"]
+    assert any("CheXlocalize" in line for line in doc["method"]["conventions"])
+    assert {"numpy", "opencv", "scikit-learn", "cxr_core"} <= set(doc["versions"])
+    assert doc["checksums"]["scores_csv_sha256"] == hashlib.sha256(to_csv(scores).encode()).hexdigest()
+    assert doc["meta"]["weights_sha256"]["resnet50"] == "ab" * 32
+    for got, s in zip(doc["scores"], scores):
+        assert got["threshold"] == "otsu" and got["image_id"] == s.image_id
+        assert (got["iou"] is None and math.isnan(s.iou)) or got["iou"] == s.iou
+    assert len(doc["groups"]) == len(report.groups) and doc["groups"][-1]["normal"] is True
+    assert doc["reader_pairs"][0]["reader_b"] == "dr2"
+    assert doc["diagnosis"]["matrix"] == [[1, 0], [1, 0]]
+
+
+def test_rle_hand_computed_and_round_trip():
+    # column-major: (0,0) (1,0) | (0,1) (1,1) | (0,2) (1,2) = 0 0 | 1 0 | 1 1 -> runs 2 zeros, 1, 1, 2
+    assert rle_encode(np.array([[0, 1, 1], [0, 0, 1]], bool)) == {"size": [2, 3], "counts": [2, 1, 1, 2]}
+    assert rle_encode(np.array([[1, 0], [0, 0]], bool))["counts"] == [0, 1, 3]  # starts inside: 0 zeros first
+    rng = np.random.default_rng(1)
+    for m in (rng.random((17, 23)) > 0.5, np.ones((4, 5), bool), np.zeros((4, 5), bool)):
+        np.testing.assert_array_equal(rle_decode(rle_encode(m)), m)
+    with pytest.raises(ReportError, match="sum to h\\*w = 6"):
+        rle_decode({"size": [2, 3], "counts": [2, 1]})
+    with pytest.raises(ReportError, match="compressed"):
+        rle_decode({"size": [2, 3], "counts": "52203"})
+
+
+def test_coco_parses_back_to_the_same_masks(session):
+    _, gts, _ = session
+    anns = [CocoAnnotation("img0", "img0.png", "lungs", gts[0], reader="dr1"),
+            CocoAnnotation("img0", "img0.png", "lungs", gts[1], reader="dr2"),
+            CocoAnnotation("img1", "img1.png", "lungs", np.zeros_like(gts[0]), reader="dr1")]
+    doc = json.loads(to_coco(anns))
+    assert [(i["id"], i["file_name"], i["height"], i["width"]) for i in doc["images"]] == [
+        (1, "img0.png", 64, 80), (2, "img1.png", 64, 80)]
+    assert doc["categories"] == [{"id": 1, "name": "lungs", "supercategory": ""}]
+    assert len(doc["annotations"]) == 2  # the empty mask lists its image but adds no annotation
+    for ann, gt in zip(doc["annotations"], gts[:2]):
+        np.testing.assert_array_equal(rle_decode(ann["segmentation"]), gt)
+        rows, cols = np.nonzero(gt)
+        assert ann["area"] == gt.sum() and ann["iscrowd"] == 1
+        assert ann["bbox"] == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+    assert [a["attributes"]["reader"] for a in doc["annotations"]] == ["dr1", "dr2"]
+    with pytest.raises(ReportError, match="masks of sizes"):
+        to_coco([anns[0], CocoAnnotation("img0", "img0.png", "lungs", np.zeros((3, 3), bool))])
+
+
+def test_render_case_draws_both_outlines_in_their_colours():
+    image = np.full((40, 40), 0.5)
+    expert, predicted = np.zeros((40, 40), bool), np.zeros((40, 40), bool)
+    expert[5:15, 5:15] = True
+    predicted[20:35, 20:35] = True
+    rgb = render_case(image, expert, predicted)
+    assert rgb.shape == (40, 40, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[5, 10]) == EXPERT_RGB and tuple(rgb[20, 25]) == HEATMAP_RGB  # on each boundary
+    assert tuple(rgb[10, 10]) == (128, 128, 128) and tuple(rgb[0, 0]) == (128, 128, 128)  # inside and out: gray
+    with pytest.raises(ReportError, match="differs from image shape"):
+        render_case(image, expert[:10], predicted)
+
+
+def test_pick_cases_lowest_and_highest_without_overlap(session):
+    scores, _, _ = session
+    finite = sorted((s for s in scores if not math.isnan(s.iou)), key=lambda s: s.iou)
+    worst, best = pick_cases(scores, k=2)
+    assert worst == finite[:2] and best == finite[::-1][:2]
+    worst, best = pick_cases(scores, k=len(finite))
+    assert worst == finite and best == []
+
+
+def test_html_is_offline_and_contains_every_gallery_image(session):
+    scores, gts, heatmaps = session
+    worst, best = pick_cases(scores, k=1)
+    cases = []
+    for kind, picked in (("worst", worst), ("best", best)):
+        for s in picked:
+            i = ["img0", "img1", "img2"].index(s.image_id)
+            image = np.linspace(0, 1, gts[i].size).reshape(gts[i].shape)
+            predicted = np.roll(gts[i], 5, axis=1)
+            cases.append(GalleryCase(s, image, gts[i], predicted, kind))
+    report = Report("Session <s1>", scores, groups=aggregate(scores, n_boot=100), gallery=cases,
+                    meta={"session": "s1"})
+    page = to_html(report)
+    assert page.startswith("<!DOCTYPE html>") and "Session &lt;s1&gt;" in page
+    for case in cases:
+        assert case_uri(case) in page
+    tags = _tags(page)
+    assert [a["src"] for t, a in tags if t == "img"] == [case_uri(c) for c in cases]
+    external = [a for t, a in tags if (t == "script" and "src" in a) or (t == "link" and "href" in a)]
+    assert external == []  # plotly.js is inline: the page opens offline
+    assert sum(t == "script" for t, _ in tags) >= 3 and "plotly.js v" in page  # the library, then 2 charts
+    assert "not diagnoses" in page and "true_positive_only" in page and "CheXlocalize" in page
+    assert "Normal images (reported apart)" in page
