@@ -101,7 +101,9 @@ def model_output_decision(s: Session, reader_id: int | None, image_sha: str) -> 
         ))
     )
     if assigned:
-        return BlindingDecision(True, "Your reading of this image is submitted in every blind session; the model's result may be revealed.")
+        return BlindingDecision(
+            True, "Your reading of this image is submitted in every blind session; the model's result may be revealed."
+        )
     return BlindingDecision(True, "No blind session holds this image for this reader.")
 
 

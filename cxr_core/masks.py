@@ -321,13 +321,17 @@ def _flatten(subpath: list[tuple[str, np.ndarray]], to_rc) -> np.ndarray:
 
 def _object_mask(obj: Mapping[str, Any], kind: str, shape: tuple[int, int], fit: dict[str, float]) -> np.ndarray:
     if obj.get("exactBoundingBox"):
-        raise UnsupportedShapeError(f"canvas {obj['type']} uses exactBoundingBox=true; only Fabric's default false is supported")
+        raise UnsupportedShapeError(
+            f"canvas {obj['type']} uses exactBoundingBox=true; only Fabric's default false is supported"
+        )
     evenodd = obj.get("fillRule") == "evenodd"
     if kind in ("circle", "ellipse"):
         if kind == "circle":
             start, end = _num(obj, "startAngle", 0.0), _num(obj, "endAngle", 360.0)
             if (end - start) % 360 != 0:
-                raise UnsupportedShapeError(f"canvas Circle is an arc ({start} to {end} degrees); only full circles are supported")
+                raise UnsupportedShapeError(
+                    f"canvas Circle is an arc ({start} to {end} degrees); only full circles are supported"
+                )
             rx = ry = _num(obj, "radius", 0.0)
         else:
             rx, ry = _num(obj, "rx", 0.0), _num(obj, "ry", 0.0)
@@ -336,7 +340,10 @@ def _object_mask(obj: Mapping[str, Any], kind: str, shape: tuple[int, int], fit:
     if kind == "path":
         subpaths, offset = _path_segments(obj)
         lin, centre = _object_affine(obj, _num(obj, "width", 0.0), _num(obj, "height", 0.0))
-        rings = [_flatten(sp, lambda p: _canvas_to_rowcol((p - offset) @ lin.T + centre, fit, shape)) for sp in subpaths]
+        def to_rowcol(points: np.ndarray) -> np.ndarray:
+            return _canvas_to_rowcol((points - offset) @ lin.T + centre, fit, shape)
+
+        rings = [_flatten(sp, to_rowcol) for sp in subpaths]
         return _fill_rings(rings, shape, evenodd)
     w, h = _num(obj, "width", 0.0), _num(obj, "height", 0.0)
     if kind in ("polygon", "polyline"):
@@ -344,7 +351,9 @@ def _object_mask(obj: Mapping[str, Any], kind: str, shape: tuple[int, int], fit:
         try:
             local = np.array([[float(p["x"]), float(p["y"])] for p in raw]).reshape(-1, 2)
         except (TypeError, KeyError, ValueError):
-            raise MaskError(f"canvas {obj['type']} points {raw!r:.60}; expected a list of {{'x': .., 'y': ..}}") from None
+            raise MaskError(
+                f"canvas {obj['type']} points {raw!r:.60}; expected a list of {{'x': .., 'y': ..}}"
+            ) from None
         if len(local) == 0:
             return np.zeros(shape, dtype=bool)
         local = local - (local.min(axis=0) + local.max(axis=0)) / 2  # minus pathOffset

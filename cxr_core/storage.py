@@ -33,6 +33,7 @@ from cxr_core.errors import CXRError
 from cxr_core.storage_annotations import (  # noqa: F401  (re-exported)
     UNCERTAIN,
     AlreadySubmittedError,
+    AnnotationError,
     ConcurrentEditError,
     NotAssignedError,
     StaleVersionError,
@@ -105,7 +106,9 @@ def make_engine(url: str | None = None, *, migrate: bool = True, busy_timeout_ms
         memory = database in ("", ":memory:") or database.startswith("file:")
         if not memory:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}} if memory else {}
+        kwargs: dict[str, Any] = {}
+        if memory:  # one shared connection, or each would see its own empty database
+            kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         engine = create_engine(parsed, **kwargs)
         _configure_sqlite(engine, busy_timeout_ms)
     else:
@@ -262,8 +265,17 @@ def get_image(s: Session, sha256: str) -> Image | None:
 
 
 def image_pixels(image: Image) -> np.ndarray:
-    """The stored pixels as (H, W) float32 in [0, 1]."""
+    """The stored pixels as (H, W) float32 in [0, 1] (the PNG is loaded on first access, so
+    call this while the image's Session is open, or use :func:`load_pixels`)."""
     return decode_pixels(image.png)
+
+
+def load_pixels(s: Session, sha256: str) -> np.ndarray:
+    """The stored pixels of the image with this hash, (H, W) float32 in [0, 1]."""
+    png = s.scalar(select(Image.png).where(Image.sha256 == sha256))
+    if png is None:
+        raise StorageError(f"image {sha256[:12]}... is not stored")
+    return decode_pixels(png)
 
 
 # --- sessions and queues ---------------------------------------------------------------------
@@ -347,9 +359,12 @@ def create_session(
     shas = list(dict.fromkeys(image_shas))
     if not shas:
         raise StorageError("no images given; a session needs at least one image")
-    missing = [sha for sha in shas if s.get(Image, sha) is None]
+    stored = set(s.scalars(select(Image.sha256).where(Image.sha256.in_(shas))))
+    missing = [sha for sha in shas if sha not in stored]
     if missing:
-        raise StorageError(f"{len(missing)} image(s) not stored, e.g. {missing[0][:12]}...; add them with add_image() first")
+        raise StorageError(
+            f"{len(missing)} image(s) not stored, e.g. {missing[0][:12]}...; add them with add_image() first"
+        )
     if created_by is not None and s.get(Reader, created_by) is None:
         raise StorageError(f"created_by={created_by} is no reader id")
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
@@ -372,12 +387,16 @@ def assign_reader(s: Session, session_id: int, reader_id: int, *, shuffle: bool 
         raise StorageError(f"reader id {reader_id} does not exist")
     if s.get(SessionReader, (session_id, reader_id)) is not None:
         raise StorageError(f"reader {reader_id} is already assigned to session {session.name!r}")
-    shas = list(s.scalars(select(SessionImage.image_sha).where(SessionImage.session_id == session_id).order_by(SessionImage.position)))
+    shas = list(s.scalars(
+        select(SessionImage.image_sha).where(SessionImage.session_id == session_id).order_by(SessionImage.position)
+    ))
     if shuffle:
         random.Random(f"{session.seed}:{reader_id}").shuffle(shas)
     s.add(SessionReader(session_id=session_id, reader_id=reader_id))
     s.flush()
-    s.add_all(QueueItem(session_id=session_id, reader_id=reader_id, position=i, image_sha=sha) for i, sha in enumerate(shas))
+    s.add_all(
+        QueueItem(session_id=session_id, reader_id=reader_id, position=i, image_sha=sha) for i, sha in enumerate(shas)
+    )
     s.flush()
 
 

@@ -101,7 +101,9 @@ def _queue_item(s: Session, session_id: int, reader_id: int, image_sha: str) -> 
         )
 
 
-def _rasterise(s: Session, image_sha: str, canvas: dict[str, Any], background_fit: Any, labels: Any) -> tuple[list, np.ndarray]:
+def _rasterise(
+    s: Session, image_sha: str, canvas: dict[str, Any], background_fit: Any, labels: Any
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Regions (index, type, label, area) and the union mask at the stored image's size."""
     image = s.get(Image, image_sha)
     shape = (image.height, image.width)
@@ -126,11 +128,15 @@ def _flush(s: Session, what: str) -> None:
         raise ConcurrentEditError(f"{what} collided with another save ({err.orig}); reload and try again") from err
 
 
+def _reading(reader_id: int, image_sha: str, session_id: int) -> tuple[Any, ...]:
+    """WHERE clauses selecting one reader's reading of one image in one session."""
+    return (Annotation.reader_id == reader_id, Annotation.image_sha == image_sha, Annotation.session_id == session_id)
+
+
 def latest_annotation(s: Session, *, reader_id: int, image_sha: str, session_id: int) -> Annotation | None:
     """The newest version of a reader's annotation of an image in a session, or ``None``."""
     return s.scalar(
-        select(Annotation)
-        .where(Annotation.reader_id == reader_id, Annotation.image_sha == image_sha, Annotation.session_id == session_id)
+        select(Annotation).where(*_reading(reader_id, image_sha, session_id))
         .order_by(Annotation.version.desc()).limit(1)
     )
 
@@ -138,9 +144,7 @@ def latest_annotation(s: Session, *, reader_id: int, image_sha: str, session_id:
 def annotation_history(s: Session, *, reader_id: int, image_sha: str, session_id: int) -> list[Annotation]:
     """Every version, oldest first."""
     return list(s.scalars(
-        select(Annotation)
-        .where(Annotation.reader_id == reader_id, Annotation.image_sha == image_sha, Annotation.session_id == session_id)
-        .order_by(Annotation.version)
+        select(Annotation).where(*_reading(reader_id, image_sha, session_id)).order_by(Annotation.version)
     ))
 
 
@@ -151,7 +155,10 @@ def latest_annotations(
     newest = select(
         Annotation.reader_id, Annotation.image_sha, Annotation.session_id, func.max(Annotation.version).label("version")
     )
-    for column, value in ((Annotation.session_id, session_id), (Annotation.reader_id, reader_id), (Annotation.image_sha, image_sha)):
+    filters = (
+        (Annotation.session_id, session_id), (Annotation.reader_id, reader_id), (Annotation.image_sha, image_sha)
+    )
+    for column, value in filters:
         if value is not None:
             newest = newest.where(column == value)
     newest = newest.group_by(Annotation.reader_id, Annotation.image_sha, Annotation.session_id).subquery()
@@ -225,7 +232,7 @@ def submit_annotation(
     )
     annotation = Annotation(reader_id=reader_id, image_sha=image_sha, session_id=session_id, version=1, **fields)
     s.add(annotation)
-    s.execute(delete(Draft).where(Draft.reader_id == reader_id, Draft.image_sha == image_sha, Draft.session_id == session_id))
+    delete_draft(s, reader_id=reader_id, image_sha=image_sha, session_id=session_id)
     _flush(s, "submission")
     return annotation
 

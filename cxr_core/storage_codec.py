@@ -43,7 +43,9 @@ def encode_pixels(pixels: np.ndarray, *, bit_depth: int = 16) -> bytes:
         if bit_depth not in (8, 16):
             raise CodecError(f"bit_depth={bit_depth}; expected 8 or 16")
         if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise CodecError(f"float pixels span [{np.nanmin(arr)}, {np.nanmax(arr)}]; expected finite values in [0, 1]")
+            raise CodecError(
+                f"float pixels span [{np.nanmin(arr)}, {np.nanmax(arr)}]; expected finite values in [0, 1]"
+            )
         top = 255 if bit_depth == 8 else 65535
         out = np.rint(arr * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
     else:

@@ -93,7 +93,7 @@ class Image(Base):
     __tablename__ = "images"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    png: Mapped[bytes] = mapped_column(LargeBinary)
+    png: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when read
     height: Mapped[int]
     width: Mapped[int]
     bit_depth: Mapped[int]

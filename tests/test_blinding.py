@@ -27,8 +27,9 @@ def study(factory):
         one = storage.create_session(s, name="blind-1", image_shas=[a, b], reader_ids=[ann, ben]).id
         two = storage.create_session(s, name="blind-2", image_shas=[a], reader_ids=[ann]).id
         open_ = storage.create_session(s, name="open", image_shas=[c], reader_ids=[ann], blind=False).id
-        storage.save_model_result(s, image_sha=a, model_name="m", model_checksum="0" * 64, method="gradcam",
-                                  target="Normal", probabilities={"Normal": 0.7}, heatmap=np.zeros((20, 20), np.float32))
+        storage.save_model_result(
+            s, image_sha=a, model_name="m", model_checksum="0" * 64, method="gradcam", target="Normal",
+            probabilities={"Normal": 0.7}, heatmap=np.zeros((20, 20), np.float32))
     return dict(ann=ann, ben=ben, cat=cat, a=a, b=b, c=c, d=d, one=one, two=two, open=open_)
 
 

@@ -150,7 +150,8 @@ def test_type_names_are_case_insensitive_and_labels_align():
     objs = [rect(0, 0, 10, 10, type="RECT"), {"type": "Line", "x1": 0, "y1": 0, "x2": 5, "y2": 5},
             dict(rect(20, 20, 5, 5), type="LabeledRect", label="nodule")]
     regions = region_masks(objs, image_shape=(50, 50), labels=["opacity", None, "nodule"])
-    assert [(r.index, r.kind, r.label, r.area) for r in regions] == [(0, "rect", "opacity", 100), (2, "labeledrect", "nodule", 25)]
+    got = [(r.index, r.kind, r.label, r.area) for r in regions]
+    assert got == [(0, "rect", "opacity", 100), (2, "labeledrect", "nodule", 25)]
     own = region_masks(json.dumps({"objects": objs}), image_shape=(50, 50))
     assert [r.label for r in own] == [None, "nodule"]
 
@@ -176,23 +177,24 @@ def test_empty_drawings_give_empty_masks():
 # filled on a 200 x 160 canvas; area and centroid (row, col) are of the pixels with alpha >= 128.
 
 FABRIC_RENDERED = [
-    ('{"type":"Rect","left":30.3,"top":20.7,"width":80,"height":50,"originX":"left","originY":"top","strokeWidth":7,"strokeUniform":true}', 3999, (48.51, 73.49)),
-    ('{"type":"Rect","left":30,"top":20,"width":80,"height":50,"originX":"left","originY":"top","scaleX":1.3,"scaleY":0.7,"angle":33,"strokeWidth":7,"strokeUniform":true}', 3640, (67.34, 64.64)),
-    ('{"type":"Rect","left":100,"top":80,"width":60,"height":30,"originX":"right","originY":"bottom","angle":-20,"flipX":true,"skewX":15,"strokeWidth":5}', 1796, (75.79, 58.58)),
-    ('{"type":"Circle","left":40,"top":70,"width":50,"height":50,"originX":"left","originY":"center","angle":37,"strokeWidth":9,"radius":25}', 1946, (87.29, 63.1)),
-    ('{"type":"Circle","left":120,"top":70,"width":60,"height":60,"originX":"center","originY":"center","scaleX":1.5,"angle":60,"strokeWidth":4,"radius":30}', 4214, (69.49, 119.48)),
-    ('{"type":"Ellipse","left":90,"top":90,"width":100,"height":40,"originX":"left","originY":"top","angle":25,"strokeWidth":3,"rx":50,"ry":20}', 3135, (130.79, 127.1)),
-    ('{"type":"Polygon","left":95,"top":82.5,"width":150,"height":115,"originX":"center","originY":"center","strokeWidth":20,"points":[{"x":20,"y":30},{"x":150,"y":25},{"x":170,"y":140},{"x":60,"y":120},{"x":90,"y":70}]}', 9720, (77.3, 112.53)),
-    ('{"type":"Polygon","left":105,"top":77.5,"width":150,"height":115,"originX":"center","originY":"center","scaleX":0.8,"scaleY":1.1,"angle":12,"strokeWidth":12,"points":[{"x":20,"y":30},{"x":150,"y":25},{"x":170,"y":140},{"x":60,"y":120}]}', 10631, (72.04, 111.25)),
-    ('{"type":"Polygon","left":14,"top":19,"width":150,"height":115,"originX":"left","originY":"top","scaleX":0.9,"angle":-15,"strokeWidth":12,"points":[{"x":20,"y":30},{"x":150,"y":25},{"x":170,"y":140},{"x":60,"y":120}]}', 10779, (54.41, 104.87)),
-    ('{"type":"Path","left":99.2208,"top":80.7383,"width":112.6695,"height":113.0651,"originX":"center","originY":"center","strokeWidth":20,"fill":null,"path":[["M",50,40],["Q",50,40,52,39],["Q",80,20,120,35],["Q",160,50,150,100],["Q",140,140,90,135],["Q",40,130,45,90],["Q",48,60,60,50],["L",62,48]]}', 9418, (82.38, 97.25)),
-    ('{"type":"Path","left":106.2208,"top":83.7383,"width":112.6695,"height":113.0651,"originX":"center","originY":"center","scaleX":0.7,"scaleY":0.9,"angle":20,"strokeWidth":20,"fill":null,"path":[["M",50,40],["Q",50,40,52,39],["Q",80,20,120,35],["Q",160,50,150,100],["Q",140,140,90,135],["Q",40,130,45,90],["Q",48,60,60,50],["L",62,48]]}', 5931, (84.77, 103.99)),
-    ('{"type":"Path","left":94.2429,"top":76.4095,"width":129.8853,"height":116.3502,"originX":"center","originY":"center","scaleY":0.8,"angle":8,"strokeWidth":6,"path":[["M",30,30],["C",90,-10,190,60,150,120],["C",120,150,20,140,30,30],["Z"]]}', 9304, (75.61, 92.6)),
+    ('{"type":"Rect","left":30.3,"top":20.7,"width":80,"height":50,"originX":"left","originY":"top","strokeWidth":7,"strokeUniform":true}', 3999, (48.51, 73.49)),  # noqa: E501
+    ('{"type":"Rect","left":30,"top":20,"width":80,"height":50,"originX":"left","originY":"top","scaleX":1.3,"scaleY":0.7,"angle":33,"strokeWidth":7,"strokeUniform":true}', 3640, (67.34, 64.64)),  # noqa: E501
+    ('{"type":"Rect","left":100,"top":80,"width":60,"height":30,"originX":"right","originY":"bottom","angle":-20,"flipX":true,"skewX":15,"strokeWidth":5}', 1796, (75.79, 58.58)),  # noqa: E501
+    ('{"type":"Circle","left":40,"top":70,"width":50,"height":50,"originX":"left","originY":"center","angle":37,"strokeWidth":9,"radius":25}', 1946, (87.29, 63.1)),  # noqa: E501
+    ('{"type":"Circle","left":120,"top":70,"width":60,"height":60,"originX":"center","originY":"center","scaleX":1.5,"angle":60,"strokeWidth":4,"radius":30}', 4214, (69.49, 119.48)),  # noqa: E501
+    ('{"type":"Ellipse","left":90,"top":90,"width":100,"height":40,"originX":"left","originY":"top","angle":25,"strokeWidth":3,"rx":50,"ry":20}', 3135, (130.79, 127.1)),  # noqa: E501
+    ('{"type":"Polygon","left":95,"top":82.5,"width":150,"height":115,"originX":"center","originY":"center","strokeWidth":20,"points":[{"x":20,"y":30},{"x":150,"y":25},{"x":170,"y":140},{"x":60,"y":120},{"x":90,"y":70}]}', 9720, (77.3, 112.53)),  # noqa: E501
+    ('{"type":"Polygon","left":105,"top":77.5,"width":150,"height":115,"originX":"center","originY":"center","scaleX":0.8,"scaleY":1.1,"angle":12,"strokeWidth":12,"points":[{"x":20,"y":30},{"x":150,"y":25},{"x":170,"y":140},{"x":60,"y":120}]}', 10631, (72.04, 111.25)),  # noqa: E501
+    ('{"type":"Polygon","left":14,"top":19,"width":150,"height":115,"originX":"left","originY":"top","scaleX":0.9,"angle":-15,"strokeWidth":12,"points":[{"x":20,"y":30},{"x":150,"y":25},{"x":170,"y":140},{"x":60,"y":120}]}', 10779, (54.41, 104.87)),  # noqa: E501
+    ('{"type":"Path","left":99.2208,"top":80.7383,"width":112.6695,"height":113.0651,"originX":"center","originY":"center","strokeWidth":20,"fill":null,"path":[["M",50,40],["Q",50,40,52,39],["Q",80,20,120,35],["Q",160,50,150,100],["Q",140,140,90,135],["Q",40,130,45,90],["Q",48,60,60,50],["L",62,48]]}', 9418, (82.38, 97.25)),  # noqa: E501
+    ('{"type":"Path","left":106.2208,"top":83.7383,"width":112.6695,"height":113.0651,"originX":"center","originY":"center","scaleX":0.7,"scaleY":0.9,"angle":20,"strokeWidth":20,"fill":null,"path":[["M",50,40],["Q",50,40,52,39],["Q",80,20,120,35],["Q",160,50,150,100],["Q",140,140,90,135],["Q",40,130,45,90],["Q",48,60,60,50],["L",62,48]]}', 5931, (84.77, 103.99)),  # noqa: E501
+    ('{"type":"Path","left":94.2429,"top":76.4095,"width":129.8853,"height":116.3502,"originX":"center","originY":"center","scaleY":0.8,"angle":8,"strokeWidth":6,"path":[["M",30,30],["C",90,-10,190,60,150,120],["C",120,150,20,140,30,30],["Z"]]}', 9304, (75.61, 92.6)),  # noqa: E501
 ]
 
 
 @pytest.mark.parametrize(
-    "obj_json, area, centroid", FABRIC_RENDERED, ids=[f"{i}-{json.loads(o)['type']}" for i, (o, _, _) in enumerate(FABRIC_RENDERED)]
+    "obj_json, area, centroid", FABRIC_RENDERED,
+    ids=[f"{i}-{json.loads(o)['type']}" for i, (o, _, _) in enumerate(FABRIC_RENDERED)],
 )
 def test_matches_fabric_rendering(obj_json, area, centroid):
     mask = rasterize([json.loads(obj_json)], image_shape=(160, 200))

@@ -150,5 +150,8 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS annotations_immutable ON annotations")
         op.execute("DROP FUNCTION IF EXISTS annotations_immutable()")
-    for table in ("annotations", "queue_items", "session_readers", "session_images", "annotation_sessions", "images", "readers"):
+    tables = (
+        "annotations", "queue_items", "session_readers", "session_images", "annotation_sessions", "images", "readers"
+    )
+    for table in tables:
         op.drop_table(table)
