@@ -23,14 +23,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cxr_core.binarize import HeatmapError, Threshold, _as_maps, binarize_normalized, normalize, upsample
+from cxr_core.binarize import HeatmapError, Threshold, binarize_normalized
+# unchecked variants: inputs are validated once for the whole stack, not once per step
+from cxr_core.binarize import _as_maps, _normalize, _resize
 from cxr_core.errors import CXRError
 
 RULES = ("true_positive_only", "full")
 MASK_METRICS = ("iou", "dice", "precision", "recall")
 MAP_METRICS = ("hit", "mass", "rank", "auc")
 METRICS = MASK_METRICS + MAP_METRICS
-_CHUNK_PIXELS = 1 << 24  # pixels per internal chunk: bounds temporaries at ~16 M pixels
+_CHUNK_PIXELS = 1 << 21  # pixels per internal chunk: temporaries stay near cache size (2 images at 1024^2)
 
 
 class AgreementInputError(CXRError):
@@ -198,7 +200,7 @@ def score_batch(heatmaps: np.ndarray, masks: np.ndarray, threshold: str | Thresh
     Parameters
     ----------
     heatmaps : (N, h, w) or (h, w) ndarray
-        Raw or normalised maps; upsampled bilinearly to the masks' size when smaller.
+        Raw or normalised maps; resized bilinearly to the masks' size when theirs differs.
     masks : (N, H, W) or (H, W) boolean ndarray
         Expert masks at the X-ray's original size.
     threshold : str or Threshold
@@ -225,8 +227,8 @@ def score_batch(heatmaps: np.ndarray, masks: np.ndarray, threshold: str | Thresh
     step = max(1, _CHUNK_PIXELS // (rows * cols))
     for start in range(0, maps.shape[0], step):
         part = slice(start, start + step)
-        raw = upsample(maps[part], (rows, cols))
-        norm = normalize(raw)
+        raw = maps[part] if maps.shape[1:] == (rows, cols) else _resize(maps[part], (rows, cols))
+        norm = _normalize(raw)
         pred = binarize_normalized(norm, spec)
         results = mask_metrics(pred, gts[part], rule=rule)
         if threshold_free:
@@ -442,7 +444,8 @@ def diagnosis_agreement(expert: Sequence[str], model: Sequence[str], *, labels: 
 
     expert, model = [str(e) for e in expert], [str(m) for m in model]
     if len(expert) != len(model) or not expert:
-        raise AgreementInputError(f"need equal, non-zero numbers of expert and model labels; got {len(expert)} and {len(model)}")
+        raise AgreementInputError(
+            f"need equal, non-zero numbers of expert and model labels; got {len(expert)} and {len(model)}")
     names = tuple(labels) if labels is not None else tuple(sorted(set(expert) | set(model)))
     stray = sorted((set(expert) | set(model)) - set(names))
     if stray:

@@ -67,7 +67,8 @@ class Threshold:
             raise ThresholdError(f"method {self.method!r} needs a finite value; got {self.value!r}")
         object.__setattr__(self, "value", float(self.value))
         if self.method == "threshold" and not 0.0 <= self.value <= 1.0:
-            raise ThresholdError(f"fixed threshold must lie in [0, 1] (the map is min-max normalised); got {self.value!r}")
+            raise ThresholdError(
+                f"fixed threshold must lie in [0, 1] (the map is min-max normalised); got {self.value!r}")
         if self.method == "top" and not 0.0 < self.value <= 100.0:
             raise ThresholdError(f"top-k percentage must lie in (0, 100]; got {self.value!r}")
 
@@ -125,10 +126,16 @@ def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     (rows, cols) or (N, rows, cols) float32 ndarray
         A new array, even when no resizing was needed.
     """
-    arr = _as_maps(heatmap).astype(np.float32, copy=False)
     rows, cols = (int(s) for s in shape)
     if rows < 1 or cols < 1:
         raise HeatmapError(f"target shape must be two positive sizes (rows, cols); got {tuple(shape)}")
+    return _resize(_as_maps(heatmap), (rows, cols))
+
+
+def _resize(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """:func:`upsample` without input checks, for callers that checked already."""
+    arr = heatmap.astype(np.float32, copy=False)
+    rows, cols = shape
     if arr.shape[-2:] == (rows, cols):
         return arr.copy()
     stack = arr.reshape(-1, *arr.shape[-2:])
@@ -148,7 +155,12 @@ def normalize(heatmap: np.ndarray) -> np.ndarray:
     >>> normalize(np.array([[2.0, 4.0], [6.0, 6.0]])).tolist()
     [[0.0, 0.5], [1.0, 1.0]]
     """
-    out = _as_maps(heatmap).astype(np.float32, copy=True)
+    return _normalize(_as_maps(heatmap))
+
+
+def _normalize(heatmap: np.ndarray) -> np.ndarray:
+    """:func:`normalize` without input checks; always a new float32 array."""
+    out = heatmap.astype(np.float32, copy=True)
     low = out.min(axis=(-2, -1), keepdims=True)
     span = out.max(axis=(-2, -1), keepdims=True) - low
     out -= low

@@ -156,7 +156,17 @@ def to_json(report: Report) -> str:
         "gallery": [{"kind": c.kind, "image_id": c.score.image_id, "model": c.score.model,
                      "reader": c.score.reader, "iou": c.score.iou} for c in report.gallery],
     }
-    return json.dumps(_clean(payload), indent=2, allow_nan=False)
+    return json.dumps(_clean(payload), indent=2, allow_nan=False, default=str)
+
+
+def make_case(score: ImageScore, image: np.ndarray, expert: np.ndarray, heatmap: np.ndarray,
+              kind: str = "worst") -> GalleryCase:
+    """A gallery case whose heatmap outline is binarised exactly as ``score`` was (its threshold)."""
+    from cxr_core.binarize import Threshold, binarize, upsample
+
+    spec = Threshold.parse(score.threshold)
+    predicted = binarize(upsample(heatmap, np.shape(image)), method=spec.method, value=spec.value)
+    return GalleryCase(score, np.asarray(image), np.asarray(expert, bool), predicted, kind)
 
 
 def pick_cases(scores: Sequence[ImageScore], k: int = 3, metric: str = "iou"
@@ -188,7 +198,10 @@ def render_case(image: np.ndarray, expert: np.ndarray, predicted: np.ndarray) ->
     for name, m in (("expert", expert), ("predicted", predicted)):
         if np.shape(m) != img.shape:
             raise ReportError(f"{name} mask shape {np.shape(m)} differs from image shape {img.shape}")
-    gray = img if img.dtype == np.uint8 else (np.clip(np.nan_to_num(img.astype(float)), 0, 1) * 255).round().astype(np.uint8)
+    if img.dtype == np.uint8:
+        gray = img
+    else:
+        gray = (np.clip(np.nan_to_num(img.astype(float)), 0, 1) * 255).round().astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=2)
     thickness = max(1, round(max(img.shape) / 256))
     for mask, colour in ((expert, EXPERT_RGB), (predicted, HEATMAP_RGB)):
@@ -383,7 +396,8 @@ def to_coco(annotations: Sequence[CocoAnnotation], *, categories: Sequence[str] 
         entry = images.setdefault(a.image_id, {"id": len(images) + 1, "file_name": a.file_name,
                                                "height": int(mask.shape[0]), "width": int(mask.shape[1])})
         if (entry["height"], entry["width"]) != mask.shape:
-            raise ReportError(f"image {a.image_id!r} has masks of sizes {(entry['height'], entry['width'])} and {mask.shape}")
+            raise ReportError(
+                f"image {a.image_id!r} has masks of sizes {(entry['height'], entry['width'])} and {mask.shape}")
         if not mask.any():
             continue
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))

@@ -24,6 +24,7 @@ from cxr_core.reports import (
     Report,
     ReportError,
     case_uri,
+    make_case,
     pick_cases,
     render_case,
     rle_decode,
@@ -142,6 +143,14 @@ def test_render_case_draws_both_outlines_in_their_colours():
     assert tuple(rgb[10, 10]) == (128, 128, 128) and tuple(rgb[0, 0]) == (128, 128, 128)  # inside and out: gray
     with pytest.raises(ReportError, match="differs from image shape"):
         render_case(image, expert[:10], predicted)
+
+
+def test_make_case_outlines_the_mask_that_was_scored(session):
+    scores, gts, heatmaps = session
+    s = scores[0]  # resnet50 on img0
+    case = make_case(s, np.zeros(gts[0].shape), gts[0], heatmaps["resnet50"][0], kind="best")
+    assert case.kind == "best" and case.predicted.shape == gts[0].shape
+    assert case.predicted.mean() == s.pred_fraction  # the same binarisation as the score
 
 
 def test_pick_cases_lowest_and_highest_without_overlap(session):

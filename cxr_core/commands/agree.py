@@ -33,7 +33,8 @@ def load_heatmap(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise AgreementInputError(f"heatmap file not found: {path}") from None
     except (ValueError, OSError, EOFError) as exc:
-        raise AgreementInputError(f"heatmap {path} is not a readable .npy array ({exc}); accepted: a 2-D numeric .npy") from None
+        raise AgreementInputError(
+            f"heatmap {path} is not a readable .npy array ({exc}); accepted: a 2-D numeric .npy") from None
     if not isinstance(arr, np.ndarray):
         raise AgreementInputError(f"heatmap {path} holds several arrays (.npz); accepted: one 2-D .npy array")
     arr = np.squeeze(arr) if arr.ndim > 2 else arr
@@ -55,7 +56,8 @@ def load_mask(path: Path) -> np.ndarray:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("L"))
         except (UnidentifiedImageError, OSError) as exc:
-            raise AgreementInputError(f"mask {path} is not a readable image ({exc}); accepted: PNG with values 0 and 255") from None
+            raise AgreementInputError(
+                f"mask {path} is not a readable image ({exc}); accepted: PNG with values 0 and 255") from None
     values = np.unique(arr)
     if values.size > 2 or (values.size == 2 and values[0] != 0):
         raise AgreementInputError(f"mask {path} has values {values[:6].tolist()}{'...' if values.size > 6 else ''}; "
