@@ -7,8 +7,8 @@ engine and the factory (``st.cache_resource``), never a Session.
 ``make_engine(url)`` creates the SQLite file and its folder on first use and upgrades the
 schema to the newest Alembic revision. SQLite runs in WAL mode with ``synchronous=FULL``,
 foreign keys on and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE`` so
-concurrent writers queue for the lock instead of failing mid-transaction. PostgreSQL works
-with the same code.
+concurrent writers queue for the lock instead of failing mid-transaction; so keep Sessions
+short (one page action), since an open one holds the lock. PostgreSQL works with the same code.
 
 Annotations, drafts and model results are in :mod:`cxr_core.storage_annotations` and
 re-exported here.
