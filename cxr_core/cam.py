@@ -286,7 +286,8 @@ class CamEngine:
                 f"(more than {REPLAY_TOLERANCE:g}); its graph is not a single base followed by a chain of layers"
             )
 
-    def _target_index(self, target: str | int | None) -> int:
+    def resolve_target(self, target: str | int | None) -> int:
+        """Class index for a name (case-insensitive) or index; -1 (each image's predicted class) for None."""
         if target is None:
             return -1
         if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
@@ -318,7 +319,7 @@ class CamEngine:
             raise CXRError(f"CAM method {method!r} unknown; expected one of {', '.join(METHODS)}")
         if batch_size < 1:
             raise CXRError(f"batch_size must be at least 1; got {batch_size}")
-        wanted = self._target_index(target)
+        wanted = self.resolve_target(target)
         step = self._compiled_step(method)
         results: list[CamResult] = []
         for start in range(0, len(images), batch_size):

@@ -1,4 +1,4 @@
-"""``predict``: class probabilities for one or more X-ray files."""
+"""``predict``: class probabilities for one or more X-ray files, optionally with a heatmap."""
 
 from __future__ import annotations
 
@@ -8,13 +8,21 @@ from pathlib import Path
 
 from cxr_core.errors import CXRError
 
+CAM_CHOICES = ("gradcam", "gradcam++", "random", "none")
+COLORMAP_CHOICES = ("turbo", "jet", "inferno", "viridis", "gray")  # cxr_core.overlay.COLORMAPS (no cv2 at start-up)
+
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="class probabilities for X-ray files (scores are not diagnoses)")
     p.add_argument("paths", nargs="+", help="PNG, JPEG, TIFF or DICOM files")
     p.add_argument("--model", required=True, help="registered model name (see `models`)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
-    p.add_argument("--out", type=Path, help="also write <stem>.json per input into this folder")
+    p.add_argument("--out", type=Path, help="write <stem>.json per input into this folder "
+                   "(with --cam also <stem>.heatmap.npy and <stem>.overlay.png)")
+    p.add_argument("--cam", choices=CAM_CHOICES, default="none",
+                   help="heatmap method (default none); maps are min-max scaled within each image")
+    p.add_argument("--target", help="class the heatmap explains (default: the predicted class of each image)")
+    p.add_argument("--colormap", choices=COLORMAP_CHOICES, default="turbo", help="overlay colours (default turbo)")
     p.set_defaults(func=run)
 
 
@@ -24,8 +32,17 @@ def run(args) -> int:
     from cxr_core.predict import predict_loaded
     from cxr_core.runtime import import_tensorflow_quietly
 
+    if args.target and args.cam == "none":
+        raise CXRError("--target only applies with --cam gradcam, gradcam++ or random")
     import_tensorflow_quietly()
     loaded = load_model(args.model)
+    engine = None
+    if args.cam != "none":
+        from cxr_core.cam import CamEngine
+
+        engine = CamEngine.from_loaded(loaded)
+        if args.target:
+            engine.resolve_target(args.target)  # reject an unknown class before any work
     failed = 0
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -36,13 +53,33 @@ def run(args) -> int:
             print(f"error: {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        pred = predict_loaded(loaded, [xray])[0]
-        record = {"file": str(path), "model": loaded.name, **pred.to_dict()}
+        if engine is None:
+            result, record = None, predict_loaded(loaded, [xray])[0].to_dict()
+        else:
+            result = engine.run([xray], method=args.cam, target=args.target)[0]
+            record = result.to_dict()
+        record = {"file": str(path), "model": loaded.name, **record}
         if args.out:
-            (args.out / f"{Path(path).stem}.json").write_text(json.dumps(record, indent=2))
+            write_outputs(args.out / Path(path).stem, record, xray, result, args.colormap)
         if args.json:
             print(json.dumps(record))
         else:
             scores = ", ".join(f"{c} {p:.1%}" for c, p in record["probabilities"].items())
-            print(f"{path}: {pred.predicted} (model scores: {scores})")
+            cam = "" if result is None else f"; {result.method} heatmap for {result.target}" + (
+                " (no positive evidence)" if result.all_zero else "")
+            print(f"{path}: {record['predicted']} (model scores: {scores}){cam}")
     return 2 if failed else 0
+
+
+def write_outputs(stem: Path, record: dict, xray, result, colormap: str) -> None:
+    """``<stem>.json``, and with a CAM ``<stem>.heatmap.npy`` (float32, H x W, [0, 1]) and ``<stem>.overlay.png``."""
+    stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2))
+    if result is None:
+        return
+    import numpy as np
+
+    from cxr_core.overlay import overlay, to_png_bytes
+
+    np.save(stem.with_name(stem.name + ".heatmap.npy"), result.heatmap.astype(np.float32))
+    png = to_png_bytes(overlay(xray.pixels, result.heatmap, colormap=colormap))
+    stem.with_name(stem.name + ".overlay.png").write_bytes(png)
