@@ -1,0 +1,182 @@
+"""Dataset audit: where a model's heatmaps put their evidence across a whole dataset, class by class.
+
+Run an audit on a folder or manifest (or load one saved by ``python -m cxr_core audit --json``),
+see per-class shares of heatmap mass outside the lungs, on the border, in the corners and over
+burned-in markers, and the images most driven by evidence outside the lungs.
+"""
+
+import base64
+import json
+from pathlib import Path
+
+import streamlit as st
+
+import ui_state as ui
+from cxr_core.audit import REGIONS, fmt_share, run_audit, to_json
+from cxr_core.audit_report import REGION_LABELS, render_html, shortcut_lines
+from cxr_core.errors import CXRError
+
+AUDIT_REPORT = "audit_report"  # the audit shown (to_json dict)
+AUDIT_BY = "audit_by"          # "predicted" or "label"
+AUDIT_REGION = "audit_region"  # region charted
+
+st.title("Dataset audit")
+st.caption(
+    "This page shows where a model's Grad-CAM heatmaps put their evidence across a whole dataset: the share of "
+    "heatmap mass outside the lung fields, on the outer border, in each corner and over burned-in text or side "
+    "markers, per class, and the images most driven by evidence outside the lungs. A class that relies on evidence "
+    "outside the lungs far more than the others suggests a shortcut (hospital, age, markers) rather than lung findings. "
+    "Model scores are not diagnoses."
+)
+
+
+@st.cache_resource(show_spinner="Loading the lung-field model (once per server)...")
+def lung_estimator():
+    from cxr_core.lungs import LungEstimator
+
+    return LungEstimator.load()
+
+
+def region_figure(summary: dict, region: str):
+    """Bars of the mean share per class with 95 % intervals, and the even-spread share as a marker."""
+    import plotly.graph_objects as go
+
+    classes = list(summary)
+    stats = [summary[c]["regions"][region] for c in classes]
+    mean = [s["mean"] or 0 for s in stats]
+    fig = go.Figure()
+    fig.add_bar(
+        x=classes, y=mean, name="heatmap mass share", marker_color="#c0392b",
+        error_y={"type": "data", "symmetric": False,
+                 "array": [(s["high"] or 0) - (s["mean"] or 0) for s in stats],
+                 "arrayminus": [(s["mean"] or 0) - (s["low"] or 0) for s in stats]},
+        hovertemplate="%{x}: %{y:.0%}<extra></extra>",
+    )
+    fig.add_scatter(x=classes, y=[s["area"] or 0 for s in stats], mode="markers", name="even spread (area share)",
+                    marker={"symbol": "line-ew-open", "size": 40, "color": "#222", "line": {"width": 3}},
+                    hovertemplate="%{x}: an even spread gives %{y:.0%}<extra></extra>")
+    fig.update_layout(yaxis={"tickformat": ".0%", "range": [0, 1], "title": f"share {REGION_LABELS[region]}"},
+                      height=340, margin={"t": 30, "b": 10}, legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def run_form() -> None:
+    ready = ui.ready_models(ui.registry())
+    if not ready:
+        st.info("No ready model is registered; `make demo-model` builds the demo model.")
+        return
+    with st.form("audit_run"):
+        names = [e.name for e in ready]
+        name = st.selectbox("Model", names)
+        data = st.text_input("Data: a manifest CSV, a folder with manifest.csv, class folders, or a folder of images",
+                             placeholder="/path/to/dataset")
+        masks = st.text_input("Expert lung masks folder (optional; masks named <image stem>[_*].png)")
+        cols = st.columns(3)
+        limit = cols[0].number_input("Images (0 = all)", min_value=0, value=0, step=50)
+        batch = cols[1].number_input("Batch size", min_value=1, max_value=256, value=16)
+        clean = cols[2].toggle("Mask markers and border first", help="the --mask-markers preprocessing")
+        go = st.form_submit_button("Run the audit", type="primary")
+    if not go:
+        return
+    if not data.strip():
+        st.error("Give a data folder or manifest to audit.")
+        return
+    from cxr_core.commands.audit import items_from
+
+    entry = next(e for e in ready if e.name == name)
+    try:
+        items = items_from(Path(data.strip()), int(limit) or None)
+        engine, reason = ui._cam_engine(ui._weights_key(), entry.name, entry.card.sha256)
+        if engine is None:
+            st.error(reason)
+            return
+        bar = st.progress(0.0, text="Auditing...")
+        report = run_audit(
+            engine, items, lung_masks=Path(masks.strip()) if masks.strip() else None,
+            lung_estimator=None if masks.strip() else lung_estimator(), batch_size=int(batch),
+            mask_markers_first=clean, model_name=entry.name,
+            progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{done} of {total} images audited"),
+        )
+    except CXRError as exc:
+        st.error(str(exc))
+        return
+    st.session_state[AUDIT_REPORT] = to_json(report)
+
+
+def load_form() -> None:
+    upload = st.file_uploader("Audit JSON (from `python -m cxr_core audit --json FILE`)", type=["json"])
+    if upload is None:
+        return
+    from cxr_core.audit import from_json
+
+    try:
+        data = json.loads(upload.getvalue())
+        from_json(data)  # validates
+    except (ValueError, CXRError) as exc:
+        st.error(f"{upload.name} is not an audit file CXR Review can read: {exc}")
+        return
+    st.session_state[AUDIT_REPORT] = data
+
+
+run_tab, load_tab = st.tabs(["Run an audit", "Load an audit"])
+with run_tab:
+    run_form()
+with load_tab:
+    load_form()
+
+data = st.session_state.get(AUDIT_REPORT)
+if not data:
+    st.stop()
+
+st.header(f"{data['model'] or 'Model'}: {data['n_images']} images")
+flags = shortcut_lines(data)
+for line in flags:
+    st.error(line, icon=":material/warning:")
+if not flags:
+    st.success("No class relies on evidence outside the lungs far more than the others.", icon=":material/check:")
+if data["failures"]:
+    with st.expander(f"{len(data['failures'])} files could not be read"):
+        st.dataframe(data["failures"], hide_index=True)
+
+options = {"predicted": "Predicted class"} | ({"label": "True class"} if data["summary_by_label"] else {})
+cols = st.columns(2)
+by = cols[0].segmented_control("Group by", list(options), format_func=options.get, default="predicted", key=AUDIT_BY)
+region = cols[1].selectbox("Region", REGIONS, index=REGIONS.index("outside_lungs"), format_func=REGION_LABELS.get,
+                          key=AUDIT_REGION)
+summary = data["summary_by_label" if by == "label" else "summary_by_predicted"]  # None (deselected) -> predicted
+st.plotly_chart(region_figure(summary, region or "outside_lungs"), width="stretch")
+st.caption("Bars: mean share of each image's heatmap mass, with 95% bootstrap intervals (patients resampled when "
+           "known). Black line: the region's share of the image area, i.e. what an evenly spread heatmap would give.")
+st.dataframe(
+    [{"class": c, "images": s["n"], "patients": s["n_patients"],
+      **{REGION_LABELS[r]: fmt_share(s["regions"][r]["mean"]) for r in REGIONS}} for c, s in summary.items()],
+    hide_index=True,
+)
+
+st.subheader("Images most driven by evidence outside the lungs")
+st.caption("Heatmap in colour, lung fields outlined in green, detected markers boxed in red.")
+if not data["flagged"]:
+    st.info("No image put more heatmap mass outside the lungs than an even spread would.")
+grid = st.columns(4)
+for i, f in enumerate(data["flagged"]):
+    with grid[i % 4]:
+        allowed, reason = ui.model_output_allowed(f["sha256"]) if f.get("sha256") else (True, "")
+        if allowed:
+            st.image(base64.b64decode(f["thumbnail_png_base64"]), width="stretch")
+        else:
+            st.caption(reason)
+        st.caption(f"{Path(f['file']).name}: {fmt_share(f['outside'])} outside the lungs (area "
+                   f"{fmt_share(f['outside_area'])}); predicted {f['predicted']}"
+                   + (f", labelled {f['label']}" if f["label"] else ""))
+
+with st.expander("Every image"):
+    st.dataframe(
+        [{"file": Path(im["file"]).name, "label": im["label"], "predicted": im["predicted"],
+          "outside lungs": im["shares"]["outside_lungs"], "border": im["shares"]["border"],
+          "markers": im["shares"]["markers"], "marks found": len(im["markers"]), "lungs from": im["lung_source"]}
+         for im in data["images"]],
+        hide_index=True,
+    )
+cols = st.columns(2)
+cols[0].download_button("Download JSON", json.dumps(data), file_name="audit.json", mime="application/json")
+cols[1].download_button("Download HTML report", render_html(data), file_name="audit.html", mime="text/html")

@@ -1,0 +1,56 @@
+"""The audit page under AppTest: a saved audit is shown with its shortcut flag, charts and gallery."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO
+from cxr_core.audit import AuditReport, Flagged, ImageAudit, thumbnail, to_json
+
+TIMEOUT = 120
+
+
+def saved_audit() -> dict:
+    """Normal puts ~80% of its heatmap mass outside the lungs, COVID-19 ~20%: a shortcut."""
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(12):
+        cls = "Normal" if i % 2 else "COVID-19"
+        out = float(np.clip(rng.normal(0.8 if cls == "Normal" else 0.2, 0.05), 0, 1))
+        shares = {"border": 0.1, "top_left": 0.0, "top_right": 0.0, "bottom_left": 0.0, "bottom_right": 0.0,
+                  "markers": 0.05, "outside_lungs": out}
+        images.append(ImageAudit(f"/data/{cls}_{i}.png", cls, f"p{i}", cls, 0.9, shares,
+                                 {**{k: 0.1 for k in shares}, "outside_lungs": 0.65}, [], "estimate"))
+    pixels = np.full((80, 80), 0.4, np.float32)
+    heat = np.zeros((80, 80), np.float32)
+    heat[:20, :20] = 1
+    lungs = np.zeros((80, 80), bool)
+    lungs[20:60, 15:65] = True
+    flagged = [Flagged("/data/Normal_1.png", "Normal", "Normal", 0.9, 0.65, "", thumbnail(pixels, heat, lungs, []))]
+    report = AuditReport("demo", ["COVID-19", "Normal"], images, flagged, {"mask_markers": False, "shortcut_margin": 0.15})
+    return json.loads(json.dumps(to_json(report, n_boot=200)))
+
+
+def test_a_loaded_audit_shows_the_shortcut_the_chart_and_the_gallery():
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["audit_report"] = saved_audit()
+    at.switch_page("pages/audit.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Dataset audit"
+    assert any("not diagnoses" in c.value for c in at.caption)
+    errors = [e.value for e in at.error]
+    assert [e.split(" put ")[0] for e in errors] == [
+        "Possible shortcut: images predicted Normal", "Possible shortcut: images labelled Normal"]
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    bars = chart["data"][0]
+    assert bars["x"] == ["COVID-19", "Normal"] and bars["y"][1] > 0.7 > 0.3 > bars["y"][0]
+    assert chart["data"][1]["y"] == pytest.approx([0.65, 0.65])  # the even-spread reference
+    assert len(at.get("image")) == 1
+    assert any("90% outside the lungs" in c.value for c in at.caption)
+    at.selectbox(key="audit_region").set_value("border").run()
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert chart["data"][0]["y"] == pytest.approx([0.1, 0.1])
