@@ -11,7 +11,8 @@ delivers them: at image size) and expert masks of one to three filled ellipses (
   subset and extrapolated to N (stated in the output);
 - ``score_batch`` called one image at a time on the same subset (the batch's own share of the gain).
 
-Generation time is excluded. Run: ``python bench/bench_agreement.py [--n 1000 --size 1024]``.
+Generation time is excluded. Wall and CPU (process) seconds are both printed: on a shared machine
+the CPU figure is the steadier one. Run: ``python bench/bench_agreement.py [--n 1000 --size 1024]``.
 """
 
 from __future__ import annotations
@@ -71,41 +72,45 @@ def main() -> None:
     parser.add_argument("--threshold", default="0.4", help="the new threshold (a fixed cut, as the page's slider)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    t_full = t_mask = 0.0
+    t_full = t_mask = c_full = c_mask = 0.0
     subset: tuple[np.ndarray, np.ndarray] | None = None
     ious = []
     for start in range(0, args.n, args.chunk):
         heat, masks = make_chunk(rng, min(args.chunk, args.n - start), args.size)
         if subset is None:
             subset = heat[: args.subset].copy(), masks[: args.subset].copy()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         full = score_batch(heat, masks, args.threshold)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         score_batch(heat, masks, args.threshold, threshold_free=False)
         t_full += t1 - t0
+        c_full += c1 - c0
         t_mask += time.perf_counter() - t1
+        c_mask += time.process_time() - c1
         ious.append(full["iou"])
     heat, masks = subset
     k = len(heat)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     plain = [plain_scores(h, m, float(args.threshold)) for h, m in zip(heat, masks)]
-    t_plain = (time.perf_counter() - t0) * args.n / k
-    t0 = time.perf_counter()
+    t_plain, c_plain = (time.perf_counter() - t0) * args.n / k, (time.process_time() - c0) * args.n / k
+    t0, c0 = time.perf_counter(), time.process_time()
     single = [score_batch(h, m, args.threshold) for h, m in zip(heat, masks)]
-    t_single = (time.perf_counter() - t0) * args.n / k
+    t_single, c_single = (time.perf_counter() - t0) * args.n / k, (time.process_time() - c0) * args.n / k
     batch = score_batch(heat, masks, args.threshold)
     worst = max(abs(p[key] - batch[key][i]) for i, p in enumerate(plain) for key in p
                 if np.isfinite(p[key]) and key != "rank")
     iou = np.concatenate(ious)
     print(f"session: {args.n} images at {args.size}x{args.size}, new threshold {args.threshold}, "
           f"mean IoU {np.nanmean(iou):.3f} ({np.isfinite(iou).sum()} defined)")
-    print(f"vectorised score_batch, all metrics:        {t_full:8.1f} s  ({1000 * t_full / args.n:.1f} ms/image)")
-    print(f"vectorised, threshold-dependent only:       {t_mask:8.1f} s  ({1000 * t_mask / args.n:.1f} ms/image)")
-    print(f"plain per-image loop, all metrics:          {t_plain:8.1f} s  (timed on {k} images, x{args.n / k:g})")
-    print(f"score_batch one image at a time:            {t_single:8.1f} s  (timed on {k} images, x{args.n / k:g})")
-    print(f"ratio plain loop / vectorised (all metrics): {t_plain / t_full:.1f}x;  "
-          f"plain loop / threshold-only recompute: {t_plain / t_mask:.1f}x;  "
-          f"one-at-a-time / batch: {t_single / t_full:.2f}x")
+    rows = [("vectorised score_batch, all metrics", t_full, c_full, ""),
+            ("vectorised, threshold-dependent only", t_mask, c_mask, ""),
+            ("plain per-image loop, all metrics", t_plain, c_plain, f"timed on {k} images, x{args.n / k:g}"),
+            ("score_batch one image at a time", t_single, c_single, f"timed on {k} images, x{args.n / k:g}")]
+    for name, wall, cpu, note in rows:
+        print(f"{name:<40}{wall:8.1f} s wall {cpu:8.1f} s CPU ({1000 * cpu / args.n:.1f} ms/image CPU) {note}")
+    print(f"ratio plain loop / vectorised, all metrics: {t_plain / t_full:.1f}x wall, {c_plain / c_full:.1f}x CPU")
+    print(f"ratio plain loop / threshold-only recompute: {t_plain / t_mask:.1f}x wall, {c_plain / c_mask:.1f}x CPU")
+    print(f"ratio one-at-a-time / batch: {t_single / t_full:.2f}x wall, {c_single / c_full:.2f}x CPU")
     print(f"largest difference plain vs vectorised on the subset (IoU, Dice, P, R, hit, mass, AUC): {worst:.2e}")
     del single
 
