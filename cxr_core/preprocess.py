@@ -6,7 +6,7 @@ model's square input and scaled as its :class:`~cxr_core.zoo.ModelSpec` says.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -48,14 +48,21 @@ def scale(rgb255: np.ndarray, mode: str) -> np.ndarray:
     raise ModelError(f"unknown preprocessing mode {mode!r}; expected caffe, tf, raw or unit")
 
 
-def prepare(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """One X-ray's [0, 1] pixels to a (S, S, 3) float32 network input."""
+#: An optional step on the [0, 1] pixels before resizing, e.g. :func:`cxr_core.markers.mask_markers`
+#: (``--mask-markers``); training and inference must pass the same one.
+PixelStep = Callable[[np.ndarray], np.ndarray]
+
+
+def prepare(pixels: np.ndarray, spec: ModelSpec, *, pixel_step: PixelStep | None = None) -> np.ndarray:
+    """One X-ray's [0, 1] pixels to a (S, S, 3) float32 network input (``pixel_step`` applied first)."""
+    if pixel_step is not None:
+        pixels = pixel_step(pixels)
     small = resize(np.asarray(pixels, dtype=np.float32), spec.input_size)
     return np.ascontiguousarray(scale(to_rgb(small) * 255.0, spec.preprocessing), dtype=np.float32)
 
 
-def prepare_batch(images: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
+def prepare_batch(images: Sequence[np.ndarray], spec: ModelSpec, *, pixel_step: PixelStep | None = None) -> np.ndarray:
     """Stack :func:`prepare` over several images into (N, S, S, 3)."""
     if not images:
         return np.zeros((0, spec.input_size, spec.input_size, 3), np.float32)
-    return np.stack([prepare(p, spec) for p in images])
+    return np.stack([prepare(p, spec, pixel_step=pixel_step) for p in images])

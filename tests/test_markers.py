@@ -118,3 +118,15 @@ def test_mask_markers_inpaints_so_the_drawn_marks_are_gone():
         mask_markers(pixels, method="blur")
     with pytest.raises(ValueError, match=r"expected \(H, W\) grayscale pixels, got shape \(4, 4, 3\)"):
         detect_markers(np.zeros((4, 4, 3)))
+
+
+def test_prepare_applies_the_pixel_step_for_training_and_inference_alike():
+    from cxr_core.preprocess import prepare, prepare_batch
+    from cxr_core.zoo import get_spec
+
+    spec = get_spec("efficientnetv2b0").with_overrides(input_size=64)
+    pixels, _ = drawn_film()
+    stepped = prepare(pixels, spec, pixel_step=mask_markers)
+    np.testing.assert_array_equal(stepped, prepare(mask_markers(pixels), spec))
+    assert not np.array_equal(stepped, prepare(pixels, spec))
+    np.testing.assert_array_equal(prepare_batch([pixels], spec, pixel_step=mask_markers)[0], stepped)
