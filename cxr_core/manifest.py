@@ -125,7 +125,10 @@ def _weights_dir(weights_dir: Path | str | None) -> Path:
 def read_card(folder: Path) -> ModelCard:
     """Parse ``folder/card.json``; raises :class:`ModelError` when it is unreadable."""
     try:
-        return ModelCard.from_dict(json.loads((folder / CARD_FILE).read_text()))
+        data = json.loads((folder / CARD_FILE).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return ModelCard.from_dict(data)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"model card {folder / CARD_FILE} is unreadable: {exc}") from exc
 

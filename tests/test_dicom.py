@@ -97,7 +97,9 @@ def test_modality_lut_is_applied_before_the_window():
 def test_first_of_several_windows_is_used():
     stored = gradient(bits=12)
     first = load_xray(make_dicom(stored, bits_stored=12, window=(2000, 400))).pixels
-    several = make_dicom(stored, bits_stored=12, WindowCenter=[2000, 500], WindowWidth=[400, 100], VOILUTFunction="LINEAR")
+    several = make_dicom(
+        stored, bits_stored=12, WindowCenter=[2000, 500], WindowWidth=[400, 100], VOILUTFunction="LINEAR"
+    )
     np.testing.assert_array_equal(load_xray(several).pixels, first)
 
 
@@ -214,7 +216,8 @@ def test_garbage_after_a_valid_preamble_is_corrupt(recwarn):
 @pytest.mark.parametrize("compress", [None, "j2k"])
 def test_truncated_dicom_is_corrupt_without_stray_warnings(compress, recwarn):
     data = make_dicom(gradient(), compress=compress)
-    with pytest.raises(CorruptImageError, match=r"DICOM (pixel data could not be decoded|data is truncated or damaged)"):
+    expected = r"DICOM (pixel data could not be decoded|data is truncated or damaged)"
+    with pytest.raises(CorruptImageError, match=expected):
         load_xray(data[: len(data) - 200])
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
 

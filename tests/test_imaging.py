@@ -200,7 +200,8 @@ def test_empty_file_is_refused(tmp_path):
 
 
 def test_text_file_is_not_an_image():
-    with pytest.raises(UnsupportedFormatError, match=r"not an image .*starts with b'patient:'.*PNG, JPEG, TIFF or DICOM"):
+    expected = r"not an image .*starts with b'patient:'.*PNG, JPEG, TIFF or DICOM"
+    with pytest.raises(UnsupportedFormatError, match=expected):
         load_xray(b"patient: nobody\nfinding: none\n" * 20)
 
 
@@ -250,7 +251,8 @@ def test_float_tiff_is_min_max_scaled():
 
 @pytest.mark.parametrize(("height", "width"), [(63, 200), (200, 63), (10, 10)])
 def test_image_under_64_pixels_a_side_is_too_small(height, width):
-    with pytest.raises(ImageTooSmallError, match=rf"image is {width}x{height} pixels; .*at least 64 pixels on each side"):
+    expected = rf"image is {width}x{height} pixels; .*at least 64 pixels on each side"
+    with pytest.raises(ImageTooSmallError, match=expected):
         load_xray(encode(np.zeros((height, width), np.uint8)))
 
 
