@@ -127,6 +127,25 @@ def _pil_to_unit(img) -> tuple[np.ndarray, int, bool]:
     return lum, 8, colourful
 
 
+def _png_is_16bit_colour(data: bytes) -> bool:
+    """True for a PNG whose IHDR says 16 bits per sample in RGB or RGBA (Pillow reduces those to 8 bits)."""
+    return data[12:16] == b"IHDR" and len(data) > 25 and data[24] == 16 and data[25] in (2, 6)
+
+
+def _read_png16_colour(data: bytes) -> tuple[np.ndarray, int, bool]:
+    """Decode a 16-bit RGB(A) PNG at full precision with OpenCV; alpha composited on black."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 3:
+        raise CorruptImageError("PNG data is truncated or damaged (16-bit colour image could not be decoded)")
+    x = arr.astype(np.float64) / 65535.0
+    rgb = x[..., 2::-1][..., :3] if x.shape[-1] == 3 else x[..., [2, 1, 0]] * x[..., 3:4]
+    lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    colourful = bool(np.ptp(rgb, axis=-1).max() > 1e-6)
+    return lum, 16, colourful
+
+
 def _read_raster(data: bytes, fmt: str, max_pixels: int) -> tuple[np.ndarray, int, bool]:
     from PIL import Image, UnidentifiedImageError
 
@@ -140,6 +159,8 @@ def _read_raster(data: bytes, fmt: str, max_pixels: int) -> tuple[np.ndarray, in
                 raise ImageTooLargeError(
                     f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
                 )
+            if fmt == "png" and _png_is_16bit_colour(data):
+                return _read_png16_colour(data)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc

@@ -226,12 +226,17 @@ def _check_outputs(model, classes: list[str], name: str) -> None:
 
 
 def find_last_conv_layer(model) -> str:
-    """Name of the last layer with a 4-D output, looking inside a nested base if there is one."""
+    """Name of the last non-pooling layer with a 4-D output, looking inside a nested base if there is one.
+
+    Pooling layers are skipped: Grad-CAM reads the last convolutional feature map, as keras.io does.
+    """
     import keras
 
     for layer in reversed(model.layers):
         if isinstance(layer, keras.Model):
             return find_last_conv_layer(layer)
+        if "Pooling" in type(layer).__name__:
+            continue
         shape = getattr(layer, "output", None)
         if shape is not None and len(getattr(shape, "shape", ())) == 4:
             return layer.name

@@ -283,3 +283,27 @@ def test_jpeg_claiming_a_huge_frame_refused_before_decoding(no_decoding):
 def test_decompression_bomb_is_refused(no_decoding):
     with pytest.raises(ImageTooLargeError, match=r"decompression bomb: .*200000000 pixels"):
         load_xray(png_with_header(20_000, 10_000))
+
+
+def test_png_16bit_rgb_keeps_full_precision_luminance():
+    """Pillow reduces 16-bit colour PNGs to 8 bits; they must load at 16-bit precision."""
+    import cv2
+
+    rgb = np.zeros((80, 90, 3), np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 40000, 1001, 65535  # R, G, B (cv2 writes BGR)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    assert ok
+    xray = load_xray(buf.tobytes())
+    expected = (40000 * 0.299 + 1001 * 0.587 + 65535 * 0.114) / 65535
+    assert xray.bit_depth == 16 and xray.was_color
+    assert xray.pixels[0, 0] == pytest.approx(expected, abs=1e-6)  # 8-bit decoding would be ~1e-3 off
+
+
+def test_png_16bit_rgba_alpha_composited_on_black():
+    import cv2
+
+    rgba = np.zeros((70, 70, 4), np.uint16)
+    rgba[..., :3], rgba[..., 3] = 65535, 16384
+    ok, buf = cv2.imencode(".png", rgba)
+    assert ok
+    assert load_xray(buf.tobytes()).pixels[5, 5] == pytest.approx(16384 / 65535, abs=1e-6)
