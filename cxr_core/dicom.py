@@ -36,6 +36,7 @@ class DicomImage:
     metadata: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     was_color: bool = False
+    colorfulness: float = 0.0
 
 
 def is_dicom(data: bytes) -> bool:
@@ -148,8 +149,13 @@ def read_dicom(data: bytes, *, max_pixels: int) -> DicomImage:
     notes: list[str] = []
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     was_color = raw.ndim == 3
+    colour = 0.0
     if was_color:
-        raw = _luminance(raw.astype(np.float64))
+        from cxr_core.ood import colorfulness
+
+        rgb = raw.astype(np.float64)
+        colour = colorfulness(rgb / max(float(rgb.max()), 1.0))
+        raw = _luminance(rgb)
         photometric = "RGB"
     pixels = _to_unit_range(ds, raw)
     if photometric == "MONOCHROME1":
@@ -158,4 +164,4 @@ def read_dicom(data: bytes, *, max_pixels: int) -> DicomImage:
     if modality and modality not in RADIOGRAPH_MODALITIES:
         notes.append(f"DICOM modality is {modality}, not a plain radiograph (CR/DX); results may be meaningless")
     bits = int(ds.get("BitsStored", 8))
-    return DicomImage(pixels.astype(np.float32), bits, _metadata(ds), tuple(notes), was_color)
+    return DicomImage(pixels.astype(np.float32), bits, _metadata(ds), tuple(notes), was_color, colour)

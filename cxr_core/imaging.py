@@ -16,6 +16,7 @@ import numpy as np
 
 from cxr_core.config import get_settings
 from cxr_core.dicom import is_dicom, read_dicom
+from cxr_core.ood import colorfulness
 from cxr_core.errors import (
     CorruptImageError,
     EmptyFileError,
@@ -56,6 +57,9 @@ class XRay:
         Odd-but-accepted things a reader should know (e.g. a CT modality).
     was_color : bool
         The source had colour channels that were converted to luminance.
+    colorfulness : float
+        Hasler-Suesstrunk colourfulness of the source's RGB (0 for grayscale); a colour photograph
+        scores about 0.3, a radiograph 0. Used to refuse inputs that are not X-rays.
     """
 
     pixels: np.ndarray
@@ -66,6 +70,7 @@ class XRay:
     metadata: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     was_color: bool = False
+    colorfulness: float = 0.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -93,38 +98,37 @@ def sniff_format(data: bytes) -> str:
     raise UnsupportedFormatError(f"not an image CXR Review can read (starts with {head!r}); expected {ACCEPTED}")
 
 
-def _pil_to_unit(img) -> tuple[np.ndarray, int, bool]:
-    """PIL image to (float [0, 1] luminance, bit depth, was_color). Alpha is composited on black."""
+def _pil_to_unit(img) -> tuple[np.ndarray, int, float]:
+    """PIL image to (float [0, 1] luminance, bit depth, colourfulness). Alpha is composited on black."""
     mode = img.mode
     if mode == "P":
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(img, dtype=np.float64) / 65535.0, 16, False
+        return np.asarray(img, dtype=np.float64) / 65535.0, 16, 0.0
     if mode == "I":
         arr = np.asarray(img, dtype=np.float64)
         if arr.max() <= 65535 and arr.min() >= 0:
-            return arr / 65535.0, 16, False
+            return arr / 65535.0, 16, 0.0
         lo, hi = arr.min(), arr.max()
-        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, False
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, 0.0
     if mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         if not np.isfinite(arr).all():  # else min/max are NaN and the image silently turns black
             raise CorruptImageError("decoded pixels contain NaN or infinity")
         lo, hi = arr.min(), arr.max()
-        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, False
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, 0.0
     if mode == "1":
-        return np.asarray(img, dtype=np.float64), 1, False
+        return np.asarray(img, dtype=np.float64), 1, 0.0
     if mode == "L":
-        return np.asarray(img, dtype=np.float64) / 255.0, 8, False
+        return np.asarray(img, dtype=np.float64) / 255.0, 8, 0.0
     if mode == "LA":
         arr = np.asarray(img, dtype=np.float64) / 255.0
-        return arr[..., 0] * arr[..., 1], 8, False
+        return arr[..., 0] * arr[..., 1], 8, 0.0
     rgba = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
     rgb = rgba[..., :3] * rgba[..., 3:4]
     lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    colourful = bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() > 1e-6 or np.abs(rgb[..., 1] - rgb[..., 2]).max() > 1e-6)
-    return lum, 8, colourful
+    return lum, 8, colorfulness(rgb)
 
 
 def _png_is_16bit_colour(data: bytes) -> bool:
@@ -132,7 +136,7 @@ def _png_is_16bit_colour(data: bytes) -> bool:
     return data[12:16] == b"IHDR" and len(data) > 25 and data[24] == 16 and data[25] in (2, 6)
 
 
-def _read_png16_colour(data: bytes) -> tuple[np.ndarray, int, bool]:
+def _read_png16_colour(data: bytes) -> tuple[np.ndarray, int, float]:
     """Decode a 16-bit RGB(A) PNG at full precision with OpenCV; alpha composited on black."""
     import cv2
 
@@ -142,11 +146,10 @@ def _read_png16_colour(data: bytes) -> tuple[np.ndarray, int, bool]:
     x = arr.astype(np.float64) / 65535.0
     rgb = x[..., 2::-1][..., :3] if x.shape[-1] == 3 else x[..., [2, 1, 0]] * x[..., 3:4]
     lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    colourful = bool(np.ptp(rgb, axis=-1).max() > 1e-6)
-    return lum, 16, colourful
+    return lum, 16, colorfulness(rgb)
 
 
-def _read_raster(data: bytes, fmt: str, max_pixels: int) -> tuple[np.ndarray, int, bool]:
+def _read_raster(data: bytes, fmt: str, max_pixels: int) -> tuple[np.ndarray, int, float]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -202,7 +205,7 @@ def load_xray(source: str | Path | bytes, name: str | None = None) -> XRay:
     metadata: dict = {}
     if fmt == "dicom":
         dcm = read_dicom(data, max_pixels=settings.max_pixels)
-        pixels, bits, colour, metadata, notes = dcm.pixels, dcm.bit_depth, dcm.was_color, dcm.metadata, dcm.warnings
+        pixels, bits, colour, metadata, notes = dcm.pixels, dcm.bit_depth, dcm.colorfulness, dcm.metadata, dcm.warnings
     else:
         pixels, bits, colour = _read_raster(data, fmt, settings.max_pixels)
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
@@ -216,4 +219,4 @@ def load_xray(source: str | Path | bytes, name: str | None = None) -> XRay:
     if not np.isfinite(pixels).all():
         raise CorruptImageError("decoded pixels contain NaN or infinity")
     metadata = {**metadata, "height": height, "width": width}
-    return XRay(pixels, fmt, bits, pixel_sha256(pixels), name, metadata, notes, colour)
+    return XRay(pixels, fmt, bits, pixel_sha256(pixels), name, metadata, notes, colour > 0.0, colour)

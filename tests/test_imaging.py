@@ -307,3 +307,17 @@ def test_png_16bit_rgba_alpha_composited_on_black():
     ok, buf = cv2.imencode(".png", rgba)
     assert ok
     assert load_xray(buf.tobytes()).pixels[5, 5] == pytest.approx(16384 / 65535, abs=1e-6)
+
+
+def test_colorfulness_is_zero_for_gray_and_high_for_a_colour_picture():
+    gray = np.full((80, 80, 3), 120, np.uint8)
+    colour = np.zeros((80, 80, 3), np.uint8)
+    colour[:, :40] = (220, 30, 30)
+    colour[:, 40:] = (30, 200, 40)
+    as_png = []
+    for arr in (gray, colour):
+        buf = io.BytesIO()
+        Image.fromarray(arr, "RGB").save(buf, format="PNG")
+        as_png.append(load_xray(buf.getvalue()))
+    assert as_png[0].colorfulness == 0.0 and not as_png[0].was_color
+    assert as_png[1].colorfulness > 0.3 and as_png[1].was_color
