@@ -1,0 +1,117 @@
+"""A real expert session in Chromium: draw a polygon and a rectangle, refresh, submit, measure the stored mask.
+
+Runs ``streamlit run app.py`` on a free port against a temporary SQLite database holding one
+blind session made with the library, and drives Debian's ``/usr/bin/chromium`` with
+Playwright (never a downloaded browser). The stored mask's area is checked against the area
+of the shapes drawn, computed from the mouse positions in canvas pixels and the canvas's
+background fit ("contain": one scale, centred), within 2%.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from browser import chromium_page, streamlit_server
+from conftest import FIXTURES, REPO
+from cxr_core import annotation as ann
+from cxr_core import storage
+
+pytestmark = pytest.mark.browser
+CHEST = "covid_hannover_b343e657.png"  # 512 x 419: letterboxed in the square canvas
+WAIT_MS = 120_000  # 2 shared cores: a rerun can take seconds
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A fresh database holding Dr A's blind session of one film, made with the library."""
+    url = f"sqlite:///{tmp_path / 'annotations.db'}"
+    factory = storage.session_factory(storage.make_engine(url))
+    images = ann.read_uploads([(CHEST, (FIXTURES / "cxr" / CHEST).read_bytes())])
+    with factory.begin() as s:
+        admin = storage.add_reader(s, "Admin", "admin").id
+        reader = storage.add_reader(s, "Dr A", "sme").id
+        session = ann.create_session_from_xrays(s, name="Blind 1", images=images, reader_ids=[reader], created_by=admin)
+        ids = (session.id, reader, images.xrays[0].sha256)
+    env = {"CXR_DATABASE_URL": url, "CXR_DATA_DIR": str(tmp_path / "data"), "CXR_WEIGHTS_DIR": str(tmp_path / "weights")}
+    return env, factory, ids
+
+
+def shoelace(points) -> float:
+    x, y = np.asarray(points, dtype=float).T
+    return abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2
+
+
+def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(study, tmp_path):
+    env, factory, (session_id, reader_id, sha) = study
+    shots = Path(os.environ.get("CXR_SCREENSHOTS", tmp_path))
+    with streamlit_server(REPO / "app.py", env=env, log_dir=tmp_path) as base, \
+            chromium_page({"width": 1400, "height": 1300}) as page:
+        page.set_default_timeout(WAIT_MS)
+        page.goto(base)  # a fresh server learns the app's navigation from its first run of app.py
+        page.get_by_text("Research tool").wait_for()
+        page.goto(f"{base}/annotate?annotate_reader=Dr+A")  # the reader picker is bound to the URL
+        page.get_by_text("0 of 1 done").wait_for()
+        canvas = page.locator("canvas.upper-canvas").first
+        canvas.wait_for()
+        box = canvas.bounding_box()
+
+        def at(x, y):
+            return box["x"] + x, box["y"] + y
+
+        # A triangle with the polygon tool (the default): click three corners, then the first again.
+        triangle = [(150, 150), (330, 160), (200, 320)]
+        for x, y in [*triangle, triangle[0]]:
+            page.mouse.click(*at(x, y))
+        page.get_by_role("cell", name="polygon").wait_for()
+
+        # A refresh keeps the reader (URL) and the drawing (the draft).
+        page.reload()
+        page.get_by_role("cell", name="polygon").wait_for()
+        canvas.wait_for()
+        assert canvas.bounding_box() == box
+
+        # A rectangle for another finding.
+        page.get_by_test_id("stSelectbox").filter(has_text="Finding for the next mark").click()
+        page.get_by_role("option", name="effusion").click()
+        page.get_by_test_id("stRadio").filter(has_text="Drawing tool").get_by_text("Rectangle").click()
+        page.get_by_test_id("stRadio").filter(has_text="Drawing tool").locator("input:checked").wait_for()
+        time.sleep(1)  # let the canvas take the new tool
+        x0, y0, x1, y1 = 380, 300, 530, 420
+        page.mouse.move(*at(x0, y0))
+        page.mouse.down()
+        page.mouse.move(*at(x1, y1), steps=12)
+        page.mouse.up()
+        page.get_by_role("cell", name="rect").wait_for()
+
+        page.get_by_test_id("stRadio").filter(has_text="Your diagnosis").get_by_text("Pneumonia").click()
+        page.get_by_test_id("stRadio").filter(has_text="Your confidence").get_by_text("4", exact=True).click()
+        time.sleep(1)
+        page.screenshot(path=str(shots / "annotate_before_submit.png"), full_page=True)
+        page.get_by_role("button", name="Submit reading").click()
+        page.get_by_text("Image 1 saved (1 of 1 done)").wait_for()
+        page.get_by_text("Your marks", exact=True).wait_for()  # the last image: its submitted view
+        page.get_by_role("cell", name="effusion").wait_for()
+        time.sleep(3)  # the read-only canvas draws the marks asynchronously
+        page.screenshot(path=str(shots / "annotate_after_submit.png"), full_page=True)
+
+    with factory.begin() as s:
+        saved = storage.latest_annotation(s, reader_id=reader_id, image_sha=sha, session_id=session_id)
+        mask = storage.annotation_mask(saved)
+    fit = saved.background_fit
+    assert fit == pytest.approx(ann.contain_fit(512, 419, 600, 600))  # the browser's own report
+    scale = fit["scale_x"]
+    assert [(r["type"], r["label"]) for r in saved.regions] == [("polygon", "consolidation"), ("rect", "effusion")]
+    expected = {"polygon": shoelace(triangle) / scale**2, "rect": (x1 - x0) * (y1 - y0) / scale**2}
+    for region in saved.regions:
+        assert region["area_px"] == pytest.approx(expected[region["type"]], rel=0.02), region
+    assert saved.mask_area == pytest.approx(sum(expected.values()), rel=0.02)  # the shapes do not overlap
+    # Where the rectangle is: its drawn corner, mapped through the fit, is its first pixel (within 2 px).
+    rows, cols = np.nonzero(storage.annotation_mask(saved) & (np.arange(512)[None, :] > 300))
+    assert abs(rows.min() - (y0 - fit["offset_y"]) / scale) <= 2 and abs(cols.min() - (x0 - fit["offset_x"]) / scale) <= 2
+    assert mask.shape == (419, 512)
+    assert (saved.diagnosis, saved.confidence) == ("Pneumonia", 4)
