@@ -195,7 +195,7 @@ def _prepare_one(item: AuditItem, mask_index: dict | None, clean: bool) -> _Prep
         markers = detect_markers(pixels)
         prepared = _Prepared(item, pixels, mask_markers(pixels, markers=markers) if clean else pixels, markers,
                              sha256=xray.sha256)
-        path = mask_for(Path(item.file).stem, mask_index) if mask_index else None
+        path = mask_for(Path(item.file).stem, mask_index, image=item.file) if mask_index else None
         if path is not None:
             prepared.lungs, prepared.lung_source = read_mask(path, pixels.shape), "expert"
         return prepared
