@@ -1,11 +1,22 @@
-"""CXR Review: the Streamlit entry point. Registers every page with st.navigation."""
+"""CXR Review: the Streamlit entry point. Registers every page with st.navigation and shows the banner.
+
+Run with ``make run`` (or ``streamlit run app.py``). Pages live in ``pages/``, one file each; the
+cached ``cxr_core`` wrappers and session-state keys they share live in ``ui_state.py``.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="CXR Review", layout="wide")
-st.title("CXR Review")
-st.warning("Research tool. Model scores are not diagnoses.")
-from cxr_core.manifest import list_models  # noqa: E402
+import ui_state
 
-for entry in list_models():
-    st.write(f"**{entry.name}**: {entry.status}")
+st.set_page_config(page_title="CXR Review", page_icon=":material/radiology:", layout="wide")
+
+pages = st.navigation([
+    st.Page("pages/review.py", title="Review X-rays", icon=":material/radiology:", default=True),
+    st.Page("pages/models.py", title="Models", icon=":material/model_training:"),
+    st.Page("pages/audit.py", title="Dataset audit", icon=":material/fact_check:"),
+    st.Page("pages/annotate.py", title="Annotate (experts)", icon=":material/draw:"),
+    st.Page("pages/sessions.py", title="Reading sessions (admin)", icon=":material/group:"),
+])
+
+st.warning(ui_state.BANNER, icon=":material/info:")
+pages.run()

@@ -1,0 +1,90 @@
+"""Models: every registered model's card, test metrics in the study's format, and whether its file checks out."""
+
+import streamlit as st
+
+import ui_state as ui
+import ui_figures as fig
+
+st.title("Models")
+st.caption(
+    "This page shows each registered model's card: what it is, what it was trained on and under which licences, "
+    "what it is meant for, how it scored on its test set, and whether its file matches its recorded checksum. "
+    "Test metrics describe a test set, not your patients; model scores are not diagnoses."
+)
+
+entries = ui.registry()
+if not entries:
+    st.info("No model is registered yet. `make demo-model` builds the demo model; the list below says how to add others.")
+per_class = st.toggle("Show per-class rows in the metrics tables", key=ui.MODELS_PER_CLASS, persist_state="session")
+
+for entry in entries:
+    card = entry.card
+    with st.container(border=True):
+        st.subheader(entry.name + (" (demo)" if card is not None and card.demo else ""))
+        ok, line = ui.checksum_line(entry)
+        if ok:
+            st.success(line, icon=":material/verified:")
+        else:
+            st.error(line, icon=":material/gpp_bad:")
+        if card is None:
+            continue
+
+        facts, use = st.columns([3, 2], gap="large")
+        with facts:
+            missing = [c for c in ui.DEFAULT_CLASSES if c not in card.classes]
+            st.table({
+                "Fact": ["Architecture", "Classes", "Input size", "Preprocessing", "Grad-CAM layer"],
+                "Value": [card.architecture, ", ".join(card.classes), f"{card.input_size} x {card.input_size} pixels",
+                          card.preprocessing, card.last_conv_layer],
+            }, hide_header=True)
+            if missing:
+                st.warning(f"No output for {', '.join(missing)}: this model can neither flag nor rule it out.",
+                           icon=":material/warning:")
+        with use:
+            st.markdown(f"**Intended use:** {card.intended_use}")
+            for note in card.notes:
+                st.markdown(f"- {note}")
+
+        with st.expander("Training data and licences"):
+            if card.training_data:
+                st.json(card.training_data, expanded=1)
+            else:
+                st.caption("The card does not describe its training data.")
+            if card.licences:
+                st.dataframe(card.licences, hide_index=True)
+            else:
+                st.caption("The card lists no data licences.")
+
+        splits = fig.metric_splits(card.metrics)
+        if not splits:
+            st.caption("No test metrics in this card (run `python -m cxr_core evaluate --model "
+                       f"{entry.name} --data DIR` to add them).")
+        for split, metrics in splits.items():
+            n = f", {metrics['n']} images" if isinstance(metrics.get("n"), int) else ""
+            st.markdown(f"**Metrics on the {split} set{n}** (macro averages, 95% bootstrap intervals)")
+            rows = fig.table2_rows(entry.name, metrics)
+            st.dataframe(rows if per_class else rows[:1], hide_index=True)
+            cm_col, roc_col = st.columns(2)
+            if metrics.get("confusion_matrix"):
+                cm_col.plotly_chart(fig.confusion_figure(metrics["confusion_matrix"], card.classes,
+                                                         title=f"Confusion matrix ({split} set)"),
+                                    key=f"models_cm::{entry.name}::{split}", config={"displayModeBar": False})
+            if metrics.get("roc"):
+                aucs = {c: v.get("auc") for c, v in (metrics.get("per_class") or {}).items()}
+                roc_col.plotly_chart(fig.roc_figure(metrics["roc"], aucs), key=f"models_roc::{entry.name}::{split}",
+                                     config={"displayModeBar": False})
+
+        if card.calibration:
+            st.markdown("**Calibration** (how well scores match how often the model is right)")
+            cal_col, rel_col = st.columns(2)
+            cal_col.dataframe(fig.scalar_rows(card.calibration), hide_index=True)
+            series = fig.find_reliability(card.calibration)
+            if series:
+                rel_col.plotly_chart(fig.reliability_figure(series), key=f"models_reliability::{entry.name}",
+                                     config={"displayModeBar": False})
+
+missing_archs = ui.missing_architectures(entries)
+if missing_archs:
+    st.subheader("Architectures without an installed model")
+    for display_name, how in missing_archs:
+        st.markdown(f"- **{display_name}**: {how}")

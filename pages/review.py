@@ -1,0 +1,214 @@
+"""Review X-rays: upload films or pick a sample, choose a model, read its scores and where it looked."""
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+import ui_state as ui
+from cxr_core.errors import CXRError
+from cxr_core.overlay import COLORMAPS, legend_image
+from ui_figures import score_bars
+
+st.title("Review X-rays")
+st.caption(
+    "This page shows, for each chest X-ray you upload, the scores a classifier gives to each class and a "
+    "Grad-CAM heatmap of the regions that raised the score of one class. Model scores are not diagnoses."
+)
+
+# --- the images -----------------------------------------------------------------------------------
+up_col, sample_col = st.columns([3, 2], gap="large")
+with up_col:
+    uploads = st.file_uploader(
+        "Chest X-rays (PNG, JPEG, TIFF or DICOM); several at once", accept_multiple_files=True, key=ui.REVIEW_UPLOADS,
+    )
+with sample_col:
+    samples = {s["file"]: s for s in ui.list_samples()}
+    if samples:
+        chosen = st.multiselect(
+            "Or try a bundled sample", list(samples), key=ui.REVIEW_SAMPLES, persist_state="session",
+            format_func=lambda f: f"{f} (labelled {samples[f].get('label', '?')})",
+            help="Real, openly licensed chest X-rays from the demo model's test split; the source shows under the image.",
+        )
+    else:
+        chosen = []
+        st.caption("No bundled samples are installed (data/samples/samples.json).")
+
+items = [ui.upload_item(u) for u in uploads or []] + [ui.sample_item(samples[f]) for f in chosen]
+if not items:
+    st.info("Upload one or more chest X-rays, or pick a bundled sample, to begin.")
+    st.stop()
+
+good = [i for i in items if i.xray is not None]
+st.subheader(f"Images ({len(good)} readable of {len(items)})")
+per_row = 6
+for start in range(0, len(good), per_row):
+    for col, item in zip(st.columns(per_row), good[start:start + per_row]):
+        col.image(item.thumb, caption=item.name)
+for item in items:
+    if item.error:
+        st.error(f"**{item.name}** could not be read: {item.error}", icon=":material/broken_image:")
+if not good:
+    st.stop()
+
+keys = [i.key for i in good]
+if st.session_state.get(ui.REVIEW_SELECTED) not in keys:
+    st.session_state[ui.REVIEW_SELECTED] = keys[0]
+by_key = {i.key: i for i in good}
+selected = st.radio("Image to review", keys, key=ui.REVIEW_SELECTED, format_func=lambda k: by_key[k].name,
+                    horizontal=True)
+item = by_key[selected]
+
+# --- the model ------------------------------------------------------------------------------------
+entries = ui.registry()
+ready = ui.ready_models(entries)
+unusable = [e for e in entries if not e.ready]
+missing = ui.missing_architectures(entries)
+model_col, other_col = st.columns([3, 2], gap="large")
+with other_col, st.expander(f"Models not installed or not usable ({len(unusable) + len(missing)})"):
+    for e in unusable:
+        st.markdown(f"- **{e.name}**: {e.status}. {e.message}")
+    for display_name, how in missing:
+        st.markdown(f"- **{display_name}**: not installed; {how}")
+    if not unusable and not missing:
+        st.caption("Every zoo architecture has an installed model.")
+if not ready:
+    model_col.error("No model is installed. Run `make demo-model` for the demo model, or see the Models page "
+                    "for how to train or import one.")
+    st.stop()
+by_name = {e.name: e for e in ready}
+if st.session_state.get(ui.REVIEW_MODEL) not in by_name:
+    st.session_state[ui.REVIEW_MODEL] = ready[0].name  # the registry lists demo models first
+
+
+def _model_label(name: str) -> str:
+    card = by_name[name].card
+    return f"{name}: {card.architecture}, {len(card.classes)} classes" + (" (demo)" if card.demo else "")
+
+
+entry = by_name[model_col.selectbox("Model", list(by_name), key=ui.REVIEW_MODEL, persist_state="session",
+                                   format_func=_model_label)]
+card = entry.card
+
+# --- this image, this model -----------------------------------------------------------------------
+st.divider()
+st.subheader(f"{item.name}, read by {entry.name}")
+for note in ui.review_warnings(item, entry):
+    st.warning(note, icon=":material/warning:")
+
+view_col, side_col = st.columns([3, 2], gap="large")
+with side_col:
+    scores_box = st.container()
+    st.markdown("**Heatmap settings**")
+    target_key = ui.review_target_key(entry.name)
+    target_choice = st.selectbox(
+        "Heatmap explains", [ui.PREDICTED, *card.classes], key=target_key, persist_state="session",
+        format_func=lambda c: "the top-scoring class" if c == ui.PREDICTED else c,
+        help="Grad-CAM shows the regions that raised the model's score for this class.",
+    )
+    method = st.radio("Method", list(ui.METHOD_LABELS), key=ui.REVIEW_METHOD, persist_state="session",
+                      format_func=ui.METHOD_LABELS.get, horizontal=True)
+    view = st.radio("View", ui.VIEWS, key=ui.REVIEW_VIEW, persist_state="session", horizontal=True,
+                    help="Otsu outline: the edge of the heatmap's hot region (Otsu threshold) drawn over the "
+                         "overlay; set the opacity to 0 to see it on the plain film.")
+    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=ui.REVIEW_OPACITY, persist_state="session")
+    colormap = st.selectbox("Colour map", COLORMAPS, key=ui.REVIEW_COLORMAP, persist_state="session")
+
+allowed, reason = ui.model_output_allowed(item.xray.sha256)
+target = None if target_choice == ui.PREDICTED else target_choice
+try:
+    analysis = ui.analyse(entry, item, method, target) if allowed else None
+except CXRError as exc:  # e.g. a file that passes its checksum but is not a loadable model
+    st.error(f"{entry.name} could not be run: {exc}", icon=":material/error:")
+    st.stop()
+
+with scores_box:
+    if analysis is None:
+        st.info(reason, icon=":material/visibility_off:")
+    else:
+        pred = analysis.prediction
+        st.markdown(f"Top model score: **{pred.predicted}** ({pred.confidence:.1%})")
+        st.plotly_chart(score_bars(pred.classes, pred.probabilities, title="Model scores for this image"),
+                        width="stretch", key="review_scores_chart", config={"displayModeBar": False})
+        if pred.temperature != 1.0:
+            st.caption(f"Scores are temperature-scaled (T = {pred.temperature:.2f}) so that they track how often "
+                       "the model is right on its test set; they are still not probabilities of disease.")
+
+with view_col:
+    cam = analysis.cam if analysis is not None else None
+    if analysis is None:
+        st.image(ui.film(item), caption=f"{item.name} (model output hidden)")
+    elif cam is None:
+        st.warning(analysis.cam_error, icon=":material/block:")
+        st.image(ui.film(item), caption=f"{item.name} (no heatmap)")
+    elif cam.all_zero:
+        st.info(f"No positive evidence for {cam.target}: the {ui.METHOD_LABELS[method]} map is empty for this image, "
+                "so there is no heatmap to show.", icon=":material/blur_off:")
+        st.image(ui.film(item), caption=f"{item.name} (no heatmap)")
+    else:
+        label = f"{ui.METHOD_LABELS[method]} for {cam.target}"
+        if view == "Side by side":
+            left, right = st.columns(2)
+            left.image(ui.film(item), caption=item.name)
+            right.image(ui.overlay_image(item, analysis, "Overlay", colormap, opacity), caption=f"{label} overlay")
+        else:
+            caption = {"Overlay": f"{label} overlay", "Otsu outline": f"{label}: outline of the Otsu region",
+                       "Original": f"{item.name} (heatmap hidden)"}[view]
+            st.image(ui.overlay_image(item, analysis, view, colormap, opacity), caption=caption)
+        st.image(legend_image(colormap=colormap, width=768, height=28), width="stretch",
+                 caption="Heatmap colours, low to high: relative within this image only. The hottest spot is always "
+                         "the top colour, however weak; do not compare colours between images or models.")
+
+with side_col:
+    with st.expander("DICOM details (non-identifying)" if item.xray.source_format == "dicom" else "Image details",
+                     expanded=item.xray.source_format == "dicom"):
+        facts = ui.image_facts(item)
+        st.table({"Fact": [k for k, _ in facts], "Value": [v for _, v in facts]}, hide_header=True)
+    if analysis is not None:
+        stem = Path(item.name).stem
+        record = ui.result_record(item, entry, analysis)
+        st.download_button("Download result (JSON)", json.dumps(record, indent=2), f"{stem}.{entry.name}.json",
+                           "application/json", on_click="ignore", icon=":material/download:")
+        if cam is not None and not cam.all_zero:
+            st.download_button(
+                "Download overlay (PNG, full size)",
+                ui.full_size_overlay_png(item, analysis, colormap, opacity, view == "Otsu outline"),
+                f"{stem}.{entry.name}.{method}.overlay.png", "image/png", on_click="ignore", icon=":material/download:",
+            )
+
+# --- every installed model on this image ----------------------------------------------------------
+def _compare_cell(other) -> None:
+    """One model's scores and heatmap for the selected image, in its own bordered cell."""
+    st.markdown(f"**{other.name}** ({other.card.architecture}" + (", demo)" if other.card.demo else ")"))
+    missing_classes = [c for c in ui.DEFAULT_CLASSES if c not in other.card.classes]
+    if missing_classes:
+        st.caption(f"No output for {', '.join(missing_classes)}.")
+    try:
+        result = ui.analyse(other, item, method, None)
+    except CXRError as exc:
+        st.error(f"{other.name} could not be run: {exc}", icon=":material/error:")
+        return
+    st.plotly_chart(score_bars(result.prediction.classes, result.prediction.probabilities,
+                               title=f"Model scores: {other.name}", height=220),
+                    width="stretch", key=f"review_compare_chart::{other.name}", config={"displayModeBar": False})
+    if result.cam is None:
+        st.warning(result.cam_error, icon=":material/block:")
+    elif result.cam.all_zero:
+        st.info(f"No positive evidence for {result.cam.target}.", icon=":material/blur_off:")
+    else:
+        st.image(ui.overlay_image(item, result, "Overlay", colormap, opacity),
+                 caption=f"{other.name}: {ui.METHOD_LABELS[method]} for {result.cam.target}")
+
+
+st.divider()
+if st.toggle("Compare all installed models on this image", key=ui.REVIEW_COMPARE, persist_state="session",
+             help=f"Runs each of the {len(ready)} installed models with {ui.METHOD_LABELS[method]} on the top class."):
+    if not allowed:
+        st.info(reason, icon=":material/visibility_off:")
+    else:
+        per_row = min(3, len(ready))
+        for start in range(0, len(ready), per_row):
+            for col, other in zip(st.columns(per_row), ready[start:start + per_row]):
+                with col, st.container(border=True):
+                    _compare_cell(other)
+        st.caption("Each heatmap is scaled within its own model and image: compare where models look, not how hot.")
