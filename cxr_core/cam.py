@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from cxr_core.binarize import normalize, upsample
-from cxr_core.errors import CXRError
+from cxr_core.errors import CXRError, ModelError
 from cxr_core.imaging import XRay, pixel_sha256
 from cxr_core.predict import Prediction, scale_temperature
 from cxr_core.preprocess import prepare_batch
@@ -203,6 +203,27 @@ def _channels(acts) -> int:
     return int(acts.shape[-1])
 
 
+def resolve_target(classes: Sequence[str], target: str | int | None) -> int:
+    """Index of ``target`` (a class name, case-insensitive, or an index) in ``classes``; -1 for None.
+
+    Raises
+    ------
+    CXRError
+        ``target`` is not one of ``classes`` or not a valid index.
+    """
+    if target is None:
+        return -1
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        if 0 <= target < len(classes):
+            return int(target)
+    elif isinstance(target, str):
+        lowered = [c.lower() for c in classes]
+        if target.strip().lower() in lowered:
+            return lowered.index(target.strip().lower())
+    raise CXRError(f"target {target!r} is not a class of this model; expected one of {', '.join(classes)} "
+                   f"or an index 0..{len(classes) - 1}")
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
 class CamEngine:
@@ -280,6 +301,9 @@ class CamEngine:
             raise CamUnavailableError(f"its layers cannot be replayed to reach {self.spec.last_conv_layer!r} ({exc})") from exc
         if probs.shape != expected.shape:
             raise CamUnavailableError(f"replay gives outputs of shape {probs.shape}, the model {expected.shape}")
+        if probs.shape[-1] != len(self.classes):
+            raise ModelError(f"model outputs {probs.shape[-1]} scores but {len(self.classes)} classes were given "
+                             f"({', '.join(self.classes)})")
         diff = float(np.max(np.abs(probs - expected)))
         if not diff <= REPLAY_TOLERANCE:
             raise CamUnavailableError(
@@ -289,17 +313,7 @@ class CamEngine:
 
     def resolve_target(self, target: str | int | None) -> int:
         """Class index for a name (case-insensitive) or index; -1 (each image's predicted class) for None."""
-        if target is None:
-            return -1
-        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            if 0 <= target < len(self.classes):
-                return int(target)
-        elif isinstance(target, str):
-            lowered = [c.lower() for c in self.classes]
-            if target.strip().lower() in lowered:
-                return lowered.index(target.strip().lower())
-        raise CXRError(f"target {target!r} is not a class of this model; expected one of {', '.join(self.classes)} "
-                       f"or an index 0..{len(self.classes) - 1}")
+        return resolve_target(self.classes, target)
 
     def run(self, xrays: Sequence[XRay], *, method: str = "gradcam", target: str | int | None = None,
             batch_size: int = 16) -> list[CamResult]:

@@ -372,3 +372,5 @@ def test_a_plain_nested_model_passes_the_replay_check():
     model, spec = _small_nested("none")
     res = CamEngine.from_model(model, spec, ("a", "b", "c")).run_arrays([blob_image(20, 30, 0)])[0]
     assert res.grid.shape == (14, 14) and res.heatmap.shape == (20, 30)
+    with pytest.raises(CXRError, match=r"model outputs 3 scores but 2 classes were given \(a, b\)"):
+        CamEngine.from_model(model, spec, ("a", "b"))

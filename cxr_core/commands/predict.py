@@ -38,11 +38,10 @@ def run(args) -> int:
     loaded = load_model(args.model)
     engine = None
     if args.cam != "none":
-        from cxr_core.cam import CamEngine
+        from cxr_core.cam import CamEngine, resolve_target
 
+        resolve_target(loaded.card.classes, args.target)  # an unknown class fails before any tracing
         engine = CamEngine.from_loaded(loaded)
-        if args.target:
-            engine.resolve_target(args.target)  # reject an unknown class before any work
     failed = 0
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
