@@ -276,10 +276,12 @@ def read_samples(samples_dir: Path, files: Sequence[str] | None = None) -> Sessi
     except (OSError, ValueError):
         entries = []
     entries = [e for e in entries if isinstance(e, dict) and e.get("file")] if isinstance(entries, list) else []
-    if files is not None:
-        entries = [e for e in entries if e["file"] in set(files)]
     if not entries:
         return SessionImages([], [], [f"no bundled samples are installed ({samples_dir / 'samples.json'})"])
+    if files is not None:
+        entries = [e for e in entries if e["file"] in set(files)]
+        if not entries:
+            return SessionImages([], [], ["no sample chosen"])
     xrays, labels, errors = [], [], []
     for entry in entries:
         try:

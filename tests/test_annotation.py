@@ -155,6 +155,7 @@ def test_read_samples_handles_a_missing_list_and_keeps_labels(tmp_path):
     assert [x.name for x in out.xrays] == ["a.png", "b.png"] and out.labels == ["Normal", None]
     assert len(out.errors) == 1 and out.errors[0].startswith("gone.png: cannot read")
     assert [x.name for x in ann.read_samples(tmp_path, ["b.png"]).xrays] == ["b.png"]
+    assert ann.read_samples(tmp_path, []).errors == ["no sample chosen"]
 
 
 def test_read_folder_takes_image_files_only(tmp_path):

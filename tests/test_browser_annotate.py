@@ -41,6 +41,19 @@ def study(tmp_path):
     return env, factory, ids
 
 
+def settle(page, quiet: float = 1.5, timeout: float = WAIT_MS / 1000) -> None:
+    """Wait until the app has not been running a script for ``quiet`` seconds (reruns are async)."""
+    running = page.locator('[data-testid^="stStatusWidgetRunning"]')
+    deadline = time.monotonic() + timeout
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < quiet:
+        if running.count():
+            idle_since = time.monotonic()
+        if time.monotonic() > deadline:
+            pytest.fail("the app kept running for longer than the timeout")
+        time.sleep(0.1)
+
+
 def shoelace(points) -> float:
     x, y = np.asarray(points, dtype=float).T
     return abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2
@@ -58,6 +71,7 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         page.get_by_text("0 of 1 done").wait_for()
         canvas = page.locator("canvas.upper-canvas").first
         canvas.wait_for()
+        settle(page)
         box = canvas.bounding_box()
 
         def at(x, y):
@@ -73,14 +87,14 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         page.reload()
         page.get_by_role("cell", name="polygon").wait_for()
         canvas.wait_for()
+        settle(page)
         assert canvas.bounding_box() == box
 
         # A rectangle for another finding.
         page.get_by_test_id("stSelectbox").filter(has_text="Finding for the next mark").click()
         page.get_by_role("option", name="effusion").click()
         page.get_by_test_id("stRadio").filter(has_text="Drawing tool").get_by_text("Rectangle").click()
-        page.get_by_test_id("stRadio").filter(has_text="Drawing tool").locator("input:checked").wait_for()
-        time.sleep(1)  # let the canvas take the new tool
+        settle(page)  # the canvas gets the new tool from the rerun
         x0, y0, x1, y1 = 380, 300, 530, 420
         page.mouse.move(*at(x0, y0))
         page.mouse.down()
@@ -88,9 +102,16 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         page.mouse.up()
         page.get_by_role("cell", name="rect").wait_for()
 
+        # The canvas toolbar's Undo takes the rectangle back off (and tells the app); Redo restores it.
+        canvas.hover()
+        page.get_by_role("button", name="Undo").click()
+        page.get_by_role("cell", name="rect").wait_for(state="detached")
+        page.get_by_role("button", name="Redo").click()
+        page.get_by_role("cell", name="rect").wait_for()
+
         page.get_by_test_id("stRadio").filter(has_text="Your diagnosis").get_by_text("Pneumonia").click()
         page.get_by_test_id("stRadio").filter(has_text="Your confidence").get_by_text("4", exact=True).click()
-        time.sleep(1)
+        settle(page)
         page.screenshot(path=str(shots / "annotate_before_submit.png"), full_page=True)
         page.get_by_role("button", name="Submit reading").click()
         page.get_by_text("Image 1 saved (1 of 1 done)").wait_for()
