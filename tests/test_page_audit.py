@@ -54,3 +54,23 @@ def test_a_loaded_audit_shows_the_shortcut_the_chart_and_the_gallery():
     at.selectbox(key="audit_region").set_value("border").run()
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert chart["data"][0]["y"] == pytest.approx([0.1, 0.1])
+
+
+def test_running_an_audit_from_the_page(use_registry, tmp_path):
+    import shutil
+
+    fix = REPO / "tests" / "fixtures" / "audit"
+    for name in ("hannover_21982772.png", "hannover_4fed5061.png", "hannover_61bc50d1.png", "nih14_00030006_002.png"):
+        shutil.copy(fix / name, tmp_path / name)  # a plain folder of images, unlabelled
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.switch_page("pages/audit.py").run()
+    at.selectbox[0].set_value("tiny-effnet")
+    at.text_input[0].set_value(str(tmp_path))
+    at.text_input[1].set_value(str(fix))
+    at.number_input[0].set_value(3)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    report = at.session_state["audit_report"]
+    assert report["model"] == "tiny-effnet" and report["n_images"] == 3
+    assert {im["lung_source"] for im in report["images"]} == {"expert"}  # 3 hannover films with masks
+    assert at.header[0].value == "tiny-effnet: 3 images"
