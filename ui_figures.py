@@ -23,7 +23,8 @@ TABLE2_COLUMNS = (
 )
 
 
-def score_bars(classes: Sequence[str], probabilities: Sequence[float], *, title: str = "Model scores", height: int = 260):
+def score_bars(classes: Sequence[str], probabilities: Sequence[float], *, title: str = "Model scores",
+               height: int = 260):
     """Horizontal bars of class scores, highest on top, the top class highlighted, values in percent.
 
     Parameters
@@ -54,13 +55,15 @@ def score_bars(classes: Sequence[str], probabilities: Sequence[float], *, title:
     return fig
 
 
-def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, title: str = "Confusion matrix (test set)"):
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], *,
+                     title: str = "Confusion matrix (test set)"):
     """Heatmap of a confusion matrix: rows are the true class, columns the model's top class."""
     import plotly.graph_objects as go
 
     m = np.asarray(matrix, dtype=float)
     if m.shape != (len(classes), len(classes)):
-        raise ValueError(f"confusion matrix has shape {m.shape}; expected {len(classes)}x{len(classes)} for {list(classes)}")
+        raise ValueError(f"confusion matrix has shape {m.shape}; expected {len(classes)}x{len(classes)} "
+                         f"for {list(classes)}")
     row_share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     fig = go.Figure(go.Heatmap(
         z=row_share, x=list(classes), y=list(classes), colorscale="Blues", zmin=0, zmax=1,
@@ -87,7 +90,8 @@ def roc_figure(roc: dict, auc_by_class: dict | None = None, *, title: str = "ROC
         fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=name))
     fig.update_layout(
         title={"text": title, "font": {"size": 14}}, height=360, margin={"t": 50, "b": 40},
-        xaxis={"title": "false positive rate", "range": [0, 1]}, yaxis={"title": "true positive rate", "range": [0, 1.02]},
+        xaxis={"title": "false positive rate", "range": [0, 1]},
+        yaxis={"title": "true positive rate", "range": [0, 1.02]},
     )
     return fig
 
@@ -177,7 +181,8 @@ def reliability_figure(series: Sequence[tuple[str, dict]], *, title: str = "Reli
         if points:
             conf, acc, count = zip(*points)
             fig.add_trace(go.Scatter(x=conf, y=acc, mode="lines+markers", name=name, customdata=count,
-                                     hovertemplate="mean score %{x:.2f}, right %{y:.0%} (n=%{customdata})<extra></extra>"))
+                                     hovertemplate="mean score %{x:.2f}, right %{y:.0%} "
+                                                   "(n=%{customdata})<extra></extra>"))
     fig.update_layout(title={"text": title, "font": {"size": 14}}, height=360, margin={"t": 50, "b": 40},
                       xaxis={"title": "mean top-class score in bin", "range": [0, 1]},
                       yaxis={"title": "share correct", "range": [0, 1.02]})

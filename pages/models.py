@@ -14,7 +14,8 @@ st.caption(
 
 entries = ui.registry()
 if not entries:
-    st.info("No model is registered yet. `make demo-model` builds the demo model; the list below says how to add others.")
+    st.info("No model is registered yet. `make demo-model` builds the demo model; "
+            "the list below says how to add others.")
 per_class = st.toggle("Show per-class rows in the metrics tables", key=ui.MODELS_PER_CLASS, persist_state="session")
 
 for entry in entries:

@@ -35,13 +35,15 @@ def test_upload_a_sample_and_see_the_overlay(tiny_registry, tmp_path, record_pro
     require_chromium()
     name, data = sample_film()
     env = {"CXR_WEIGHTS_DIR": str(tiny_registry), "CXR_DATA_DIR": str(tmp_path / "data"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with streamlit_server(REPO / "app.py", env=env, log_dir=tmp_path) as url, chromium_page({"width": 1400, "height": 2600}) as page:
+    tall = {"width": 1400, "height": 2600}  # Streamlit scrolls inside the page: a tall window shows it all
+    with streamlit_server(REPO / "app.py", env=env, log_dir=tmp_path) as url, chromium_page(tall) as page:
         page.goto(url)
         page.get_by_text("Research tool.").wait_for(timeout=120_000)
         page.get_by_text("Upload one or more chest X-rays").wait_for(timeout=60_000)
 
         started = time.monotonic()
-        page.locator("input[type=file]").set_input_files(files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+        upload = {"name": name, "mimeType": "image/png", "buffer": data}
+        page.locator("input[type=file]").set_input_files(files=[upload])
         caption = page.get_by_text(re.compile(r"^Grad-CAM for .+ overlay$"))
         caption.wait_for(timeout=COLD_TIMEOUT_MS)
         figure = page.locator("[data-testid='stImage']").filter(has=caption)

@@ -68,7 +68,8 @@ def models_page() -> AppTest:
 
 def charts(at: AppTest) -> dict[str, dict]:
     """Plotly figure specs by the key the page gave them (the element id ends with it)."""
-    return {c.proto.id.split("-", 2)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}  # "$$ID-<hash>-<key>"
+    # element ids read "$$ID-<hash>-<key>"
+    return {c.proto.id.split("-", 2)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
 
 
 def test_every_card_with_its_checksum_status(registry):

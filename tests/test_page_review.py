@@ -35,7 +35,8 @@ def upload(at: AppTest, *files: tuple[str, bytes, str]) -> AppTest:
 
 def charts(at: AppTest) -> dict[str, dict]:
     """Plotly figure specs by the key the page gave them."""
-    return {c.proto.id.split("-", 2)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}  # "$$ID-<hash>-<key>"
+    # element ids read "$$ID-<hash>-<key>"
+    return {c.proto.id.split("-", 2)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
 
 
 def bars(spec: dict) -> dict[str, float]:
@@ -122,7 +123,23 @@ def test_corrupt_file_shows_its_error_and_the_other_file_still_works(use_registr
     assert main_chart(at)  # the good file is analysed
 
 
-def test_switch_model_target_and_method(use_registry):
+def cam_targets(model: str, method: str) -> tuple[list[str], list[str]]:
+    """(classes with a heatmap, classes with no positive evidence) of a tiny model for the CHEST film."""
+    import ui_state
+    from cxr_core.imaging import load_xray
+
+    entry = [e for e in ui_state.registry() if e.name == model][0]
+    engine, _ = ui_state._cam_engine(ui_state._weights_key(), entry.name, entry.card.sha256)
+    xray = load_xray(FIXTURES / "cxr" / CHEST)
+    zero = {c: engine.run([xray], method=method, target=c)[0].all_zero for c in engine.classes}
+    return [c for c, z in zero.items() if not z], [c for c, z in zero.items() if z]
+
+
+def image_url(at: AppTest, caption: str) -> str:
+    return [img.value[0] for img in at.get("image") if img.captions == [caption]][0]
+
+
+def test_switch_model_target_method_and_view(use_registry):
     at = upload(start(), png(CHEST))
     at.selectbox(key="review_model").set_value("tiny-resnet-3class").run()
     assert not at.exception
@@ -130,17 +147,38 @@ def test_switch_model_target_and_method(use_registry):
     assert any("no output for **Tuberculosis**" in w for w in texts(at, "warning"))
     target = at.selectbox(key="review_target::tiny-resnet-3class")
     assert target.options == ["the top-scoring class", "COVID-19", "Normal", "Pneumonia"]
-    target.set_value("Normal").run()
+    hot, _ = cam_targets("tiny-resnet-3class", "gradcam++")
+    assert hot, "a ReLU'd Grad-CAM++ map of a random ResNet50 is empty for every class"
+    target.set_value(hot[0])
     at.radio(key="review_method").set_value("gradcam++").run()
     assert not at.exception
-    shown = captions(at) + texts(at, "info")
-    assert "Grad-CAM++ for Normal overlay" in shown or any("No positive evidence for Normal" in s for s in shown), shown
+    label = f"Grad-CAM++ for {hot[0]}"
+    assert f"{label} overlay" in captions(at)
+    turbo = image_url(at, f"{label} overlay")
+    at.selectbox(key="review_colormap").set_value("gray").run()
+    assert image_url(at, f"{label} overlay") != turbo  # the colour map is applied
+    at.radio(key="review_view").set_value("Otsu outline").run()
+    assert f"{label}: outline of the Otsu region" in captions(at)
     at.radio(key="review_view").set_value("Side by side").run()
-    if "Grad-CAM++ for Normal overlay" in shown:
-        caps = captions(at)
-        assert CHEST in caps and "Grad-CAM++ for Normal overlay" in caps
+    assert CHEST in captions(at) and f"{label} overlay" in captions(at)
     at.radio(key="review_view").set_value("Original").run()
+    assert f"{CHEST} (heatmap hidden)" in captions(at)
     assert not any(c.endswith("overlay") for c in captions(at))
+    assert bars(main_chart(at))  # the scores stay whatever the view
+
+
+def test_no_positive_evidence_is_said_in_words(use_registry):
+    hot, zero = cam_targets("tiny-effnet", "gradcam")
+    at = upload(start(), png(CHEST))
+    for cls in zero:  # a target whose ReLU'd map is empty: no heatmap, a sentence instead
+        at.selectbox(key="review_target::tiny-effnet").set_value(cls).run()
+        assert any(i.startswith(f"No positive evidence for {cls}") for i in texts(at, "info"))
+        assert not any("overlay" in c for c in captions(at))
+        assert "Download overlay (PNG, full size)" not in [b.label for b in at.get("download_button")]
+    at.selectbox(key="review_target::tiny-effnet").set_value(hot[0]).run()
+    assert f"Grad-CAM for {hot[0]} overlay" in captions(at)
+    assert not any(i.startswith("No positive evidence") for i in texts(at, "info"))
+    assert "Download overlay (PNG, full size)" in [b.label for b in at.get("download_button")]
 
 
 def test_compare_models_shows_every_installed_model(use_registry):
@@ -159,7 +197,8 @@ def test_compare_models_shows_every_installed_model(use_registry):
 def test_hook_hides_every_score_and_heatmap(use_registry, monkeypatch):
     import ui_state
 
-    monkeypatch.setattr(ui_state, "model_output_allowed", lambda sha: (False, "Blind session: annotate this image first."))
+    hidden = (False, "Blind session: annotate this image first.")
+    monkeypatch.setattr(ui_state, "model_output_allowed", lambda sha: hidden)
     at = upload(start(), png(CHEST))
     at.toggle(key="review_compare").set_value(True).run()
     assert not charts(at)
@@ -181,18 +220,24 @@ def test_odd_shape_and_missing_models_are_explained(use_registry):
     assert "EfficientNetV2B0" not in notes and "ResNet50" not in notes
 
 
-def test_unavailable_heatmap_shows_the_reason_and_still_the_scores(tiny_registry, tmp_path, monkeypatch):
+def test_demo_model_is_the_default_and_an_unavailable_heatmap_is_explained(tiny_registry, tmp_path, monkeypatch):
     from cxr_core.manifest import read_card, write_card
 
-    folder = tmp_path / "weights" / "no-cam"
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_registry / "tiny-effnet", weights / "tiny-effnet")  # listed, never loaded here
+    folder = weights / "zz-demo-no-cam"
     shutil.copytree(tiny_registry / "tiny-resnet-3class", folder)
     card = read_card(folder)
-    card.name, card.last_conv_layer = "no-cam", "no_such_layer"
+    card.name, card.demo, card.last_conv_layer = "zz-demo-no-cam", True, "no_such_layer"
+    card.intended_use = "demonstration of the review workflow, not clinical use"
     write_card(folder, card)
-    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(weights))
     at = upload(start(), png(CHEST))
+    assert at.selectbox(key="review_model").value == "zz-demo-no-cam"  # demo first, whatever its name
     assert set(bars(main_chart(at))) == {"COVID-19", "Normal", "Pneumonia"}
-    assert any(w.startswith("heatmap unavailable for this model:") and "no_such_layer" in w for w in texts(at, "warning"))
+    warnings = texts(at, "warning")
+    assert any("**zz-demo-no-cam is a demonstration model** (demonstration of the review" in w for w in warnings)
+    assert any(w.startswith("heatmap unavailable for this model:") and "no_such_layer" in w for w in warnings)
     assert not any("overlay" in c for c in captions(at))
     assert [b.label for b in at.get("download_button")] == ["Download result (JSON)"]
 
@@ -222,8 +267,8 @@ def test_bundled_sample_can_be_reviewed(use_registry, tmp_path, monkeypatch):
         "hannover; CC BY 3.0; MHH" in str(t.proto) for t in at.get("table"))
 
 
-def test_result_record_has_the_cli_fields(use_registry):
-    """The JSON download carries the CLI's fields: file, model, scores and the cam block."""
+def test_downloads_have_the_cli_fields_and_the_original_size(use_registry):
+    """The JSON download carries the CLI's fields (file, model, scores, cam); the PNG is at the film's size."""
     import ui_state
     from cxr_core.imaging import load_xray
 
@@ -234,7 +279,11 @@ def test_result_record_has_the_cli_fields(use_registry):
     assert analysis.cam.heatmap.shape == item.display.shape  # kept at display size
     record = ui_state.result_record(item, entry, analysis)
     json.dumps(record)
-    assert {"file", "model", "classes", "probabilities", "raw_probabilities", "temperature", "predicted", "cam"} <= set(record)
+    cli_fields = {"file", "model", "classes", "probabilities", "raw_probabilities", "temperature", "predicted", "cam"}
+    assert cli_fields <= set(record)
     assert record["file"] == CHEST and record["model"] == "tiny-effnet"
     assert record["cam"]["method"] == "gradcam++" and record["cam"]["target"] == "Normal"
     assert record["image_sha256"] == xray.sha256
+    png_bytes = ui_state.full_size_overlay_png(item, analysis, "turbo", 0.4, outline=True)()
+    picture = Image.open(io.BytesIO(png_bytes))
+    assert picture.mode == "RGB" and picture.size == (xray.shape[1], xray.shape[0])  # the original size
