@@ -200,6 +200,23 @@ def read_canvas(
     return CanvasReading(objects, labels, regions, int(union.sum()), int(image_shape[0] * image_shape[1]))
 
 
+def submission_problems(diagnosis: str | None, confidence: int | None, reading: CanvasReading | None) -> list[str]:
+    """What stops a reading from being submitted, as instructions to the reader ([] when nothing does).
+
+    ``reading`` is None when the drawing could not be measured.
+    """
+    problems = []
+    if diagnosis is None:
+        problems.append("choose your diagnosis")
+    if confidence is None:
+        problems.append("choose your confidence")
+    if reading is None:
+        problems.append("fix the drawing (see the message under the canvas)")
+    elif reading.unlabelled:
+        problems.append(f"mark(s) {reading.unlabelled} have a colour that matches no finding; undo and redraw them")
+    return problems
+
+
 # --- drafts ----------------------------------------------------------------------------------
 
 

@@ -209,15 +209,7 @@ if now != state.saved and not submit:
     state.saved = now
 
 if submit:
-    problems = []
-    if diagnosis is None:
-        problems.append("choose your diagnosis")
-    if confidence is None:
-        problems.append("choose your confidence")
-    if marks is None:
-        problems.append("fix the drawing (see the message under the canvas)")
-    elif marks.unlabelled:
-        problems.append(f"mark(s) {marks.unlabelled} have a colour that matches no finding; undo and redraw them")
+    problems = ann.submission_problems(diagnosis, confidence, marks)
     if problems:
         side_col.error("Before submitting: " + "; ".join(problems) + ".")
     else:

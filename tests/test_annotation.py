@@ -109,6 +109,16 @@ def test_marks_in_no_finding_colour_are_reported_by_position():
     assert reading.unlabelled == [2]
 
 
+def test_submission_needs_a_diagnosis_a_confidence_and_labelled_marks():
+    good = ann.read_canvas([rect(0, 0, 10, 10)], image_shape=(50, 50), background_fit=None)
+    odd = ann.read_canvas([rect(0, 0, 10, 10, stroke="black")], image_shape=(50, 50), background_fit=None)
+    assert ann.submission_problems("Normal", 5, good) == []
+    assert ann.submission_problems(None, None, good) == ["choose your diagnosis", "choose your confidence"]
+    assert ann.submission_problems("Normal", 5, odd) == [
+        "mark(s) [1] have a colour that matches no finding; undo and redraw them"]
+    assert ann.submission_problems("Normal", 5, None) == ["fix the drawing (see the message under the canvas)"]
+
+
 def test_unreadable_canvas_json_raises_mask_error():
     with pytest.raises(MaskError, match="does not parse"):
         ann.read_canvas("{not json", image_shape=(10, 10), background_fit=None)
