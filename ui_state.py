@@ -279,15 +279,58 @@ def full_size_overlay_png(item: Item, analysis: Analysis, colormap: str, opacity
     return make
 
 
-def result_record(item: Item, entry: ModelEntry, analysis: Analysis) -> dict:
-    """The downloadable JSON: the CLI's fields (file, model, scores, cam) plus the image's SHA-256."""
+def result_record(item: Item, entry: ModelEntry, analysis: Analysis, ood: dict | None = None) -> dict:
+    """The downloadable JSON: the CLI's fields (file, model, scores, cam, ood screening) plus the image's SHA-256."""
     body = analysis.cam.to_dict() if analysis.cam is not None else analysis.prediction.to_dict()
     record = {"file": item.name, "model": entry.name, **body, "image_sha256": item.xray.sha256}
+    if ood is not None:
+        record["ood"] = ood
     if analysis.cam is None:
         record["cam"] = None
         record["cam_unavailable"] = analysis.cam_error
     record["note"] = "model scores are not diagnoses"
     return record
+
+
+REVIEW_OVERRIDES_LOGGED = "review_ood_overrides_logged"  # (model, image SHA) overrides already logged
+
+
+def review_override_key(item_key: str) -> str:
+    """Per-image key of the expert-override checkbox for an input refused as not a chest X-ray."""
+    return f"review_ood_override::{item_key}"
+
+
+@st.cache_data(max_entries=64, show_spinner="Checking that this looks like a chest X-ray...")
+def _screen(weights_dir: str, name: str, sha256: str, image_sha: str, _xray):
+    from cxr_core.screening import screener
+
+    return screener(_loaded_model(weights_dir, name, sha256), weights_dir).screen([_xray])[0]
+
+
+def screen_item(entry: ModelEntry, item: Item):
+    """:func:`cxr_core.screening.screen` of ``entry``'s model for ``item`` (an ``OODDecision``); cached by image and model."""
+    return _screen(_weights_key(), entry.name, entry.card.sha256, item.xray.sha256, item.xray)
+
+
+def refusal_text(decision) -> str:
+    """The page's refusal: the CLI's sentence, then each reason as a bullet."""
+    from cxr_core.screening import REFUSAL
+
+    return f"**{REFUSAL[0].upper() + REFUSAL[1:]}.** Model scores and heatmaps are not shown.\n\n" + "\n".join(
+        f"- {r}" for r in decision.reasons)
+
+
+def ood_override(entry: ModelEntry, item: Item, decision) -> dict:
+    """Record that the expert chose to see scores for a refused input; logged once per model and image per session."""
+    from cxr_core.screening import decision_record, override_record
+
+    logged: set = st.session_state.setdefault(REVIEW_OVERRIDES_LOGGED, set())
+    key = (entry.name, item.xray.sha256)
+    if key in logged:
+        return {**decision_record(decision), "overridden": True, "by": current_reader_name(), "where": "review page"}
+    logged.add(key)
+    return override_record(decision, model=entry.name, image=f"{item.name} (sha256 {item.xray.sha256[:16]})",
+                           where="review page", by=current_reader_name())
 
 
 def review_warnings(item: Item, entry: ModelEntry) -> list[str]:
@@ -707,3 +750,22 @@ def agreement_reader_pairs(data, readers, rule: str):
 def agreement_pixels(image_sha: str) -> np.ndarray:
     """A stored image's pixels at original size (for report galleries), loaded once per server."""
     return stored_item(image_sha).xray.pixels
+
+
+def agreement_filter_key(kind: str, session_name: str, options) -> str:
+    """Key of a class or reader filter: one per session and set of options, so new options start all selected."""
+    return f"{kind}::{session_name}::{'|'.join(options)}"
+
+
+def agreement_export(fmt: str, data, pairsets, scores, rule: str) -> str:
+    """The page's download in ``fmt`` (csv, json, html, coco) of exactly the scores it shows."""
+    from cxr_core import reports
+    from cxr_core.session_report import build_report, coco_annotations
+
+    if fmt == "csv":
+        return reports.to_csv(scores)
+    if fmt == "coco":
+        return reports.to_coco(coco_annotations(data, pairsets, scores),
+                               description=f"CXR Review session {data.name}: expert and heatmap masks")
+    report = build_report(data, pairsets, scores, pixels=agreement_pixels, rule=rule)
+    return reports.to_json(report) if fmt == "json" else reports.to_html(report)

@@ -8,6 +8,7 @@ import streamlit as st
 import ui_state as ui
 from cxr_core.errors import CXRError
 from cxr_core.overlay import COLORMAPS, legend_image
+from cxr_core.screening import decision_record
 from ui_figures import score_bars
 
 st.title("Review X-rays")
@@ -28,7 +29,8 @@ with sample_col:
         chosen = st.multiselect(
             "Or try a bundled sample", list(samples), key=ui.REVIEW_SAMPLES, persist_state="session",
             format_func=lambda f: f"{f} (labelled {samples[f].get('label', '?')})",
-            help="Real, openly licensed chest X-rays from the demo model's test split; the source shows under the image.",
+            help="Real, openly licensed chest X-rays from the demo model's test split; "
+                 "the source shows in the image details.",
         )
     else:
         chosen = []
@@ -115,6 +117,25 @@ with side_col:
     colormap = st.selectbox("Colour map", COLORMAPS, key=ui.REVIEW_COLORMAP, persist_state="session")
 
 allowed, reason = ui.model_output_allowed(item.xray.sha256)
+# Screening: an input that does not look like a frontal chest film gets no scores and no heatmap,
+# unless an expert overrides the refusal (logged, and recorded in the downloaded JSON).
+try:
+    decision = ui.screen_item(entry, item) if allowed else None
+except CXRError as exc:  # e.g. a detector file that does not match the model's card
+    st.error(f"{entry.name} could not screen this image: {exc}", icon=":material/error:")
+    st.stop()
+ood, refused, override = None, False, False
+if decision is not None:
+    ood = decision_record(decision)
+    if not decision.ok:
+        with scores_box:
+            st.error(ui.refusal_text(decision), icon=":material/block:")
+            override = st.checkbox("Show the model's output anyway (expert override; this is logged)",
+                                   key=ui.review_override_key(item.key))
+        if override:
+            ood = ui.ood_override(entry, item, decision)
+        else:
+            refused, allowed, reason = True, False, ui.refusal_text(decision)
 target = None if target_choice == ui.PREDICTED else target_choice
 try:
     analysis = ui.analyse(entry, item, method, target) if allowed else None
@@ -124,8 +145,12 @@ except CXRError as exc:  # e.g. a file that passes its checksum but is not a loa
 
 with scores_box:
     if analysis is None:
-        st.info(reason, icon=":material/visibility_off:")
+        if not refused:
+            st.info(reason, icon=":material/visibility_off:")
     else:
+        if override:
+            st.warning("Expert override: these scores are for an input refused as not a frontal chest X-ray.",
+                       icon=":material/warning:")
         pred = analysis.prediction
         st.markdown(f"Top model score: **{pred.predicted}** ({pred.confidence:.1%})")
         st.plotly_chart(score_bars(pred.classes, pred.probabilities, title="Model scores for this image"),
@@ -137,7 +162,7 @@ with scores_box:
 with view_col:
     cam = analysis.cam if analysis is not None else None
     if analysis is None:
-        st.image(ui.film(item), caption=f"{item.name} (model output hidden)")
+        st.image(ui.film(item), caption=f"{item.name} (" + ("not analysed" if refused else "model output hidden") + ")")
     elif cam is None:
         st.warning(analysis.cam_error, icon=":material/block:")
         st.image(ui.film(item), caption=f"{item.name} (no heatmap)")
@@ -166,7 +191,7 @@ with side_col:
         st.table({"Fact": [k for k, _ in facts], "Value": [v for _, v in facts]}, hide_header=True)
     if analysis is not None:
         stem = Path(item.name).stem
-        record = ui.result_record(item, entry, analysis)
+        record = ui.result_record(item, entry, analysis, ood)
         st.download_button("Download result (JSON)", json.dumps(record, indent=2), f"{stem}.{entry.name}.json",
                            "application/json", on_click="ignore", icon=":material/download:")
         if cam is not None and not cam.all_zero:
@@ -184,6 +209,12 @@ def _compare_cell(other) -> None:
     if missing_classes:
         st.caption(f"No output for {', '.join(missing_classes)}.")
     try:
+        screened = ui.screen_item(other, item)
+        if not screened.ok and not override:
+            st.error(ui.refusal_text(screened), icon=":material/block:")
+            return
+        if not screened.ok:
+            ui.ood_override(other, item, screened)
         result = ui.analyse(other, item, method, None)
     except CXRError as exc:
         st.error(f"{other.name} could not be run: {exc}", icon=":material/error:")

@@ -31,7 +31,9 @@ def films(tmp_path):
 
 def test_cam_writes_json_heatmap_and_overlay_at_original_size(use_registry, films, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["predict", *map(str, films), "--model", "tiny-effnet", "--cam", "gradcam", "--out", str(out)])
+    # --allow-ood: the synthetic "wide" film (aspect 1.88) would be refused as not a chest X-ray
+    code = main(["predict", *map(str, films), "--model", "tiny-effnet", "--cam", "gradcam", "--out", str(out),
+                 "--allow-ood"])
     assert code == 0
     assert "gradcam heatmap for" in capsys.readouterr().out
     for path, shape in zip(films, [(130, 90), (80, 150)]):
@@ -58,7 +60,7 @@ def test_target_and_colormap_are_used(use_registry, films, tmp_path):
 
 def test_without_cam_only_the_json_is_written(use_registry, films, tmp_path):
     out = tmp_path / "out"
-    assert main(["predict", str(films[1]), "--model", "tiny-effnet", "--out", str(out)]) == 0
+    assert main(["predict", str(films[1]), "--model", "tiny-effnet", "--out", str(out), "--allow-ood"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["wide.json"]
     assert "cam" not in json.loads((out / "wide.json").read_text())
 

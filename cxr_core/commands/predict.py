@@ -1,4 +1,9 @@
-"""``predict``: class probabilities for one or more X-ray files, optionally with a heatmap."""
+"""``predict``: class probabilities for one or more X-ray files, optionally with a heatmap.
+
+Each file is screened first (:mod:`cxr_core.screening`): one that does not look like a frontal chest
+X-ray is not analysed (a reason on stderr, exit code 2, the other files still processed) unless
+``--allow-ood`` is given.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ def register(sub) -> None:
                    help="heatmap method (default none); maps are min-max scaled within each image")
     p.add_argument("--target", help="class the heatmap explains (default: the predicted class of each image)")
     p.add_argument("--colormap", choices=COLORMAP_CHOICES, default="turbo", help="overlay colours (default turbo)")
+    p.add_argument("--allow-ood", action="store_true",
+                   help="expert override: score inputs refused as not looking like a frontal chest X-ray "
+                        "(logged, and recorded in the output as ood.overridden)")
     p.set_defaults(func=run)
 
 
@@ -31,6 +39,7 @@ def run(args) -> int:
     from cxr_core.manifest import load_model
     from cxr_core.predict import predict_loaded
     from cxr_core.runtime import import_tensorflow_quietly
+    from cxr_core.screening import decision_record, override_record, refusal_message, screener
 
     if args.target and args.cam == "none":
         raise CXRError("--target only applies with --cam gradcam, gradcam++ or random")
@@ -42,6 +51,7 @@ def run(args) -> int:
 
         resolve_target(loaded.card.classes, args.target)  # an unknown class fails before any tracing
         engine = CamEngine.from_loaded(loaded)
+    screen = screener(loaded)
     failed = 0
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -52,12 +62,27 @@ def run(args) -> int:
             print(f"error: {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
+        decision = screen.screen([xray])[0]
+        if not decision.ok and not args.allow_ood:
+            print(f"{path}: {refusal_message(decision)}", file=sys.stderr)
+            failed += 1
+            refused = {"file": str(path), "model": loaded.name, "analysed": False,
+                       "ood": decision_record(decision), "message": refusal_message(decision)}
+            if args.out:
+                write_outputs(args.out / Path(path).stem, refused, xray, None, args.colormap)
+            if args.json:
+                print(json.dumps(refused))
+            continue
         if engine is None:
             result, record = None, predict_loaded(loaded, [xray])[0].to_dict()
         else:
             result = engine.run([xray], method=args.cam, target=args.target)[0]
             record = result.to_dict()
-        record = {"file": str(path), "model": loaded.name, **record}
+        record = {"file": str(path), "model": loaded.name, **record, "ood": decision_record(decision)}
+        if not decision.ok:
+            print(f"warning: {path}: expert override (--allow-ood) of \"{refusal_message(decision)}\"",
+                  file=sys.stderr)
+            record["ood"] = override_record(decision, model=loaded.name, image=str(path), where="cli --allow-ood")
         if args.out:
             write_outputs(args.out / Path(path).stem, record, xray, result, args.colormap)
         if args.json:

@@ -1,0 +1,257 @@
+"""Model-aware refusal: real chest films pass; a photograph, a document, a knee film, noise and a
+blank image are refused with a reason by the library, the CLI (exit 2, other files still scored) and
+the review page (no chart, no heatmap); the expert override shows the scores and is logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from conftest import FIXTURES
+from cxr_core.cli import main
+from cxr_core.errors import ChecksumError, ModelError
+from cxr_core.imaging import load_xray
+from cxr_core.manifest import load_model, read_card, write_card
+from cxr_core.ood import FeatureOOD
+from cxr_core.screening import (
+    DETECTOR_FILE,
+    REFUSAL,
+    Screener,
+    ScreeningError,
+    extract_features,
+    feature_layer,
+    fit_detector,
+    fit_model_detector,
+    override_record,
+    refusal_message,
+    screen,
+)
+
+CHEST_FILMS = sorted((FIXTURES / "cxr").glob("*.png")) + sorted((FIXTURES / "ood").glob("*.png"))
+CHEST = FIXTURES / "cxr" / "covid_hannover_b343e657.png"
+#: Non-chest inputs and words their refusal must contain.
+REFUSED = {
+    "photo.png": "strong colour",
+    "document.png": "extreme aspect ratio",
+    "noise.png": "noise-like texture",
+    "blank.png": "nearly constant (blank) image",
+    "knee.dcm": "DICOM body part is EXTREMITY",
+}
+
+
+@pytest.fixture(scope="module")
+def non_chest(tmp_path_factory):
+    """A colour photograph, a document scan, uniform noise, a blank image and a knee radiograph, as files."""
+    folder = tmp_path_factory.mktemp("not-chest")
+    rng = np.random.default_rng(0)
+    Image.fromarray(skimage.data.astronaut()).save(folder / "photo.png")
+    Image.fromarray(skimage.data.page()).save(folder / "document.png")
+    Image.fromarray((rng.random((300, 400)) * 255).astype(np.uint8)).save(folder / "noise.png")
+    Image.fromarray(np.full((256, 256), 128, np.uint8)).save(folder / "blank.png")
+    shutil.copyfile(get_testdata_file("RG3_UNCR.dcm", download=False), folder / "knee.dcm")
+    return {name: folder / name for name in REFUSED}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_registry):
+    return load_model("tiny-effnet", tiny_registry)
+
+
+@pytest.fixture
+def own_copy(tiny_registry, tmp_path, monkeypatch):
+    """tiny-effnet copied into a registry of this test's own (cards written here touch no other test)."""
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_registry / "tiny-effnet", weights / "tiny-effnet")
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(weights))
+    return weights
+
+
+# --- the library ---------------------------------------------------------------------------------
+
+
+def test_real_chest_films_pass(tiny):
+    for path in CHEST_FILMS:
+        decision = screen(tiny, load_xray(path))
+        assert decision.ok and decision.reasons == [], (path.name, decision.reasons)
+        assert decision.score is None  # the tiny model has no feature detector: image checks only
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_non_chest_inputs_are_refused_with_a_reason(tiny, non_chest, name):
+    decision = screen(tiny, load_xray(non_chest[name]))
+    assert not decision.ok
+    assert any(REFUSED[name] in r for r in decision.reasons), decision.reasons
+    message = refusal_message(decision)
+    assert message.startswith(REFUSAL + " (") and REFUSED[name] in message
+
+
+def test_features_are_the_pool_output_and_batching_does_not_change_them(tiny):
+    import keras
+
+    from cxr_core.preprocess import prepare_batch
+
+    images = [load_xray(p).pixels for p in CHEST_FILMS[:3]]
+    feats = extract_features(tiny.model, tiny.spec, images)
+    direct = keras.Model(tiny.model.inputs, tiny.model.get_layer("pool").output)(prepare_batch(images, tiny.spec))
+    assert feats.shape == (3, 1280) and feats.dtype == np.float32
+    np.testing.assert_allclose(feats, np.asarray(direct), rtol=1e-4, atol=1e-5)
+    one_by_one = np.concatenate([extract_features(tiny.model, tiny.spec, [im]) for im in images])
+    np.testing.assert_allclose(one_by_one, feats, rtol=1e-4, atol=1e-5)
+    hidden = extract_features(tiny.model, tiny.spec, images[:1], layer="hidden_1")
+    assert hidden.shape == (1, 225)
+
+
+def test_feature_layer_prefers_pool_and_names_what_is_missing(tiny):
+    import keras
+
+    assert feature_layer(tiny.model) == "pool"
+    assert feature_layer(tiny.model, "hidden_1") == "hidden_1"
+    with pytest.raises(ScreeningError, match="has no layer 'nope' to take features from"):
+        feature_layer(tiny.model, "nope")
+    inp = keras.Input((32, 32, 3))
+    bare = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inp)), name="bare")
+    with pytest.raises(ScreeningError, match="none of the layers pool, hidden_1"):
+        feature_layer(bare)
+
+
+def test_fit_detector_thresholds_on_validation_features_and_survives_saving(tmp_path):
+    rng = np.random.default_rng(0)
+    train, val = rng.normal(size=(300, 16)) + 3.0, rng.normal(size=(400, 16)) + 3.0  # like ReLU features
+    far = rng.normal(size=(50, 16)) - 3.0  # another direction: far for k-NN (on unit vectors) and Mahalanobis
+    for method in ("knn", "mahalanobis"):
+        det = fit_detector(train, val, method=method, k=1, percentile=99.0)
+        assert np.mean(det.score(val) > det.threshold) == pytest.approx(0.01, abs=0.0026)  # 4 of 400
+        assert np.all(det.score(far) > det.threshold)
+        det.save(tmp_path / f"{method}.npz")
+        again = FeatureOOD.load(tmp_path / f"{method}.npz")
+        np.testing.assert_array_equal(again.score(val), det.score(val))
+    assert fit_detector(train, val, method="knn").bank.dtype == np.float16  # a quarter of the float64 size
+
+
+def test_a_detector_beside_the_model_adds_its_score_and_a_feature_reason(own_copy):
+    loaded = load_model("tiny-effnet")
+    train, val = CHEST_FILMS[4:], CHEST_FILMS[:4]
+    entry = fit_model_detector(loaded, train, val, method="knn", k=2, percentile=100.0)
+    assert (own_copy / "tiny-effnet" / DETECTOR_FILE).is_file()
+    assert entry["layer"] == "pool" and entry["dim"] == 1280 and entry["n_fit"] == 6 and entry["n_threshold"] == 4
+    assert entry["val_refusal_rate"] == 0.0  # the threshold is the largest validation score
+    card = read_card(own_copy / "tiny-effnet")
+    card.extra["ood"] = entry
+    write_card(own_copy / "tiny-effnet", card)
+    loaded = load_model("tiny-effnet")
+    decision = screen(loaded, load_xray(val[0]))
+    assert decision.ok and decision.score <= decision.threshold == pytest.approx(entry["threshold"])
+    screener = Screener.from_loaded(loaded)
+    screener.detector.threshold = -1.0  # every film now lies beyond the threshold
+    refused = screener.screen([load_xray(val[0])])[0]
+    assert not refused.ok and refused.reasons[0].startswith("model features unlike the training chest films")
+
+
+def test_the_detector_file_must_match_the_card(own_copy):
+    loaded = load_model("tiny-effnet")
+    entry = fit_model_detector(loaded, CHEST_FILMS[4:], CHEST_FILMS[:4], k=1)
+    folder = own_copy / "tiny-effnet"
+    card = read_card(folder)
+    card.extra["ood"] = entry
+    write_card(folder, card)
+    with (folder / DETECTOR_FILE).open("ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(ChecksumError, match="ood.npz does not match the SHA-256 in its card"):
+        Screener.from_loaded(load_model("tiny-effnet"))
+    (folder / DETECTOR_FILE).unlink()
+    with pytest.raises(ModelError, match="OOD detector .* is missing; rerun `python -m cxr_core calibrate"):
+        Screener.from_loaded(load_model("tiny-effnet"))
+
+
+def test_override_is_logged_and_recorded(tiny, non_chest, caplog):
+    decision = screen(tiny, load_xray(non_chest["noise.png"]))
+    with caplog.at_level(logging.WARNING, logger="cxr_core.screening"):
+        record = override_record(decision, model="tiny-effnet", image="noise.png", where="test", by="dr-a")
+    assert record["overridden"] is True and record["by"] == "dr-a" and record["reasons"] == decision.reasons
+    assert any("expert override" in m and "noise.png" in m and "dr-a" in m for m in caplog.messages)
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_each_non_chest_file_and_still_scores_the_chest_film(use_registry, non_chest, tmp_path,
+                                                                            capsys):
+    out = tmp_path / "out"
+    paths = [str(CHEST), *map(str, non_chest.values())]
+    assert main(["predict", *paths, "--model", "tiny-effnet", "--json", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == len(REFUSED)
+    for line, (name, words) in zip(errors, REFUSED.items()):
+        assert line.startswith(f"{non_chest[name]}: {REFUSAL} (") and words in line, line
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["file"] for r in records] == paths
+    assert records[0]["ood"]["ok"] is True and sum(records[0]["probabilities"].values()) == pytest.approx(1.0)
+    for record in records[1:]:
+        assert record["analysed"] is False and "probabilities" not in record and record["ood"]["reasons"]
+    assert json.loads((out / "noise.json").read_text())["message"].startswith(REFUSAL)
+
+
+def test_cli_allow_ood_scores_a_refused_file_and_logs_the_override(use_registry, non_chest, capsys, caplog):
+    with caplog.at_level(logging.WARNING, logger="cxr_core.screening"):
+        assert main(["predict", str(non_chest["noise.png"]), "--model", "tiny-effnet", "--json", "--allow-ood"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert set(record["probabilities"]) == {"COVID-19", "Normal", "Pneumonia", "Tuberculosis"}
+    assert record["ood"]["overridden"] is True and "noise-like texture" in record["ood"]["reasons"][0]
+    assert "expert override (--allow-ood)" in captured.err
+    assert any("expert override" in m and "cli --allow-ood" in m for m in caplog.messages)
+
+
+# --- the review page -----------------------------------------------------------------------------
+
+
+def _page(non_chest, *names):
+    from test_page_review import start, upload
+
+    files = [(n, non_chest[n].read_bytes(), "image/png") for n in names]
+    return upload(start(), *files, ("chest.png", CHEST.read_bytes(), "image/png"))
+
+
+def test_page_refuses_non_chest_uploads_without_chart_or_heatmap(use_registry, non_chest):
+    from test_page_review import captions, charts, main_chart, texts
+
+    names = ["photo.png", "document.png", "noise.png", "blank.png"]
+    at = _page(non_chest, *names)
+    for name in names:
+        at.radio(key="review_selected").set_value(next(k for k in at.radio(key="review_selected").options
+                                                       if k.endswith(name))).run()
+        assert not at.exception
+        refusals = [e for e in texts(at, "error") if "this does not look like a frontal chest X-ray" in e]
+        assert len(refusals) == 1 and REFUSED[name] in refusals[0], texts(at, "error")
+        assert not charts(at)
+        assert f"{name} (not analysed)" in captions(at)
+        assert not any("overlay" in c or "Grad-CAM" in c for c in captions(at))
+        assert not at.get("download_button")
+        assert at.checkbox(key=f"review_ood_override::{at.radio(key='review_selected').value}").value is False
+    at.radio(key="review_selected").set_value(at.radio(key="review_selected").options[-1]).run()
+    assert main_chart(at) and not any("does not look like" in e for e in texts(at, "error"))
+
+
+def test_page_expert_override_shows_the_scores_and_is_logged_once(use_registry, non_chest, caplog):
+    from test_page_review import charts, main_chart, texts
+
+    at = _page(non_chest, "noise.png")
+    selected = at.radio(key="review_selected").value
+    assert selected.endswith("noise.png") and not charts(at)
+    with caplog.at_level(logging.WARNING, logger="cxr_core.screening"):
+        at.checkbox(key=f"review_ood_override::{selected}").check().run()
+        at.slider(key="review_opacity").set_value(0.6).run()  # a rerun must not log again
+    assert not at.exception
+    assert main_chart(at)
+    assert any(w.startswith("Expert override") for w in texts(at, "warning"))
+    logged = [m for m in caplog.messages if "expert override" in m and "review page" in m]
+    assert len(logged) == 1 and "noise.png" in logged[0]
+    assert {model for model, _ in at.session_state["review_ood_overrides_logged"]} == {"tiny-effnet"}
