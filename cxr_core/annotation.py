@@ -115,7 +115,8 @@ def contain_fit(natural_width: int, natural_height: int, canvas_width: int, canv
     scale = min(canvas_width / natural_width, canvas_height / natural_height)
     return {
         "natural_width": natural_width, "natural_height": natural_height, "scale_x": scale, "scale_y": scale,
-        "offset_x": (canvas_width - natural_width * scale) / 2, "offset_y": (canvas_height - natural_height * scale) / 2,
+        "offset_x": (canvas_width - natural_width * scale) / 2,
+        "offset_y": (canvas_height - natural_height * scale) / 2,
     }
 
 

@@ -80,7 +80,8 @@ def model_result_panel() -> None:
         st.info("No model is installed, so there is no model result to compare with. See the Models page.")
         return
     by_name = {e.name: e for e in ready}
-    model = by_name[st.selectbox("Model", list(by_name), key=ui.reading_key("model", session.id, reader.id, entry.image_sha))]
+    model_key = ui.reading_key("model", session.id, reader.id, entry.image_sha)
+    model = by_name[st.selectbox("Model", list(by_name), key=model_key)]
     analysis = ui.analyse(model, item, "gradcam", None)
     pred = analysis.prediction
     st.plotly_chart(score_bars(pred.classes, pred.probabilities, title=f"Model scores: {model.name}", height=220),
@@ -89,7 +90,8 @@ def model_result_panel() -> None:
     if analysis.cam is None:
         st.warning(analysis.cam_error, icon=":material/block:")
     elif analysis.cam.all_zero:
-        st.info(f"No positive evidence for {analysis.cam.target}: the Grad-CAM map is empty.", icon=":material/blur_off:")
+        st.info(f"No positive evidence for {analysis.cam.target}: the Grad-CAM map is empty.",
+                icon=":material/blur_off:")
     else:
         st.image(ui.overlay_image(item, analysis, "Overlay", "turbo", 0.4),
                  caption=f"Grad-CAM heatmap for {analysis.cam.target} (relative within this image only)")

@@ -86,7 +86,8 @@ else:
                 elif source == "Bundled samples":
                     images = ann.read_samples(samples_dir, sample_files)
                 else:
-                    images = ann.read_folder(folder) if folder.strip() else ann.SessionImages([], [], ["no folder given"])
+                    images = (ann.read_folder(folder) if folder.strip()
+                              else ann.SessionImages([], [], ["no folder given"]))
             for line in images.errors:
                 st.warning(f"Skipped: {line}", icon=":material/broken_image:")
             if not chosen:

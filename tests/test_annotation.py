@@ -129,7 +129,8 @@ def test_unreadable_canvas_json_raises_mask_error():
 
 def test_draft_fields_round_trip_to_the_same_initial_drawing(db):
     canvas = {"version": "7.4.0", "background": "", "objects": [rect(10, 10, 20, 20, "other")]}
-    fields = ann.draft_fields(canvas, canvas_width=600, canvas_height=600, background_fit=ann.contain_fit(64, 64, 600, 600),
+    fit = ann.contain_fit(64, 64, 600, 600)
+    fields = ann.draft_fields(canvas, canvas_width=600, canvas_height=600, background_fit=fit,
                               diagnosis="Normal", confidence=4)
     assert fields["labels"] == ["other"]
     assert "background" not in fields["canvas_json"]

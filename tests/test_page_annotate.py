@@ -43,7 +43,8 @@ def study(tmp_path, monkeypatch) -> Study:
     factory = storage.session_factory(storage.make_engine(url))
     images = ann.read_uploads((name, (FIXTURES / "cxr" / name).read_bytes()) for name in (CHEST, OTHER))
     with factory.begin() as s:
-        readers = {n: storage.add_reader(s, n, role).id for n, role in (("Admin", "admin"), ("Dr A", "sme"), ("Dr B", "sme"))}
+        roles = (("Admin", "admin"), ("Dr A", "sme"), ("Dr B", "sme"))
+        readers = {n: storage.add_reader(s, n, role).id for n, role in roles}
         session = ann.create_session_from_xrays(s, name="Blind 1", images=images, reader_ids=[readers["Dr A"]],
                                                 created_by=readers["Admin"], shuffle=False)
     return Study(url, session.id, readers, {x.name: x.sha256 for x in images.xrays})
@@ -152,7 +153,8 @@ def test_submit_stores_polygon_and_rectangle_with_their_areas_then_opens_the_nex
                                  session_id=study.session_id) is None
         mask = storage.annotation_mask(saved)
     assert (saved.diagnosis, saved.confidence, saved.version) == ("COVID-19", 4, 1)
-    assert [(x["type"], x["label"]) for x in saved.regions] == [("polygon", "ground-glass opacity"), ("rect", "consolidation")]
+    assert [(x["type"], x["label"]) for x in saved.regions] == [("polygon", "ground-glass opacity"),
+                                                                ("rect", "consolidation")]
     assert saved.regions[1]["area_px"] == 100 * 60
     assert saved.regions[0]["area_px"] == pytest.approx(15000, rel=0.02)
     assert saved.mask_area == pytest.approx(6000 + 15000, rel=0.02) and mask.shape == (419, 512)
