@@ -66,6 +66,8 @@ class Report:
     diagnosis: DiagnosisAgreement | None = None
     gallery: Sequence[GalleryCase] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: Inputs a model refused to score (:mod:`cxr_core.screening`): ``{"image_id", "model", "reasons"}`` each.
+    refused: Sequence[Mapping[str, Any]] = ()
 
 
 def versions() -> dict[str, str]:
@@ -153,6 +155,8 @@ def to_json(report: Report) -> str:
         "groups": [g.to_dict() for g in report.groups],
         "reader_pairs": [asdict(p) for p in report.reader_pairs],
         "diagnosis": report.diagnosis.to_dict() if report.diagnosis else None,
+        "refused": [{"image_id": r.get("image_id"), "model": r.get("model"), "reasons": list(r.get("reasons", ()))}
+                    for r in report.refused],
         "gallery": [{"kind": c.kind, "image_id": c.score.image_id, "model": c.score.model,
                      "reader": c.score.reader, "iou": c.score.iou} for c in report.gallery],
     }
@@ -316,6 +320,12 @@ def to_html(report: Report) -> str:
         sections += ["<h2>Reader versus reader</h2>",
                      f"<p>Mean IoU {_fmt(float(np.nanmean(ious)) if np.isfinite(ious).any() else math.nan)} "
                      f"over {len(rows)} pairs.</p>", _table(["image", "reader A", "reader B", "IoU", "Dice"], rows)]
+    if report.refused:
+        rows = [[html.escape(str(r.get("image_id"))), html.escape(str(r.get("model"))),
+                 html.escape("; ".join(r.get("reasons", ())))] for r in report.refused]
+        sections += ["<h2>Not analysed</h2>",
+                     f"<p>{len(rows)} image(s) did not look like a frontal chest X-ray to a model and were not "
+                     "scored; they are in no number above.</p>", _table(["image", "model", "reasons"], rows)]
     sections += ["<h2>Distributions</h2>", _charts(report.scores),
                  "<h2>Gallery</h2>", _gallery(report.gallery),
                  "<h2>Method</h2>", "".join(f"<p>{html.escape(t)}</p>" for t in conventions(report.scores)),

@@ -185,3 +185,15 @@ def test_html_is_offline_and_contains_every_gallery_image(session):
     assert sum(t == "script" for t, _ in tags) >= 3 and "plotly.js v" in page  # the library, then 2 charts
     assert "not diagnoses" in page and "true_positive_only" in page and "CheXlocalize" in page
     assert "Normal images (reported apart)" in page
+
+
+def test_refused_images_are_listed_with_their_reasons(session):
+    scores, _, _ = session
+    refused = [{"image_id": "holiday.jpg", "model": "resnet50",
+                "reasons": ["strong colour (colourfulness 0.31 > 0.06): a photograph or figure, not a radiograph"]}]
+    report = Report("Session s1", scores, refused=refused)
+    assert json.loads(to_json(report))["refused"] == refused
+    page = to_html(report)
+    assert "<h2>Not analysed</h2>" in page and "<td>holiday.jpg</td>" in page and "strong colour" in page
+    assert "Not analysed" not in to_html(Report("Session s1", scores))
+    assert json.loads(to_json(Report("Session s1", scores)))["refused"] == []
