@@ -1,0 +1,214 @@
+"""Heatmap agreement: how well each model's heatmap agrees with the experts' marks in a reading session."""
+
+import math
+
+import streamlit as st
+
+import ui_state as ui
+from cxr_core import agreement, reports
+from cxr_core.errors import CXRError
+from cxr_core.session_scores import BASELINE, SessionScoresError, diagnosis
+
+st.title("Heatmap agreement")
+st.caption(
+    "This page shows how well each model's heatmap agrees with where the experts marked disease in a reading "
+    "session: per image, class, model and reader, with a random heatmap scored the same way beside each model. "
+    "Conventions follow CheXlocalize (heatmap upsampled to the film, min-max normalised, binarised; Normal readings "
+    "reported apart); published Grad-CAM-versus-radiologist mean IoU is about 0.1-0.3. Each heatmap explains the "
+    "class the expert gave (the model's top class where the model lacks it). Model scores are not diagnoses."
+)
+
+# --- who is looking, which session ----------------------------------------------------------------
+sessions = dict(ui.agreement_sessions())
+if not sessions:
+    st.info("No reading sessions yet. An administrator creates them on the **Reading sessions** page.")
+    st.stop()
+models = ui.agreement_models()
+if not models:
+    st.error("No model is installed, so there are no heatmaps to compare. Run `make demo-model` or see the Models "
+             "page.")
+    st.stop()
+
+top = st.columns([2, 3, 2])
+session_name = top[0].selectbox("Session", list(sessions), key=ui.AGREEMENT_SESSION,
+                                format_func=lambda n: n + (" (blind)" if sessions[n] else ""))
+try:
+    view = ui.agreement_view(session_name)
+except CXRError as err:
+    st.error(f"Nothing is shown: {err}", icon=":material/visibility_off:")
+    st.stop()
+if view.reader is None:
+    st.caption("Viewing as: nobody chosen (choose who you are on the **Annotate** page). Images still being read "
+               "blind by anyone are left out.")
+else:
+    st.caption(f"Viewing as **{view.reader}** ({view.role}).")
+if view.hidden:
+    whose = "in your own blind readings" if view.reader else "in someone's blind reading"
+    st.info(f"{len(view.hidden)} image(s) of this session are left out: they are still pending {whose}, and model "
+            "output for them stays hidden until the reading is submitted.", icon=":material/visibility_off:")
+
+chosen = top[1].multiselect("Models", list(models), default=list(models)[:1], key=ui.AGREEMENT_MODELS)
+method = top[2].radio("Heatmap method", list(ui.AGREEMENT_METHODS), format_func=ui.AGREEMENT_METHODS.get,
+                      key=ui.AGREEMENT_METHOD, horizontal=True)
+if not chosen:
+    st.info("Choose at least one model.")
+    st.stop()
+
+data = ui.agreement_data(session_name, view)
+if not data.readings:
+    st.info("No submitted reading to compare with yet in this session (or none you may see).")
+    st.stop()
+
+# --- heatmaps not yet computed --------------------------------------------------------------------
+missing = {name: ui.agreement_missing(data, models[name], method) for name in chosen}
+if any(missing.values()):
+    total = sum(missing.values())
+    st.warning(f"{total} heatmap(s) are not computed yet ({', '.join(f'{n}: {k}' for n, k in missing.items() if k)}), "
+               f"{ui.AGREEMENT_METHODS[method]} and the random baseline. Readings without one are left out below.",
+               icon=":material/pending:")
+    if st.button(f"Compute the {total} missing heatmap(s)", key="agreement_compute", icon=":material/play_arrow:"):
+        bar = st.progress(0.0, text="Computing heatmaps...")
+        try:
+            for name in chosen:
+                if missing[name]:
+                    ui.agreement_compute(data, models[name], method, progress=lambda d, t, n=name: bar.progress(
+                        d / max(t, 1), text=f"{n}: {d} of {t} heatmaps"))
+        except CXRError as err:
+            st.error(f"Heatmaps could not be computed: {err}")
+            st.stop()
+        st.rerun()
+
+# --- threshold, rule and filters (recomputed live) ------------------------------------------------
+controls = st.columns([2, 2, 2, 3])
+kind = controls[0].radio("Binarise heatmaps by", list(ui.THRESHOLD_KINDS), format_func=ui.THRESHOLD_KINDS.get,
+                         key=ui.AGREEMENT_THRESHOLD)
+fixed = controls[1].slider("Fixed threshold", 0.05, 0.95, 0.5, 0.05, key=ui.AGREEMENT_FIXED, disabled=kind != "fixed",
+                           help="keeps pixels of the min-max normalised heatmap above this value")
+top_k = controls[1].slider("Top k% of pixels", 1, 50, 15, 1, key=ui.AGREEMENT_TOP, disabled=kind != "top")
+rule = controls[2].radio("Empty-mask rule", agreement.RULES, format_func=ui.RULE_LABELS.get, key=ui.AGREEMENT_RULE,
+                         help="True positives only leaves an image out of IoU and Dice when the expert or the "
+                              "heatmap mask is empty; Full scores a one-sided empty mask as 0.")
+threshold = ui.threshold_spec(kind, fixed, top_k)
+try:
+    pairsets, all_scores = ui.agreement_scores(session_name, view, [models[n] for n in chosen], method, threshold, rule)
+except (CXRError, SessionScoresError) as err:
+    st.error(str(err))
+    st.stop()
+if not all_scores:
+    st.info("No heatmap is computed for these readings yet: compute them above.")
+    st.stop()
+classes = sorted({s.target for s in all_scores})
+readers = sorted({s.reader for s in all_scores})
+with controls[3]:
+    pick_classes = st.multiselect("Expert's class", classes, default=classes,
+                                  key=ui.agreement_filter_key(ui.AGREEMENT_CLASSES, session_name, classes))
+    pick_readers = st.multiselect("Reader", readers, default=readers,
+                                  key=ui.agreement_filter_key(ui.AGREEMENT_READERS, session_name, readers))
+scores = [s for s in all_scores if s.target in pick_classes and s.reader in pick_readers]
+if not scores:
+    st.info("No scores for this choice of classes and readers.")
+    st.stop()
+n_images = len({s.image_id for s in scores})
+st.caption(f"{n_images} image(s), {len(pick_readers)} reader(s); threshold **{threshold}**, rule **{rule}**. "
+           f"{len(data.unread)} visible image(s) have no submitted reading yet.")
+
+
+# --- summary cards --------------------------------------------------------------------------------
+def _summary(rows):
+    groups = [g for g in agreement.aggregate(rows, by=("model", "method")) if not g.normal]
+    return groups[0].metrics if groups else None
+
+
+def _value(iv) -> str:
+    return "–" if iv is None or not math.isfinite(iv.mean) else f"{iv.mean:.3f}"
+
+
+keep = {(s.model, s.method, s.image_id, s.reader) for s in scores}
+st.subheader("Summary (mean, 95% bootstrap interval)")
+for pairs in [p for p in pairsets if p.method != BASELINE]:
+    name = pairs.model.name
+    own = _summary([s for s in scores if s.model == name and s.method == method])
+    base = _summary([s for s in scores if s.model == name and s.method == BASELINE])
+    kappa = diagnosis(pairs, lambda k, n=name: (n, method, k.image_id, k.reader) in keep)
+    with st.container(border=True):
+        st.markdown(f"**{name}** · {ui.AGREEMENT_METHODS[method]}, beside a random heatmap")
+        cards = st.columns(4)
+        for col, (metric, label) in zip(cards, (("iou", "mIoU"), ("hit", "Hit rate"), ("mass", "Relevance mass"))):
+            iv = own[metric] if own else None
+            biv = base[metric] if base else None
+            delta = (f"{iv.mean - biv.mean:+.3f} vs random" if iv and biv and math.isfinite(iv.mean)
+                     and math.isfinite(biv.mean) else None)
+            col.metric(label, _value(iv), delta=delta, delta_color="normal" if delta else "off")
+            col.caption(f"95% CI {ui.format_ci(iv)}, n={iv.n if iv else 0}; random {ui.format_interval(biv)}")
+        if kappa is None:
+            cards[3].metric("Diagnosis kappa", "–")
+            cards[3].caption("No reading with a definite class.")
+        else:
+            iv = agreement.Interval(kappa.kappa, kappa.kappa_lo, kappa.kappa_hi, kappa.n)
+            cards[3].metric("Diagnosis kappa", _value(iv))
+            cards[3].caption(f"95% CI {ui.format_ci(iv)}; expert's class vs model's top class, agreement "
+                             f"{kappa.agreement:.0%} of {kappa.n} readings")
+
+normal = [g for g in agreement.aggregate(scores, by=("model", "method")) if g.normal]
+if normal:
+    st.markdown("**Normal readings, reported apart** (no lesion to localise; not in the means above)")
+    st.dataframe([{"model": g.group["model"], "method": g.group["method"], "readings": g.n_images,
+                   **{label: ui.format_interval(g.metrics[m]) for m, label in (("iou", "IoU"), ("mass", "mass"))}}
+                  for g in normal], hide_index=True)
+
+# --- distributions and tables ---------------------------------------------------------------------
+st.subheader("Distributions per model and class")
+metric = st.segmented_control("Metric", list(ui.METRIC_LABELS), format_func=ui.METRIC_LABELS.get, default="iou",
+                              key=ui.AGREEMENT_METRIC) or "iou"
+st.plotly_chart(ui.distribution_figure(scores, metric), width="stretch", key="agreement_distribution")
+with st.expander("Every group: model × method × class × reader"):
+    st.dataframe([{**g.group, "normal": g.normal, "readings": g.n_images,
+                   **{ui.METRIC_LABELS[m]: ui.format_interval(g.metrics[m]) for m in agreement.AGGREGATE_METRICS}}
+                  for g in agreement.aggregate(scores, by=("model", "method", "target", "reader"))], hide_index=True)
+shown_ids = {s.image_id for s in scores}
+pairs_rr = [p for p in ui.agreement_reader_pairs(data, pick_readers, rule) if p.image_id in shown_ids]
+with st.expander(f"Reader versus reader ({len(pairs_rr)} pairs)"):
+    if pairs_rr:
+        st.caption(f"Mean IoU between experts' masks: {ui.format_interval(ui.interval([p.iou for p in pairs_rr]))}")
+        st.dataframe([{"image": p.image_id, "reader A": p.reader_a, "reader B": p.reader_b, "IoU": p.iou,
+                       "Dice": p.dice} for p in pairs_rr], hide_index=True)
+    else:
+        st.caption("No image was marked by two or more of the chosen readers.")
+
+# --- gallery --------------------------------------------------------------------------------------
+st.subheader("Gallery")
+st.markdown(f"<span style='color:rgb{reports.EXPERT_RGB}'>■</span> expert's outline &nbsp; "
+            f"<span style='color:rgb{reports.HEATMAP_RGB}'>■</span> binarised heatmap's outline ({threshold})",
+            unsafe_allow_html=True)
+by_label = {f"{p.model.name} · {'random baseline' if p.method == BASELINE else ui.AGREEMENT_METHODS[p.method]}": p
+            for p in pairsets}
+g_cols = st.columns(3)
+shown_pairs = by_label[g_cols[0].selectbox("Heatmaps of", list(by_label), key=ui.AGREEMENT_GALLERY_MODEL)]
+order = g_cols[1].radio("Order", ["worst", "best"], key=ui.AGREEMENT_SORT, horizontal=True,
+                        format_func=lambda o: {"worst": "Lowest IoU first", "best": "Highest IoU first"}[o])
+rows = [s for s in scores if s.model == shown_pairs.model.name and s.method == shown_pairs.method]
+ranked = sorted(rows, key=lambda s: (not math.isfinite(s.iou), s.iou if order == "worst" else -s.iou))  # NaN last
+pages = max(1, math.ceil(len(ranked) / ui.GALLERY_PAGE))
+page = g_cols[2].number_input(f"Page (of {pages})", 1, pages, 1, key=ui.AGREEMENT_PAGE) if pages > 1 else 1
+on_page = ranked[(page - 1) * ui.GALLERY_PAGE: page * ui.GALLERY_PAGE]
+for start in range(0, len(on_page), 4):  # row by row, so the order reads left to right
+    for col, s in zip(st.columns(4), on_page[start:start + 4]):
+        iou = "IoU –" if not math.isfinite(s.iou) else f"IoU {s.iou:.3f}"
+        hit = "" if not math.isfinite(s.hit) else (" · hit" if s.hit else " · miss")
+        mass = "" if not math.isfinite(s.mass) else f" · mass {s.mass:.2f}"
+        col.image(ui.gallery_picture(view, shown_pairs, s),
+                  caption=f"{s.image_id} · {s.reader} ({s.target}) · {iou}{hit}{mass}")
+st.caption("IoU – : left out by the empty-mask rule (an empty expert or heatmap mask).")
+
+# --- exports --------------------------------------------------------------------------------------
+st.subheader("Export")
+st.caption("Reports hold the scores shown above (this threshold, rule, and the chosen models, classes and readers).")
+stem = f"agreement-{session_name}".replace(" ", "_").replace("/", "_")
+exports = st.columns(4)
+for col, (fmt, label, suffix, mime) in zip(exports, (
+        ("csv", "CSV (one row per image × model × reader)", "csv", "text/csv"),
+        ("json", "JSON (everything)", "json", "application/json"),
+        ("html", "HTML report (opens offline)", "html", "text/html"),
+        ("coco", "COCO masks (expert and heatmap)", "coco.json", "application/json"))):
+    col.download_button(label, lambda fmt=fmt: ui.agreement_export(fmt, data, pairsets, scores, rule),
+                        f"{stem}.{suffix}", mime, on_click="ignore", icon=":material/download:")

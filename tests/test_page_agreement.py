@@ -1,0 +1,200 @@
+"""The agreement page under AppTest on the study of ``test_session_scores``: cards equal the library's numbers,
+the threshold and rule recompute live, the gallery sorts by IoU, and blind readings stay hidden.
+
+Dr A and Dr B read img0..img2 in "Blind 1"; img2 is still pending for Dr B in "Blind 2".
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import ui_state as ui
+from conftest import REPO
+from cxr_core import agreement
+from cxr_core import session_scores as ss
+from test_session_scores import build_study, engine_loader, model_refs
+
+TIMEOUT = 600  # the compute test loads a tiny model and traces its CAM step; 2 cores are shared
+PAGE = "pages/agreement.py"
+
+
+@pytest.fixture(scope="module")
+def computed(tiny_registry, tmp_path_factory) -> str:
+    """A study database whose tiny-effnet Grad-CAM and random heatmaps are already stored."""
+    study = build_study(f"sqlite:///{tmp_path_factory.mktemp('page-agreement') / 'annotations.db'}")
+    factory = study.factory()
+    with factory.begin() as s:
+        data = ss.read_session(s, "Blind 1")
+    ss.compute_missing(factory, data, model_refs(tiny_registry)["tiny-effnet"],
+                       engine_loader(tiny_registry, "tiny-effnet"), "gradcam")
+    return study.url
+
+
+@pytest.fixture
+def db_url(computed, use_registry, monkeypatch) -> str:
+    monkeypatch.setenv("CXR_DATABASE_URL", computed)
+    return computed
+
+
+def open_page(reader: str | None = "Researcher") -> AppTest:
+    """A fresh browser session on the agreement page, having said who they are on the annotate page."""
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    if reader is not None:
+        at.switch_page("pages/annotate.py").run()
+        at.selectbox(key=ui.ANNOTATE_READER).select(reader).run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def cards(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def gallery(at: AppTest) -> list[str]:
+    return [c for img in at.get("image") for c in img.captions]
+
+
+def expected(url: str, registry, threshold: str = "otsu", rule: str = "true_positive_only", reader="Researcher",
+             method: str = "gradcam") -> dict[str, agreement.Interval]:
+    """The library's pooled non-Normal means for tiny-effnet, as the cards should show them."""
+    from cxr_core import storage
+
+    factory = storage.session_factory(storage.make_engine(url))
+    with factory.begin() as s:
+        data = ss.read_session(s, "Blind 1", hidden=ss.hidden_for(s, reader))
+        pairs = ss.load_pairs(s, data, model_refs(registry)["tiny-effnet"], method)
+    scores = ss.score_pairs(pairs, threshold, rule)
+    (group,) = [g for g in agreement.aggregate(scores, by=("model", "method")) if not g.normal]
+    kappa = ss.diagnosis(pairs)
+    return {**group.metrics, "kappa": agreement.Interval(kappa.kappa, kappa.kappa_lo, kappa.kappa_hi, kappa.n)}
+
+
+def shown(iv: agreement.Interval) -> str:
+    return "–" if not math.isfinite(iv.mean) else f"{iv.mean:.3f}"
+
+
+def test_missing_heatmaps_are_computed_on_request(tmp_path, use_registry, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'annotations.db'}"
+    monkeypatch.setenv("CXR_DATABASE_URL", url)
+    build_study(url)
+    at = open_page()
+    caption = at.caption[0].value
+    assert "agrees with where the experts marked" in caption and "not diagnoses" in caption
+    assert "Viewing as **Researcher** (reviewer)." in [c.value for c in at.caption]
+    assert any("10 heatmap(s) are not computed yet (tiny-effnet: 10)" in w.value for w in at.warning)
+    assert not at.metric and not gallery(at)
+    at.button(key="agreement_compute").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.warning
+    want = expected(url, use_registry)
+    assert cards(at) == {"mIoU": shown(want["iou"]), "Hit rate": shown(want["hit"]),
+                         "Relevance mass": shown(want["mass"]), "Diagnosis kappa": shown(want["kappa"])}
+    base = expected(url, use_registry, method="random")
+    assert any(c.value.endswith(f"random {ui.format_interval(base['mass'])}") for c in at.caption)
+    assert len(gallery(at)) == 6  # every reading, img2 included: the researcher has nothing pending
+
+
+def test_threshold_and_rule_recompute_live(db_url, use_registry):
+    at = open_page()
+    assert cards(at)["mIoU"] == shown(expected(db_url, use_registry)["iou"])
+    at.radio(key=ui.AGREEMENT_THRESHOLD).set_value("fixed").run()
+    at.slider(key=ui.AGREEMENT_FIXED).set_value(0.3).run()
+    assert not at.exception
+    assert any("threshold **0.3**, rule **true_positive_only**" in c.value for c in at.caption)
+    assert cards(at)["mIoU"] == shown(expected(db_url, use_registry, "0.3")["iou"])
+    at.radio(key=ui.AGREEMENT_THRESHOLD).set_value("top").run()
+    at.slider(key=ui.AGREEMENT_TOP).set_value(40).run()
+    at.radio(key=ui.AGREEMENT_RULE).set_value("full").run()
+    assert any("threshold **top40%**, rule **full**" in c.value for c in at.caption)
+    want = expected(db_url, use_registry, "top40%", "full")
+    assert cards(at)["mIoU"] == shown(want["iou"]) and cards(at)["Relevance mass"] == shown(want["mass"])
+    assert all("top40%" in c for c in [m.value for m in at.markdown if "binarised heatmap" in m.value])
+
+
+def iou_of(caption: str) -> float:
+    part = next(p for p in caption.split(" · ") if p.startswith("IoU "))
+    return math.nan if part == "IoU –" else float(part[4:])
+
+
+def test_gallery_sorts_by_iou_and_follows_the_filters(db_url, use_registry):
+    at = open_page()
+    at.radio(key=ui.AGREEMENT_THRESHOLD).set_value("top").run()  # top 15%: every reading has a heatmap mask
+    worst = [iou_of(c) for c in gallery(at)]
+    finite = [v for v in worst if not math.isnan(v)]
+    assert len(worst) == 6 and finite == sorted(finite) and worst[:len(finite)] == finite  # undefined last
+    at.radio(key=ui.AGREEMENT_SORT).set_value("best").run()
+    best = [iou_of(c) for c in gallery(at)]
+    assert [v for v in best if not math.isnan(v)] == sorted(finite, reverse=True)
+    readers = at.multiselect(key=ui.agreement_filter_key(ui.AGREEMENT_READERS, "Blind 1", ["Dr A", "Dr B"]))
+    readers.set_value(["Dr A"]).run()
+    assert gallery(at) and all(" · Dr A (" in c for c in gallery(at))
+    classes = at.multiselect(key=ui.agreement_filter_key(
+        ui.AGREEMENT_CLASSES, "Blind 1", ["COVID-19", "Normal", "Pneumonia", "Tuberculosis"]))
+    classes.set_value(["COVID-19"]).run()
+    assert [c.split(" · ")[:2] for c in gallery(at)] == [["img0.png", "Dr A (COVID-19)"]]
+    assert any("1 image(s), 1 reader(s)" in c.value for c in at.caption)
+    at.selectbox(key=ui.AGREEMENT_GALLERY_MODEL).set_value("tiny-effnet · random baseline").run()
+    assert len(gallery(at)) == 1 and not at.exception
+    labels = [b.label for b in at.get("download_button")]
+    assert [label.split(" ")[0] for label in labels] == ["CSV", "JSON", "HTML", "COCO"]
+
+
+@pytest.mark.parametrize("reader, note", [
+    ("Dr B", "1 image(s) of this session are left out: they are still pending in your own blind readings"),
+    (None, "1 image(s) of this session are left out: they are still pending in someone's blind reading"),
+    ("Dr A", None),
+])
+def test_images_pending_blind_reading_are_left_out(db_url, use_registry, reader, note):
+    at = open_page(reader)
+    notes = [i.value for i in at.info if "left out" in i.value]
+    assert notes == ([] if note is None else [notes[0]]) and (note is None or note in notes[0])
+    pictured = {c.split(" · ")[0] for c in gallery(at)}
+    assert ("img2.png" in pictured) is (note is None)
+    assert pictured >= {"img0.png", "img1.png"}
+    want = expected(db_url, use_registry, reader=reader)
+    assert cards(at)["Relevance mass"] == shown(want["mass"])
+    if reader is None:
+        assert any("nobody chosen" in c.value for c in at.caption)
+
+
+def test_downloads_hold_the_scores_shown(db_url, use_registry):
+    """What the page's four download buttons produce (ui.agreement_export), for Dr A's readings at top 30%."""
+    import csv
+    import io
+    import json
+    from html.parser import HTMLParser
+
+    from cxr_core import storage
+
+    factory = storage.session_factory(storage.make_engine(db_url))
+    ref = model_refs(use_registry)["tiny-effnet"]
+    with factory.begin() as s:
+        data = ss.read_session(s, "Blind 1")
+        pairsets = [ss.load_pairs(s, data, ref, m) for m in ("gradcam", "random")]
+    scores = [x for p in pairsets for x in ss.score_pairs(p, "top30%", "full") if x.reader == "Dr A"]
+    rows = list(csv.DictReader(io.StringIO(ui.agreement_export("csv", data, pairsets, scores, "full"))))
+    assert [(r["image_id"], r["method"], r["threshold"]) for r in rows] == [
+        (x.image_id, x.method, "top30%") for x in scores]
+    payload = json.loads(ui.agreement_export("json", data, pairsets, scores, "full"))
+    assert payload["meta"]["readers"] == ["Dr A"] and len(payload["scores"]) == 6
+    assert payload["method"]["rules"] == ["full"] and payload["gallery"]
+    coco = json.loads(ui.agreement_export("coco", data, pairsets, scores, "full"))
+    assert {a["attributes"]["reader"] for a in coco["annotations"]} == {"Dr A"}
+    html = ui.agreement_export("html", data, pairsets, scores, "full")
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.alts: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.alts.append(dict(attrs)["alt"])
+
+    parser = Images()
+    parser.feed(html)
+    assert parser.alts == [g["image_id"] for g in payload["gallery"]]  # every gallery image is in the page
