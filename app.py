@@ -16,6 +16,7 @@ pages = st.navigation([
     st.Page("pages/audit.py", title="Dataset audit", icon=":material/fact_check:"),
     st.Page("pages/annotate.py", title="Annotate (experts)", icon=":material/draw:"),
     st.Page("pages/sessions.py", title="Reading sessions (admin)", icon=":material/group:"),
+    st.Page("pages/agreement.py", title="Heatmap agreement", icon=":material/compare:"),
 ])
 
 st.warning(ui_state.BANNER, icon=":material/info:")
