@@ -26,7 +26,7 @@ bench: $(VENV)/.dev-installed
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 demo-model: $(VENV)/.installed
-	$(PY) -m cxr_core demo-model --source ../shared/data/cxr-real
+	$(PY) -m cxr_core demo-model --source ../shared/data/cxr-real --samples data/samples
 
 clean-venv:
 	rm -rf $(VENV)

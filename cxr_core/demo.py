@@ -62,7 +62,11 @@ NOTES = [
     "Shenzhen ask not to share, TBX11K and Belarus have no clear licence, TB Portals needs an agreement), so this "
     "model neither detects nor rules out TB.",
     "Pneumonia mixes pediatric bacterial and viral Kermany cases with 3 adult cases (2 Pneumocystis, 1 ARDS).",
-    "The split is patient-disjoint by patient_id (Kermany id groups only approximate patients); split.csv lists it.",
+    "The split is patient-disjoint by patient_id (Kermany id groups only approximate patients); split.csv lists it. "
+    "The test split has 79 images from 50 patients, so the intervals are wide.",
+    "Training stops at early stopping or a 38-minute time budget, whichever comes first, so `make demo-model` on a "
+    "faster or less loaded machine trains more epochs and gives somewhat different numbers; the card records "
+    "epochs_run, best_epoch and the device.",
 ]
 
 

@@ -2,7 +2,8 @@
 
 :func:`classification_metrics` gives the point estimates (accuracy, loss, macro and per-class
 precision/recall/F1, one-vs-rest AUC, confusion matrix, ROC points); :func:`bootstrap_intervals`
-resamples images with replacement and reports percentile intervals; :func:`evaluate_probabilities`
+resamples images with replacement and reports percentile intervals (the resamples are scored by
+:func:`replicate_scalars`, a vectorised equivalent checked against scikit-learn); :func:`evaluate_probabilities`
 puts both together in the JSON shape stored in ``card.metrics``; :func:`table2_row` prints it as
 a row of the study's Table 2.
 """
@@ -100,6 +101,50 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Se
     }
 
 
+def replicate_scalars(y_true: np.ndarray, probs: np.ndarray, k: int, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics of :func:`_scalars` for many resamples at once.
+
+    ``counts`` is (B, N): how often each image appears in each resample. Vectorised so that 1000
+    resamples cost about as much as one scikit-learn call; ``tests/test_evaluate.py`` checks it
+    against scikit-learn on explicit resamples.
+    """
+    w = np.asarray(counts, dtype=np.float64)
+    n_b = w.sum(axis=1)
+    y_pred = probs.argmax(axis=1)
+    out: dict[str, np.ndarray] = {"accuracy": w @ (y_pred == y_true) / n_b}
+    nll = -np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-15, 1.0))
+    out["loss"] = w @ nll / n_b
+    cells = np.eye(k * k)[y_true * k + y_pred]  # (N, k*k) one-hot of (true, predicted)
+    cm = (w @ cells).reshape(-1, k, k)
+    tp = np.einsum("bii->bi", cm)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = support > 0
+    aucs = np.full((len(w), k), np.nan)
+    for c in range(k):
+        _, tie_group = np.unique(probs[:, c], return_inverse=True)
+        groups = np.eye(tie_group.max() + 1)[tie_group]  # (N, U) one-hot of the sorted distinct scores
+        pos = (w * (y_true == c)) @ groups
+        neg = (w * (y_true != c)) @ groups
+        below = np.cumsum(neg, axis=1) - neg
+        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            aucs[:, c] = np.where((n_pos > 0) & (n_neg > 0),
+                                  (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg), np.nan)
+    for name, values in (("precision", precision), ("recall", recall), ("f1", f1), ("auc", aucs)):
+        for c in range(k):
+            out[f"{name}/{c}"] = values[:, c]
+    with np.errstate(invalid="ignore"):
+        for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+            out[name] = np.where(present, values, 0).sum(axis=1) / present.sum(axis=1)
+        defined = np.isfinite(aucs)
+        out["auc"] = np.where(defined.any(axis=1), np.nansum(aucs, axis=1) / np.maximum(defined.sum(axis=1), 1), np.nan)
+    return out
+
+
 def bootstrap_intervals(
     y_true: Sequence[int],
     probs: np.ndarray,
@@ -111,8 +156,8 @@ def bootstrap_intervals(
 ) -> dict:
     """Percentile bootstrap intervals over images for every scalar and per-class metric.
 
-    Resamples (with replacement, ``seed``-ed) where a metric is undefined (e.g. AUC of a class
-    absent from the resample) are skipped for that metric.
+    Images are resampled with replacement (``seed``-ed); a resample where a metric is undefined
+    (e.g. the AUC of a class absent from it) is skipped for that metric.
 
     Returns
     -------
@@ -122,15 +167,17 @@ def bootstrap_intervals(
     y_true, probs = _check(y_true, probs, classes)
     k, n = len(classes), len(y_true)
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        for key, value in _scalars(y_true[idx], probs[idx], k).items():
-            samples.setdefault(key, []).append(value)
+    samples: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n_boot, 200):  # chunks bound memory for large test sets
+        idx = rng.integers(0, n, (min(200, n_boot - start), n))
+        counts = np.zeros((len(idx), n))
+        np.add.at(counts, (np.arange(len(idx))[:, None], idx), 1.0)
+        for key, values in replicate_scalars(y_true, probs, k, counts).items():
+            samples.setdefault(key, []).append(values)
     tail = (1.0 - level) / 2 * 100
 
     def interval(key: str) -> list[float] | None:
-        values = np.asarray(samples.get(key, []), dtype=float)
+        values = np.concatenate(samples[key])
         values = values[np.isfinite(values)]
         if not len(values):
             return None

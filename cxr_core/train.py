@@ -68,6 +68,7 @@ class TrainConfig:
     progress: bool = False
     n_boot: int = 1000
     max_minutes: float | None = None
+    tune_trials: int = 0
 
     def spec(self) -> ModelSpec:
         base = get_spec(self.arch)
@@ -150,8 +151,7 @@ def strategy():
     """``MirroredStrategy`` over every GPU when there are several, else the default strategy."""
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy() if len(_gpus()) > 1 else tf.distribute.get_strategy()
 
 
 def build_for_training(config: TrainConfig, classes: Sequence[str], spec: ModelSpec, *,
@@ -245,6 +245,19 @@ def fit(config: TrainConfig, classes: Sequence[str], data: dict, log: Callable[[
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
+def _device() -> str:
+    import os
+
+    gpus = _gpus()
+    return f"{len(gpus)} GPU(s)" if gpus else f"CPU only ({os.cpu_count()} cores)"
+
+
+def _gpus() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_logical_devices("GPU")
+
+
 def _base_card(config: TrainConfig, classes: Sequence[str], spec: ModelSpec, records: list[Record],
                history: dict, seconds: float, card_fields: dict):
     from cxr_core.manifest import ModelCard
@@ -263,7 +276,8 @@ def _base_card(config: TrainConfig, classes: Sequence[str], spec: ModelSpec, rec
                              f"contrast ±{config.contrast:.0%}; no flip") if config.augment else "none",
             "callbacks": f"EarlyStopping(val_loss, patience {config.early_stopping_patience}, best weights restored), "
                          f"ReduceLROnPlateau(val_loss, factor {config.lr_factor}, patience {config.lr_patience})",
-            "seed": config.seed, "input_size": spec.input_size, "time_budget_minutes": config.max_minutes, "training_seconds": round(seconds, 1),
+            "seed": config.seed, "input_size": spec.input_size, "device": _device(),
+            "time_budget_minutes": config.max_minutes, "training_seconds": round(seconds, 1),
         },
         "split": {"by": "patient_id", "file": SPLIT_FILE, "counts": split_counts(records)},
         "history": {k: [round(v, 5) for v in vals] for k, vals in history.items()},
@@ -332,10 +346,23 @@ def train(
     data = {s: load_inputs(sides[s], spec, classes) for s in ("train", "val") if s in sides}
     log(f"training {spec.display_name} on {len(sides['train'])} images, validating on {len(sides['val'])}; "
         f"classes {', '.join(classes)}")
-    model, history = fit(config, classes, data, log)
+    tuning = None
+    if config.tune_trials:
+        from cxr_core.tuning import tune
+
+        model, history, tuning = tune(config, classes, data, log)
+        hp = tuning["hyperparameters"]
+        config = TrainConfig(**{**asdict(config), "hidden_units": (hp["hidden_units"],), "activation": hp["activation"],
+                                "lr": hp["lr"], "trainable_layers": None if hp["trainable_layers"] < 0
+                                else hp["trainable_layers"]})
+        spec = config.spec()
+    else:
+        model, history = fit(config, classes, data, log)
     seconds = time.monotonic() - started
     card = _base_card(config, classes, spec, records, history, seconds, card_fields or {})
-    save_model(model, card, weights_dir)
+    if tuning:
+        card.training_data["tuning"] = tuning
+    save_model(inference_copy(model), card, weights_dir)
     folder = _weights_dir(weights_dir) / config.name
     write_split_csv(records, folder / SPLIT_FILE, root=data_root)
     loaded = load_model(config.name, weights_dir)
@@ -357,6 +384,15 @@ def train(
     return TrainResult(load_model(config.name, weights_dir), history, seconds, records)
 
 
+def inference_copy(model):
+    """The same network and weights without optimizer state (a third of the file size for Adam)."""
+    import keras
+
+    clean = keras.Model.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    return clean
+
+
 def data_labels(records: Sequence[Record], classes: Sequence[str]) -> np.ndarray:
     """Class indices of records."""
     return np.array([list(classes).index(r.label) for r in records], dtype=np.int64)
@@ -367,4 +403,4 @@ def stdout_is_tty() -> bool:
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "fit", "prepare_split", "make_dataset", "after_training",
-           "SPLIT_FILE"]
+           "inference_copy", "SPLIT_FILE"]
