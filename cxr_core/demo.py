@@ -104,8 +104,32 @@ def build_demo(
     source = Path(source)
     records = load_records(source, CLASSES)
     config = TrainConfig(**{**RECIPE, **overrides})
-    return train(records, config, weights_dir=weights_dir, data_root=source,
-                 card_fields=card_fields(records, source), log=log)
+    result = train(records, config, weights_dir=weights_dir, data_root=source,
+                   card_fields=card_fields(records, source), log=log)
+    add_source_breakdown(result.loaded, [r for r in result.records if r.split == "test"], weights_dir=weights_dir)
+    return result
+
+
+def add_source_breakdown(loaded, test: list[Record], *, weights_dir: Path | str | None = None) -> dict:
+    """Test accuracy per (class, source) into ``card.metrics["test_by_source"]`` and a note: the confound, measured."""
+    import numpy as np
+
+    from cxr_core.evaluate import predict_records
+    from cxr_core.manifest import _weights_dir, write_card
+
+    predicted = np.asarray(loaded.card.classes)[predict_records(loaded, test).argmax(axis=1)]
+    groups: dict[str, list[bool]] = {}
+    for rec, pred in zip(test, predicted):
+        groups.setdefault(f"{rec.label} / {rec.source}", []).append(bool(pred == rec.label))
+    breakdown = {k: {"images": len(v), "correct": int(sum(v))} for k, v in sorted(groups.items())}
+    card = loaded.card
+    card.metrics["test_by_source"] = breakdown
+    card.notes = [n for n in card.notes if not n.startswith("Test accuracy by class and source")] + [
+        "Test accuracy by class and source (small groups are anecdotes, not estimates): " + "; ".join(
+            f"{k} {v['correct']}/{v['images']}" for k, v in breakdown.items())
+    ]
+    write_card(_weights_dir(weights_dir) / card.name, card)
+    return breakdown
 
 
 def pick_samples(records: list[Record], per_class: int = 4) -> list[Record]:
