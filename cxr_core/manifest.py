@@ -43,6 +43,7 @@ class ModelCard:
     calibration: dict = field(default_factory=dict)
     intended_use: str = "research review of chest X-ray classifiers; model scores are not diagnoses"
     demo: bool = False
+    mask_markers: bool = False
     notes: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -70,7 +71,7 @@ class ModelCard:
         head = HeadSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.head.items()}) if self.head else None
         return base.with_overrides(
             input_size=self.input_size, preprocessing=self.preprocessing, last_conv_layer=self.last_conv_layer,
-            base_name=self.base_name or None, head=head,
+            base_name=self.base_name or None, head=head, mask_markers=self.mask_markers or None,
         )
 
 

@@ -54,9 +54,16 @@ PixelStep = Callable[[np.ndarray], np.ndarray]
 
 
 def prepare(pixels: np.ndarray, spec: ModelSpec, *, pixel_step: PixelStep | None = None) -> np.ndarray:
-    """One X-ray's [0, 1] pixels to a (S, S, 3) float32 network input (``pixel_step`` applied first)."""
+    """One X-ray's [0, 1] pixels to a (S, S, 3) float32 network input.
+
+    ``pixel_step`` runs first, then marker masking when the spec says the model was trained with it.
+    """
     if pixel_step is not None:
         pixels = pixel_step(pixels)
+    if spec.mask_markers:
+        from cxr_core.markers import mask_markers
+
+        pixels = mask_markers(pixels)
     small = resize(np.asarray(pixels, dtype=np.float32), spec.input_size)
     return np.ascontiguousarray(scale(to_rgb(small) * 255.0, spec.preprocessing), dtype=np.float32)
 

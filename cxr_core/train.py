@@ -69,6 +69,7 @@ class TrainConfig:
     n_boot: int = 1000
     max_minutes: float | None = None
     tune_trials: int = 0
+    mask_markers: bool = False
 
     def spec(self) -> ModelSpec:
         base = get_spec(self.arch)
@@ -77,7 +78,7 @@ class TrainConfig:
             head = HeadSpec(**{**asdict(head), **{k: v for k, v in (
                 ("hidden_units", tuple(self.hidden_units) if self.hidden_units is not None else None),
                 ("activation", self.activation)) if v is not None}})
-        return base.with_overrides(input_size=self.input_size, head=head)
+        return base.with_overrides(input_size=self.input_size, head=head, mask_markers=self.mask_markers or None)
 
 
 @dataclass
@@ -286,7 +287,7 @@ def _base_card(config: TrainConfig, classes: Sequence[str], spec: ModelSpec, rec
     training.update(fields.pop("training_data", {}))
     return ModelCard(
         name=config.name, architecture=spec.arch, classes=list(classes), input_size=spec.input_size,
-        preprocessing=spec.preprocessing, last_conv_layer=spec.last_conv_layer,
+        preprocessing=spec.preprocessing, last_conv_layer=spec.last_conv_layer, mask_markers=spec.mask_markers,
         head={**asdict(spec.head), "hidden_units": list(spec.head.hidden_units)},
         training_data=training, **fields,
     )

@@ -54,6 +54,8 @@ class ModelSpec:
     trainable_base_layers : how many of the base's last layers are fine-tuned (None = all).
     imagenet_file : the Keras file name of the no-top ImageNet weights (for air-gapped installs).
     base_name : the base's layer name when it is nested inside an imported model.
+    mask_markers : inpaint burned-in markers and black out the border before the network sees the
+        film (``--mask-markers``); a model trained that way must be run that way.
     """
 
     arch: str
@@ -66,6 +68,7 @@ class ModelSpec:
     trainable_base_layers: int | None = None
     imagenet_file: str = ""
     base_name: str = ""
+    mask_markers: bool = False
 
     def with_overrides(self, **changes: Any) -> "ModelSpec":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -97,3 +97,31 @@ def test_prepare_batch_stacks_prepare_and_handles_no_images():
     assert batch.shape == (3, 64, 64, 3)
     np.testing.assert_array_equal(batch[2], prepare(images[2], spec))
     assert prepare_batch([], spec).shape == (0, 64, 64, 3)
+
+
+def test_spec_with_mask_markers_removes_a_burned_in_marker_before_the_network():
+    """A model trained with --mask-markers is run with the same step, from its spec alone."""
+    import cv2
+
+    from cxr_core.zoo import get_spec
+
+    film8 = np.full((256, 256), 90, np.uint8)
+    cv2.putText(film8, "R", (200, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 255, 4)  # bright side marker, top right
+    film = film8.astype(np.float32) / 255.0
+    plain = get_spec("efficientnetv2b0").with_overrides(input_size=64)
+    masked = plain.with_overrides(mask_markers=True)
+    corner_plain = prepare(film, plain)[4:14, 48:60].mean()
+    corner_masked = prepare(film, masked)[4:14, 48:60].mean()
+    assert corner_plain > 90 + 20  # background is 90: the marker is visible without the step
+    assert corner_masked < corner_plain - 40  # and gone (inpainted or blacked out) with it
+
+
+def test_card_records_mask_markers_and_its_spec_applies_it():
+    from cxr_core.manifest import ModelCard
+
+    card = ModelCard.from_dict({
+        "name": "m", "architecture": "resnet50", "classes": ["A", "B"], "input_size": 64,
+        "preprocessing": "caffe", "last_conv_layer": "conv5_block3_out", "mask_markers": True,
+    })
+    assert card.spec().mask_markers is True
+    assert ModelCard.from_dict({**card.to_dict(), "mask_markers": False}).spec().mask_markers is False

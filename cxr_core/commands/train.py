@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--classes", help="comma-separated output classes in order (default: those found in the data)")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this much training time")
     p.add_argument("--no-augment", action="store_true", help="no rotation/shift/zoom/contrast augmentation")
+    p.add_argument("--mask-markers", action="store_true",
+                   help="inpaint burned-in markers and black out the border before the network, in training "
+                        "and (recorded in the card) in every later prediction")
     p.set_defaults(func=run)
 
 
@@ -54,7 +57,7 @@ def run(args) -> int:
         arch=spec.arch, name=args.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         trainable_layers=_trainable(args.trainable_layers), weights=weights, input_size=args.input_size,
         seed=args.seed, classes=classes, augment=not args.no_augment, progress=sys.stdout.isatty(),
-        max_minutes=args.max_minutes, tune_trials=args.tune,
+        max_minutes=args.max_minutes, tune_trials=args.tune, mask_markers=args.mask_markers,
     )
     root = args.data if args.data.is_dir() else args.data.parent
     result = train(records, config, data_root=root, log=lambda s: print(s, flush=True))
