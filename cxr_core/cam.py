@@ -199,7 +199,8 @@ def _make_forward(model, layer_name: str, base_name: str = "") -> tuple[Callable
 
 def _channels(acts) -> int:
     if len(acts.shape) != 4:
-        raise CamUnavailableError(f"the target layer's output has shape {tuple(acts.shape)}, not a (batch, rows, cols, channels) map")
+        raise CamUnavailableError(
+            f"the target layer's output has shape {tuple(acts.shape)}, not a (batch, rows, cols, channels) map")
     return int(acts.shape[-1])
 
 
@@ -298,7 +299,8 @@ class CamEngine:
             probs = np.asarray(self._compiled_step("gradcam")(probe, np.full(2, -1, np.int32),
                                                              np.zeros((2, 0), np.float32))[0])
         except Exception as exc:  # a replay that does not fit the graph fails here
-            raise CamUnavailableError(f"its layers cannot be replayed to reach {self.spec.last_conv_layer!r} ({exc})") from exc
+            reason = f"its layers cannot be replayed to reach {self.spec.last_conv_layer!r} ({exc})"
+            raise CamUnavailableError(reason) from exc
         if probs.shape != expected.shape:
             raise CamUnavailableError(f"replay gives outputs of shape {probs.shape}, the model {expected.shape}")
         if probs.shape[-1] != len(self.classes):
@@ -366,7 +368,7 @@ def postprocess(raw_cam: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray
     Returns
     -------
     grid : (h, w) float32 in [0, 1]
-    heatmap : (rows, cols) float32 in [0, 1]
+    heatmap : (rows, cols) float32 in [0, 1]; all zeros when the map is constant (it localises nothing)
     all_zero : bool
         True when the positive part is nothing but round-off (peak <= ZERO_TOLERANCE * max |raw|);
         both maps are then zeros.
@@ -378,10 +380,7 @@ def postprocess(raw_cam: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray
         raise CamUnavailableError("the map holds NaN or infinite values (the model's activations overflow)")
     if float(positive.max()) <= ZERO_TOLERANCE * magnitude or magnitude == 0.0:
         return np.zeros(raw.shape, np.float32), np.zeros(tuple(shape), np.float32), True
-    grid = normalize(positive)
-    big = upsample(grid, shape)
-    low, high = float(big.min()), float(big.max())
-    if high <= low:  # a constant map localises nothing
-        return grid, np.zeros(big.shape, np.float32), False
-    heatmap = cv2.normalize(big, None, 0.0, 1.0, cv2.NORM_MINMAX)  # binarize.normalize, 1 pass fewer (large films)
+    grid = normalize(positive)  # a constant map becomes zeros: it localises nothing
+    # binarize.normalize(upsample(...)) in fewer passes over large films; constant stays zeros
+    heatmap = cv2.normalize(upsample(grid, shape), None, 0.0, 1.0, cv2.NORM_MINMAX)
     return grid, heatmap, False

@@ -66,7 +66,8 @@ def test_without_cam_only_the_json_is_written(use_registry, films, tmp_path):
 
 
 def test_unknown_target_is_a_one_line_error(use_registry, films, capsys):
-    code = main(["predict", str(films[0]), "--model", "tiny-resnet-3class", "--cam", "gradcam", "--target", "Tuberculosis"])
+    code = main(["predict", str(films[0]), "--model", "tiny-resnet-3class", "--cam", "gradcam",
+                 "--target", "Tuberculosis"])
     assert code == 2
     assert "target 'Tuberculosis' is not a class of this model" in capsys.readouterr().err
     assert main(["predict", str(films[0]), "--model", "tiny-effnet", "--target", "Normal"]) == 2
