@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from cxr_core.errors import CXRError
 
 #: Modules under cxr_core.commands; each has ``register(subparsers)`` setting ``func(args) -> int``.
-COMMANDS = ("models", "predict", "import_model", "audit", "train", "evaluate", "split", "demo_model", "agree", "report")
+COMMANDS = ("models", "predict", "import_model", "audit", "train", "evaluate", "split", "demo_model", "agree", "report",
+            "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:

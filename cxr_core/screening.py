@@ -4,10 +4,17 @@
 
 - the pixel and DICOM-header checks (``image_checks``: colour, blank, noise, histogram, layout,
   modality, body part, view), which need no model;
-- the model's own view of the input: its penultimate features (the ``pool`` or ``hidden_1`` output,
-  whichever ``bench/bench_ood.py`` measured better) scored by a ``FeatureOOD`` detector fitted on
-  the model's training split and thresholded on its validation split. The detector is stored beside
-  the model as ``weights/<name>/ood.npz`` and described, with its SHA-256, in the card's ``ood`` entry.
+- a feature detector (``FeatureOOD``, k-nearest-neighbour distance) fitted on the classifier's own
+  training films and stored beside it as ``weights/<name>/ood.npz``, described with its SHA-256 in
+  the card's ``ood`` entry. Its features are, by default, the bottleneck of the project's lung U-Net
+  (:mod:`cxr_core.lungs`: mean and spread of each of its 64 channels): ``bench/bench_ood.py`` measured
+  them against the classifier's own ``pool`` and ``hidden_1`` outputs on the demo model, and only
+  they separate real films from photographs, crops, rotated and inverted films (AUROC 0.9998 versus
+  at most 0.76). A classifier layer can still be chosen (``features="pool"``).
+
+The threshold is the 99th percentile of the training films' scores under patient-grouped 5-fold
+cross-fitting (each film scored against a bank without its own patient), so it describes films of
+new patients, as the validation and test films are, without using them.
 
 A model without an ``ood`` entry is screened by the image checks alone. A refusal is a list of
 sentences a reader can check; :func:`refusal_message` phrases it for the CLI and the app, and
@@ -29,22 +36,27 @@ from cxr_core.imaging import XRay
 from cxr_core.ood import FeatureOOD, OODDecision, OODError, image_checks
 
 DETECTOR_FILE = "ood.npz"
-#: Layers tried for features, in order, when the card names none (zoo models have both).
-FEATURE_LAYERS = ("pool", "hidden_1")
 REFUSAL = "not analysed: this does not look like a frontal chest X-ray"
+#: Feature source meaning the lung U-Net's bottleneck; any other source names a classifier layer.
+LUNG_FEATURES = "lungseg"
+LUNG_LAYER = "bottom_relu2"
+#: Classifier layers tried, in order, when a classifier layer is wanted but none is named.
+FEATURE_LAYERS = ("pool", "hidden_1")
 #: The detector ``calibrate`` and ``train`` fit, chosen by ``bench/bench_ood.py`` on the demo model.
-DEFAULT_LAYER = "pool"
+DEFAULT_FEATURES = LUNG_FEATURES
 DEFAULT_METHOD = "knn"
-DEFAULT_K = 1
+DEFAULT_K = 3
 DEFAULT_PERCENTILE = 99.0
+CV_FOLDS = 5
 
 log = logging.getLogger(__name__)
 _FEATURE_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _SCREENERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LUNG: dict = {}
 
 
 class ScreeningError(CXRError):
-    """A detector or feature layer that cannot be used with this model."""
+    """A detector or feature source that cannot be used with this model."""
 
 
 # --- features ------------------------------------------------------------------------------------
@@ -86,7 +98,7 @@ def _feature_fn(model, input_size: int, layer: str):
 
 def extract_features(model, spec, images: Sequence[np.ndarray], *, layer: str | None = None,
                      batch_size: int = 16) -> np.ndarray:
-    """Penultimate features of [0, 1] grayscale images, prepared exactly as for prediction.
+    """A classifier layer's output for [0, 1] grayscale images, prepared exactly as for prediction.
 
     Parameters
     ----------
@@ -109,81 +121,181 @@ def extract_features(model, spec, images: Sequence[np.ndarray], *, layer: str | 
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def features_of_files(loaded, files: Sequence[Path | str], *, layer: str | None = None, chunk: int = 64) -> np.ndarray:
-    """:func:`extract_features` of image files, decoded by :func:`cxr_core.imaging.load_xray` in chunks."""
+def lung_model_sha256() -> str:
+    """SHA-256 of the shipped lung U-Net file (a detector on its features is only valid with that file)."""
+    from cxr_core.lungs import LUNGSEG_DIR, MODEL_FILE
+    from cxr_core.manifest import file_sha256
+
+    path = LUNGSEG_DIR / MODEL_FILE
+    if not path.is_file():
+        raise ModelError(f"the lung model {path} is missing; the OOD detector reads its features")
+    return file_sha256(path)
+
+
+def _lung_fn():
+    """The lung U-Net cut at its bottleneck, as a ``tf.function``; loaded once per process."""
+    if "fn" not in _LUNG:
+        import keras
+        import tensorflow as tf
+
+        from cxr_core.lungs import LungEstimator
+
+        unet = LungEstimator.load().model
+        sub = keras.Model(unet.inputs, unet.get_layer(LUNG_LAYER).output)
+        size = int(unet.input_shape[1])
+        spec = tf.TensorSpec([None, size, size, 1], tf.float32)
+        _LUNG["size"] = size
+        _LUNG["fn"] = tf.function(lambda x: sub(x, training=False), input_signature=[spec], reduce_retracing=True)
+    return _LUNG["fn"], _LUNG["size"]
+
+
+def lung_features(images: Sequence[np.ndarray], *, batch_size: int = 32) -> np.ndarray:
+    """Mean and standard deviation of each bottleneck channel of the lung U-Net: (N, 128) float32.
+
+    The U-Net was trained to outline both lungs, so its bottleneck describes where lung fields,
+    mediastinum and diaphragm lie; photographs, crops, rotated and inverted films land far from
+    real frontal films there.
+    """
+    from cxr_core.lungs import to_input
+
+    fn, size = _lung_fn()
+    out = []
+    for s in range(0, len(images), batch_size):
+        acts = np.asarray(fn(np.stack([to_input(p, size) for p in images[s:s + batch_size]])), np.float32)
+        out.append(np.concatenate([acts.mean(axis=(1, 2)), acts.std(axis=(1, 2))], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def features_for(loaded, images: Sequence[np.ndarray], source: str = DEFAULT_FEATURES) -> np.ndarray:
+    """Features of ``source``: :data:`LUNG_FEATURES` or a layer of ``loaded``'s classifier."""
+    if source == LUNG_FEATURES:
+        return lung_features(images)
+    return extract_features(loaded.model, loaded.spec, images, layer=source)
+
+
+def features_of_files(loaded, files: Sequence[Path | str], source: str = DEFAULT_FEATURES, *,
+                      chunk: int = 64) -> np.ndarray:
+    """:func:`features_for` of image files, decoded by :func:`cxr_core.imaging.load_xray` in chunks."""
     from cxr_core.imaging import load_xray
 
-    out = [extract_features(loaded.model, loaded.spec, [load_xray(f).pixels for f in files[s:s + chunk]], layer=layer)
+    out = [features_for(loaded, [load_xray(f).pixels for f in files[s:s + chunk]], source)
            for s in range(0, len(files), chunk)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-# --- the detector beside the model ---------------------------------------------------------------
+# --- fitting -------------------------------------------------------------------------------------
 
-def fit_detector(train_features: np.ndarray, val_features: np.ndarray, *, method: str = "knn", k: int = 1,
-                 percentile: float = 99.0, train_labels: np.ndarray | None = None) -> FeatureOOD:
-    """Fit on training-split features, set the threshold on validation-split features.
+def grouped_cv_scores(features: np.ndarray, groups: Sequence | None = None, *, method: str = DEFAULT_METHOD,
+                      k: int = DEFAULT_K, folds: int = CV_FOLDS, seed: int = 0) -> np.ndarray:
+    """Each row's score from a detector fitted without its group (patient): what a new patient would score.
 
-    The validation films come from patients the model never trained on, like the films it will
-    meet; a threshold set on training films would be too strict (the model has seen them).
-    k-NN banks are stored as float16 (a quarter of the size) before the threshold is set, so the
-    threshold matches the scores the saved detector gives.
+    Groups are dealt into ``folds`` folds (fewer when there are fewer groups); ``groups=None`` makes
+    each row its own group.
     """
-    det = FeatureOOD.fit(train_features, train_labels, method=method, k=k, holdout=0.0)
+    f = np.asarray(features, dtype=np.float64)
+    g = np.arange(len(f)) if groups is None else np.asarray(groups)
+    if g.shape != (len(f),):
+        raise ScreeningError(f"groups must have one entry per feature row ({len(f)}), got shape {g.shape}")
+    unique = np.unique(g)
+    folds = min(folds, len(unique))
+    if folds < 2:
+        raise ScreeningError(f"cross-fitting needs films of at least 2 patients, got {len(unique)}")
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(rng.permutation(unique), np.arange(len(unique)) % folds))
+    fold = np.array([fold_of[x] for x in g])
+    scores = np.empty(len(f))
+    for i in range(folds):
+        fit = fold != i
+        if method == "knn" and fit.sum() < k:
+            raise ScreeningError(f"k={k} needs at least {k} training films outside each fold, got {fit.sum()}")
+        scores[~fit] = FeatureOOD.fit(f[fit], method=method, k=k, holdout=0.0).score(f[~fit])
+    return scores
+
+
+def fit_detector(train_features: np.ndarray, groups: Sequence | None = None, *, method: str = DEFAULT_METHOD,
+                 k: int = DEFAULT_K, percentile: float = DEFAULT_PERCENTILE, folds: int = CV_FOLDS) -> FeatureOOD:
+    """Fit on training films; threshold = ``percentile`` of their patient-grouped cross-fitted scores.
+
+    A threshold from the training films' own scores would be too strict (each film is its own
+    nearest neighbour); cross-fitting by patient scores every film as a new patient's, using every
+    training film, so no validation film is spent on it. k-NN banks are stored as float16 (a
+    quarter of the size; scores move by about 1e-3).
+
+    Parameters
+    ----------
+    train_features : (N, D) ndarray
+    groups : (N,) sequence, optional
+        Patient of each row (default: each row its own patient).
+    method : {"knn", "mahalanobis"}
+    k : int
+        Neighbour whose distance is the k-NN score.
+    percentile : float
+        About ``100 - percentile`` % of new patients' films are refused.
+    """
+    if not 0 < percentile <= 100:
+        raise ScreeningError(f"percentile must be in (0, 100], got {percentile}")
+    cv = grouped_cv_scores(train_features, groups, method=method, k=k, folds=folds)
+    det = FeatureOOD.fit(train_features, method=method, k=k, holdout=0.0)
     if det.method == "knn":
         det.bank = det.bank.astype(np.float16)
     else:
         det.precision = det.precision.astype(np.float32)
         det.means = det.means.astype(np.float32)
-    det.set_threshold(val_features, percentile)
+    det.threshold = float(np.percentile(cv, percentile))
+    det.percentile = float(percentile)
     return det
 
 
-def save_detector(folder: Path | str, detector: FeatureOOD, *, layer: str, **facts) -> dict:
-    """Write ``folder/ood.npz``; returns the card's ``ood`` entry (summary, layer, file, SHA-256, ``facts``)."""
+def save_detector(folder: Path | str, detector: FeatureOOD, *, features: str, **facts) -> dict:
+    """Write ``folder/ood.npz``; returns the card's ``ood`` entry (summary, features, file, SHA-256, ``facts``)."""
     from cxr_core.manifest import file_sha256
 
     path = Path(folder) / DETECTOR_FILE
     tmp = path.with_name("tmp-" + DETECTOR_FILE)
     detector.save(tmp)
     tmp.replace(path)
-    return {**detector.summary(), "layer": layer, "file": DETECTOR_FILE, "sha256": file_sha256(path), **facts}
+    entry = {**detector.summary(), "features": features, "file": DETECTOR_FILE, "sha256": file_sha256(path)}
+    if features == LUNG_FEATURES:
+        entry["lung_model_sha256"] = lung_model_sha256()
+    return {**entry, **facts}
 
 
-def fit_model_detector(loaded, train_files: Sequence[Path | str], val_files: Sequence[Path | str], *,
-                       weights_dir: Path | str | None = None, layer: str | None = None, method: str = DEFAULT_METHOD,
-                       k: int = DEFAULT_K, percentile: float = DEFAULT_PERCENTILE,
-                       threshold_on: str = "val split") -> dict:
-    """Fit the detector of a registered model on its training films, threshold it on its validation films.
+def fit_model_detector(loaded, train_files: Sequence[Path | str], groups: Sequence | None = None, *,
+                       val_files: Sequence[Path | str] = (), weights_dir: Path | str | None = None,
+                       features: str = DEFAULT_FEATURES, method: str = DEFAULT_METHOD, k: int = DEFAULT_K,
+                       percentile: float = DEFAULT_PERCENTILE) -> dict:
+    """Fit the detector of a registered model on its training films and store it beside the model.
 
-    Writes ``weights/<name>/ood.npz`` and returns the card's ``ood`` entry (the caller writes the card).
+    ``groups`` gives each training film's patient; ``val_files``, when given, only measure the
+    share of held-out real films the detector refuses (``val_refusal_rate``). Writes
+    ``weights/<name>/ood.npz`` and returns the card's ``ood`` entry (the caller writes the card).
     """
     from cxr_core.manifest import _weights_dir
 
-    if not train_files or not val_files:
-        raise ScreeningError(f"the OOD detector needs training and validation films, got {len(train_files)} "
-                             f"and {len(val_files)}")
-    names = {lyr.name for lyr in loaded.model.layers}
-    layer = feature_layer(loaded.model, layer or (DEFAULT_LAYER if DEFAULT_LAYER in names else None))
-    train = features_of_files(loaded, train_files, layer=layer)
-    val = features_of_files(loaded, val_files, layer=layer)
-    k = min(k, len(train))
-    det = fit_detector(train, val, method=method, k=k, percentile=percentile)
-    val_refused = float(np.mean(det.score(val) > det.threshold))
-    return save_detector(_weights_dir(weights_dir) / loaded.name, det, layer=layer, fitted_on="train split",
-                         n_fit=len(train), threshold_on=threshold_on, n_threshold=len(val),
-                         val_refusal_rate=round(val_refused, 4))
+    if features != LUNG_FEATURES:
+        features = feature_layer(loaded.model, features)
+    if len(train_files) < 2:
+        raise ScreeningError(f"the OOD detector needs training films, got {len(train_files)}")
+    train = features_of_files(loaded, train_files, features)
+    det = fit_detector(train, groups, method=method, k=min(k, len(train) - 1), percentile=percentile)
+    facts = {"fitted_on": "train split", "n_fit": len(train),
+             "threshold_rule": f"{percentile:g}th percentile of patient-grouped {CV_FOLDS}-fold cross-fitted "
+                               "scores of the training films"}
+    if len(val_files):
+        val = features_of_files(loaded, val_files, features)
+        facts.update(n_val=len(val), val_refusal_rate=round(float(np.mean(det.score(val) > det.threshold)), 4))
+    return save_detector(_weights_dir(weights_dir) / loaded.name, det, features=features, **facts)
 
 
 def load_detector(loaded, weights_dir: Path | str | None = None) -> tuple[FeatureOOD | None, str | None]:
-    """The detector named in ``loaded.card``'s ``ood`` entry and its layer; ``(None, None)`` when there is none.
+    """The detector named in ``loaded.card``'s ``ood`` entry and its feature source; ``(None, None)`` if none.
 
     Raises
     ------
     ModelError
         The card names a detector whose file is missing or unreadable.
     ChecksumError
-        The file differs from the one the card describes.
+        The file, or the lung model whose features it reads, differs from the one the card describes.
     """
     from cxr_core.manifest import _weights_dir, file_sha256
 
@@ -196,8 +308,12 @@ def load_detector(loaded, weights_dir: Path | str | None = None) -> tuple[Featur
                          f"rerun `python -m cxr_core calibrate --model {loaded.name} --data DIR`")
     if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
         raise ChecksumError(f"model {loaded.name!r}: {path} does not match the SHA-256 in its card")
+    source = entry.get("features", DEFAULT_FEATURES)
+    if source == LUNG_FEATURES and entry.get("lung_model_sha256") not in (None, lung_model_sha256()):
+        raise ChecksumError(f"model {loaded.name!r}: its OOD detector was fitted on another lung model's features; "
+                            f"rerun `python -m cxr_core calibrate --model {loaded.name} --data DIR`")
     try:
-        return FeatureOOD.load(path), entry.get("layer")
+        return FeatureOOD.load(path), source
     except OODError as exc:
         raise ModelError(f"model {loaded.name!r}: {exc}") from exc
 
@@ -208,17 +324,16 @@ def load_detector(loaded, weights_dir: Path | str | None = None) -> tuple[Featur
 class Screener:
     """Image checks plus, when the model has one, its feature detector; keep one per loaded model."""
 
-    model: object
-    spec: object
+    loaded: object
     detector: FeatureOOD | None = None
-    layer: str | None = None
+    features: str | None = None
 
     @classmethod
     def from_loaded(cls, loaded, weights_dir: Path | str | None = None) -> "Screener":
-        detector, layer = load_detector(loaded, weights_dir)
-        if detector is not None:
-            layer = feature_layer(loaded.model, layer)
-        return cls(loaded.model, loaded.spec, detector, layer)
+        detector, source = load_detector(loaded, weights_dir)
+        if detector is not None and source != LUNG_FEATURES:
+            source = feature_layer(loaded.model, source)
+        return cls(loaded, detector, source)
 
     def screen(self, xrays: Sequence[XRay]) -> list[OODDecision]:
         """One decision per X-ray: every failed check's reason, and the feature score when there is a detector."""
@@ -226,7 +341,7 @@ class Screener:
                    for x in xrays]
         if self.detector is None or not xrays:
             return [OODDecision(not r, r) for r in reasons]
-        feats = extract_features(self.model, self.spec, [x.pixels for x in xrays], layer=self.layer)
+        feats = features_for(self.loaded, [x.pixels for x in xrays], self.features)
         return [self.detector.decide(f[None], r)[0] for f, r in zip(feats, reasons)]
 
 
@@ -271,6 +386,7 @@ def override_record(decision: OODDecision, *, model: str, image: str, where: str
     return {**decision_record(decision), "overridden": True, "by": by, "where": where}
 
 
-__all__ = ["DETECTOR_FILE", "FEATURE_LAYERS", "REFUSAL", "ScreeningError", "Screener", "decision_record",
-           "extract_features", "feature_layer", "fit_detector", "load_detector", "override_record",
+__all__ = ["DETECTOR_FILE", "FEATURE_LAYERS", "LUNG_FEATURES", "REFUSAL", "ScreeningError", "Screener",
+           "decision_record", "extract_features", "feature_layer", "features_for", "fit_detector",
+           "fit_model_detector", "grouped_cv_scores", "load_detector", "lung_features", "override_record",
            "refusal_message", "save_detector", "screen", "screener"]

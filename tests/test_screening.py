@@ -22,13 +22,17 @@ from cxr_core.manifest import load_model, read_card, write_card
 from cxr_core.ood import FeatureOOD
 from cxr_core.screening import (
     DETECTOR_FILE,
+    LUNG_FEATURES,
     REFUSAL,
     Screener,
     ScreeningError,
     extract_features,
     feature_layer,
+    features_for,
     fit_detector,
     fit_model_detector,
+    grouped_cv_scores,
+    lung_features,
     override_record,
     refusal_message,
     screen,
@@ -108,6 +112,18 @@ def test_features_are_the_pool_output_and_batching_does_not_change_them(tiny):
     assert hidden.shape == (1, 225)
 
 
+def test_lung_features_are_batch_independent_and_the_default_source(tiny):
+    images = [load_xray(p).pixels for p in CHEST_FILMS[:3]]
+    feats = lung_features(images)
+    assert feats.shape == (3, 128) and feats.dtype == np.float32
+    assert np.all(feats[:, 64:] >= 0)  # the second half are spreads
+    np.testing.assert_allclose(np.concatenate([lung_features([im]) for im in images]), feats, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(features_for(tiny, images, LUNG_FEATURES), feats)
+    photo = lung_features([skimage.data.camera() / 255.0])
+    nearest_real = np.linalg.norm(feats - photo, axis=1).min()
+    assert nearest_real > np.linalg.norm(feats[0] - feats[1])  # a photograph lies further from films than they do
+
+
 def test_feature_layer_prefers_pool_and_names_what_is_missing(tiny):
     import keras
 
@@ -121,44 +137,82 @@ def test_feature_layer_prefers_pool_and_names_what_is_missing(tiny):
         feature_layer(bare)
 
 
-def test_fit_detector_thresholds_on_validation_features_and_survives_saving(tmp_path):
+def test_cross_fitted_threshold_refuses_about_one_percent_of_new_films_and_survives_saving(tmp_path):
     rng = np.random.default_rng(0)
-    train, val = rng.normal(size=(300, 16)) + 3.0, rng.normal(size=(400, 16)) + 3.0  # like ReLU features
+    train, new = rng.normal(size=(400, 16)) + 3.0, rng.normal(size=(2000, 16)) + 3.0  # like ReLU features
     far = rng.normal(size=(50, 16)) - 3.0  # another direction: far for k-NN (on unit vectors) and Mahalanobis
     for method in ("knn", "mahalanobis"):
-        det = fit_detector(train, val, method=method, k=1, percentile=99.0)
-        assert np.mean(det.score(val) > det.threshold) == pytest.approx(0.01, abs=0.0026)  # 4 of 400
+        det = fit_detector(train, method=method, k=3, percentile=99.0)
+        assert 0.002 <= np.mean(det.score(new) > det.threshold) <= 0.02
         assert np.all(det.score(far) > det.threshold)
         det.save(tmp_path / f"{method}.npz")
         again = FeatureOOD.load(tmp_path / f"{method}.npz")
-        np.testing.assert_array_equal(again.score(val), det.score(val))
-    assert fit_detector(train, val, method="knn").bank.dtype == np.float16  # a quarter of the float64 size
+        np.testing.assert_array_equal(again.score(new), det.score(new))
+        assert again.threshold == det.threshold and again.percentile == 99.0
+    assert fit_detector(train).bank.dtype == np.float16  # a quarter of the float64 size
+
+
+def test_patients_with_several_films_are_left_out_together():
+    rng = np.random.default_rng(1)
+    patients = rng.normal(size=(200, 16)) + 3.0
+    films = np.repeat(patients, 2, axis=0) + rng.normal(scale=0.01, size=(400, 16))  # two near-identical films each
+    new = rng.normal(size=(1000, 16)) + 3.0
+    groups = np.repeat(np.arange(200), 2)
+    unit = films / np.linalg.norm(films, axis=1, keepdims=True)  # k-NN compares directions
+    twin_distance = np.linalg.norm(unit[0::2] - unit[1::2], axis=1).max()
+    grouped = grouped_cv_scores(films, groups, k=1)
+    naive = grouped_cv_scores(films, None, k=1)  # a film's twin mostly stays in the bank
+    assert grouped.min() > 10 * twin_distance  # scored like a new patient's film
+    assert np.mean(naive <= twin_distance) > 0.7
+    det = fit_detector(films, groups, k=1)
+    assert np.mean(det.score(new) > det.threshold) <= 0.03
+    with pytest.raises(ScreeningError, match="at least 2 patients"):
+        fit_detector(films[:2], [7, 7])
 
 
 def test_a_detector_beside_the_model_adds_its_score_and_a_feature_reason(own_copy):
     loaded = load_model("tiny-effnet")
     train, val = CHEST_FILMS[4:], CHEST_FILMS[:4]
-    entry = fit_model_detector(loaded, train, val, method="knn", k=2, percentile=100.0)
+    entry = fit_model_detector(loaded, train, val_files=val, k=2, percentile=100.0)
     assert (own_copy / "tiny-effnet" / DETECTOR_FILE).is_file()
-    assert entry["layer"] == "pool" and entry["dim"] == 1280 and entry["n_fit"] == 6 and entry["n_threshold"] == 4
-    assert entry["val_refusal_rate"] == 0.0  # the threshold is the largest validation score
+    assert entry["features"] == LUNG_FEATURES and entry["dim"] == 128 and entry["method"] == "knn"
+    assert entry["n_fit"] == 6 and entry["n_val"] == 4 and 0 <= entry["val_refusal_rate"] <= 1
+    assert len(entry["lung_model_sha256"]) == 64 and "cross-fitted" in entry["threshold_rule"]
     card = read_card(own_copy / "tiny-effnet")
     card.extra["ood"] = entry
     write_card(own_copy / "tiny-effnet", card)
     loaded = load_model("tiny-effnet")
     decision = screen(loaded, load_xray(val[0]))
-    assert decision.ok and decision.score <= decision.threshold == pytest.approx(entry["threshold"])
+    assert decision.score > 0 and decision.threshold == pytest.approx(entry["threshold"])
+    assert decision.ok == (decision.score <= decision.threshold)
     screener = Screener.from_loaded(loaded)
     screener.detector.threshold = -1.0  # every film now lies beyond the threshold
     refused = screener.screen([load_xray(val[0])])[0]
     assert not refused.ok and refused.reasons[0].startswith("model features unlike the training chest films")
+    screener.detector.threshold = np.inf
+    assert screener.screen([load_xray(val[0])])[0].ok
+
+
+def test_a_classifier_layer_can_be_the_feature_source(own_copy):
+    loaded = load_model("tiny-effnet")
+    entry = fit_model_detector(loaded, CHEST_FILMS[4:], features="hidden_1", k=1)
+    assert entry["features"] == "hidden_1" and entry["dim"] == 225 and "lung_model_sha256" not in entry
+    card = read_card(own_copy / "tiny-effnet")
+    card.extra["ood"] = entry
+    write_card(own_copy / "tiny-effnet", card)
+    screener = Screener.from_loaded(load_model("tiny-effnet"))
+    assert screener.features == "hidden_1" and screener.screen([load_xray(CHEST)])[0].score is not None
 
 
 def test_the_detector_file_must_match_the_card(own_copy):
     loaded = load_model("tiny-effnet")
-    entry = fit_model_detector(loaded, CHEST_FILMS[4:], CHEST_FILMS[:4], k=1)
+    entry = fit_model_detector(loaded, CHEST_FILMS[4:], k=1)
     folder = own_copy / "tiny-effnet"
     card = read_card(folder)
+    card.extra["ood"] = {**entry, "lung_model_sha256": "0" * 64}
+    write_card(folder, card)
+    with pytest.raises(ChecksumError, match="fitted on another lung model's features"):
+        Screener.from_loaded(load_model("tiny-effnet"))
     card.extra["ood"] = entry
     write_card(folder, card)
     with (folder / DETECTOR_FILE).open("ab") as fh:
