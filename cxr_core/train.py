@@ -381,6 +381,15 @@ def train(
         card.calibration = after_training(loaded, (val_probs, data["val"][1]), test_pair)
     except Exception as exc:  # calibration is optional; never lose a trained model to it
         log(f"calibration skipped: {exc}")
+    try:  # the detector that refuses inputs unlike the training films (cxr_core.screening)
+        from cxr_core.screening import fit_model_detector
+
+        card.extra["ood"] = fit_model_detector(loaded, [r.file for r in sides["train"]],
+                                               [r.patient_id for r in sides["train"]],
+                                               val_files=[r.file for r in sides["val"]], weights_dir=weights_dir)
+        log(f"OOD detector: refuses {card.extra['ood']['val_refusal_rate']:.1%} of the validation films")
+    except Exception as exc:  # like calibration: optional, never lose a trained model to it
+        log(f"OOD detector skipped: {exc}")
     write_card(folder, card)
     return TrainResult(load_model(config.name, weights_dir), history, seconds, records)
 
