@@ -308,7 +308,7 @@ def _screen(weights_dir: str, name: str, sha256: str, image_sha: str, _xray):
 
 
 def screen_item(entry: ModelEntry, item: Item):
-    """:func:`cxr_core.screening.screen` of ``entry``'s model for ``item`` (an ``OODDecision``); cached by image and model."""
+    """:func:`cxr_core.screening.screen` of ``entry``'s model for ``item`` (an ``OODDecision``); cached."""
     return _screen(_weights_key(), entry.name, entry.card.sha256, item.xray.sha256, item.xray)
 
 

@@ -14,7 +14,8 @@ from ui_figures import score_bars
 st.title("Review X-rays")
 st.caption(
     "This page shows, for each chest X-ray you upload, the scores a classifier gives to each class and a "
-    "Grad-CAM heatmap of the regions that raised the score of one class. Model scores are not diagnoses."
+    "Grad-CAM heatmap of the regions that raised the score of one class. Images that do not look like a frontal "
+    "chest X-ray are not analysed, and the page says why. Model scores are not diagnoses."
 )
 
 # --- the images -----------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def test_train_writes_a_model_the_registry_loads_and_that_predicts(trained, monk
     assert test["ci95"]["accuracy"][0] <= test["accuracy"] <= test["ci95"]["accuracy"][1]
     assert {"temperature", "ece_before", "ece_after"} <= set(card.calibration)  # calibration hook ran
     ood = card.extra["ood"]  # the OOD detector was fitted on the training films and stored beside the model
-    assert (weights / name / ood["file"]).is_file() and ood["n_fit"] == card.training_data["split"]["counts"]["train"]["images"]
+    assert (weights / name / ood["file"]).is_file()
+    assert ood["n_fit"] == card.training_data["split"]["counts"]["train"]["images"]
 
 
 def test_saved_split_is_patient_disjoint_and_covers_every_image(trained, tiny_data):
