@@ -118,13 +118,34 @@ def make_engine(url: str | None = None, *, migrate: bool = True, busy_timeout_ms
     return engine
 
 
+def _set_wal(cursor: Any, timeout_s: float) -> None:
+    """Switch to WAL, retrying while another connection creates the same new file.
+
+    Changing the journal mode needs an exclusive lock and SQLite does not call the busy handler
+    for it, so several engines opening one new database at once would otherwise fail.
+    """
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cursor, busy_timeout_ms / 1000)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
