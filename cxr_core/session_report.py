@@ -10,7 +10,7 @@ The agreement page builds its exports with :func:`build_report` and :func:`coco_
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sqlalchemy.orm import sessionmaker
@@ -120,11 +120,15 @@ def build_report(data: SessionData, pairsets: Sequence[PairSet], scores: Sequenc
 def session_report(factory: sessionmaker, name: str, models: Sequence[tuple[ModelRef, Callable[[], object]]], *,
                    method: str = "gradcam", threshold: str = "otsu", rule: str = "true_positive_only",
                    cam_target: str = "expert", reader: str | None = None, compute: bool = True, gallery: int = 3,
-                   progress: Callable[[str, int, int], None] | None = None) -> "SessionReport":
+                   progress: Callable[[str, int, int], None] | None = None,
+                   screeners: Mapping[str, Callable[[np.ndarray], Sequence[str]]] | None = None) -> "SessionReport":
     """The whole flow for one session: hide, read, compute what is missing, score ``method`` and the baseline.
 
     ``models`` pairs each :class:`ModelRef` with a zero-argument engine loader (see
-    :func:`compute_missing`). Blinding as :func:`hidden_for` ``(reader)``.
+    :func:`compute_missing`). Blinding as :func:`hidden_for` ``(reader)``. ``screeners`` maps a model
+    name to a function giving the reasons it refuses an image's pixels (empty when it may score them,
+    see :mod:`cxr_core.screening`); refused images are left out of that model's scores and listed in
+    ``report.refused`` with their reasons.
     """
     from cxr_core.binarize import Threshold
 
@@ -154,8 +158,24 @@ def session_report(factory: sessionmaker, name: str, models: Sequence[tuple[Mode
         with factory.begin() as s:
             return storage.load_pixels(s, sha)
 
+    refused = refusals(data, screeners or {}, pixels)
+    blocked = {(r["model"], r["image_id"]) for r in refused}
+    scores = [sc for sc in scores if (sc.model, sc.image_id) not in blocked]
     report = build_report(data, pairsets, scores, pixels=pixels, gallery=gallery, rule=rule, cam_target=cam_target)
-    return SessionReport(report, data, tuple(pairsets))
+    return SessionReport(replace(report, refused=tuple(refused)), data, tuple(pairsets))
+
+
+def refusals(data: SessionData, screeners: Mapping[str, Callable[[np.ndarray], Sequence[str]]],
+             pixels: Callable[[str], np.ndarray]) -> list[dict]:
+    """``{"image_id", "model", "reasons"}`` for every read image a model's screener refuses."""
+    images = {r.image_sha: r.image_id for r in data.readings}
+    out = []
+    for model, screen in screeners.items():
+        for sha, image_id in images.items():
+            reasons = list(screen(pixels(sha)))
+            if reasons:
+                out.append({"image_id": image_id, "model": model, "reasons": reasons})
+    return out
 
 
 @dataclass(frozen=True)
@@ -172,4 +192,4 @@ class SessionReport:
                                description=f"CXR Review session {self.data.name}: expert and heatmap masks")
 
 
-__all__ = ["SessionReport", "build_report", "coco_annotations", "gallery_cases", "session_report"]
+__all__ = ["SessionReport", "build_report", "coco_annotations", "gallery_cases", "refusals", "session_report"]

@@ -36,7 +36,7 @@ def study(tmp_path, monkeypatch, use_registry):
 def report(tmp_path, fmt: str, *extra: str) -> tuple[int, str]:
     out = tmp_path / f"report.{fmt}"
     code = main(["report", "--session", "Blind 1", "--format", fmt, "--out", str(out), "--model", "tiny-effnet",
-                 *extra])
+                 "--allow-ood", *extra])  # the study's films are synthetic: screening would refuse them
     return code, out.read_text() if out.exists() else ""
 
 
@@ -82,7 +82,7 @@ def test_report_computes_heatmaps_and_matches_agree_on_each_pair(study, use_regi
     env = {**os.environ, "CXR_WEIGHTS_DIR": str(use_registry), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-m", "cxr_core", "report", "--session", "Blind 1", "--format", "csv",
                            "--out", str(tmp_path / "again.csv"), "--model", "tiny-effnet", "--reader", "Researcher",
-                           "--threshold", "0.5", "--no-compute"], cwd=REPO, env=env, capture_output=True, text=True,
+                           "--threshold", "0.5", "--no-compute", "--allow-ood"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "again.csv").read_text() == text
@@ -162,3 +162,31 @@ def test_unknown_format_is_refused_by_argparse(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["report", "--session", "Blind 1", "--format", "pdf", "--out", str(tmp_path / "r.pdf")])
     assert exc.value.code == 2 and "invalid choice: 'pdf'" in capsys.readouterr().err
+
+
+def test_images_that_do_not_look_like_chest_films_are_not_analysed(study, tmp_path, capsys):
+    """Without --allow-ood a noise image read in a session is refused: no scores, listed with its reasons."""
+    from cxr_core import annotation as ann
+    from cxr_core import storage
+
+    factory = storage.session_factory(storage.make_engine(study.url))
+    noise = np.random.default_rng(0).uniform(0, 1, (96, 96)).astype(np.float32)
+    with factory.begin() as s:
+        sha = storage.add_image(s, noise, original_name="noise.png").sha256
+        session = storage.create_session(s, name="Noise", image_shas=[sha], reader_ids=[study.readers["Dr A"]],
+                                         created_by=study.readers["Admin"], blind=False, shuffle=False)
+        storage.submit_annotation(
+            s, reader_id=study.readers["Dr A"], image_sha=sha, session_id=session.id, diagnosis="COVID-19",
+            confidence=3, canvas_json={"objects": [{"type": "Rect", "left": 10, "top": 10, "width": 30,
+                                                    "height": 30, "originX": "left", "originY": "top",
+                                                    "strokeWidth": 0}]},
+            canvas_width=96, canvas_height=96, background_fit=ann.contain_fit(96, 96, 96, 96),
+            labels=["consolidation"])
+    out = tmp_path / "refused.json"
+    code = main(["report", "--session", "Noise", "--format", "json", "--out", str(out), "--model", "tiny-effnet"])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert [r["image_id"] for r in doc["refused"]] == ["noise.png"]
+    assert doc["refused"][0]["model"] == "tiny-effnet" and doc["refused"][0]["reasons"]
+    assert doc["scores"] == []
+    assert "not analysed by tiny-effnet: noise.png does not look like a frontal chest X-ray" in capsys.readouterr().err

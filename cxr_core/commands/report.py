@@ -16,6 +16,8 @@ def register(sub) -> None:
                     "baseline (computing and storing heatmaps not yet stored), then writes one report file. "
                     "Images still read blind are left out (see --reader). Model scores are not diagnoses.")
     p.add_argument("--session", required=True, help="reading session name")
+    p.add_argument("--allow-ood", action="store_true",
+                   help="also score images a model refuses as not a frontal chest X-ray (expert override; logged)")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="csv: one row per image x model x reader; json: everything with method, versions and "
                         "checksums; html: self-contained report; coco: expert and heatmap masks as COCO RLE")
@@ -59,14 +61,40 @@ def _models(names: list[str] | None):
 
         def engine(name=name):
             from cxr_core.cam import CamEngine
-            from cxr_core.manifest import load_model
-            from cxr_core.runtime import import_tensorflow_quietly
 
-            import_tensorflow_quietly()
-            return CamEngine.from_loaded(load_model(name))
+            return CamEngine.from_loaded(_loaded(name))
 
         out.append((ModelRef.from_card(entry.card), engine))
     return out
+
+
+_LOADED: dict = {}
+
+
+def _loaded(name: str):
+    """Each model loaded once per run, shared by its CAM engine and its screener."""
+    if name not in _LOADED:
+        from cxr_core.manifest import load_model
+        from cxr_core.runtime import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
+        _LOADED[name] = load_model(name)
+    return _LOADED[name]
+
+
+def _screeners(names):
+    """Per model, the reasons it refuses an image as not a frontal chest X-ray (cxr_core.screening)."""
+    from cxr_core.imaging import XRay, pixel_sha256
+    from cxr_core.screening import screener
+
+    def make(name):
+        def reasons(pixels):
+            xray = XRay(pixels, "png", 16, pixel_sha256(pixels))
+            decision = screener(_loaded(name)).screen([xray])[0]
+            return [] if decision.ok else (list(decision.reasons) or ["unlike the model's training chest films"])
+        return reasons
+
+    return {name: make(name) for name in names}
 
 
 def run(args) -> int:
@@ -87,13 +115,22 @@ def run(args) -> int:
 
     result = session_report(factory, args.session, models, method=args.method, threshold=args.threshold,
                             rule=args.rule, cam_target=args.cam_target, reader=args.reader,
-                            compute=not args.no_compute, gallery=args.gallery, progress=progress)
+                            compute=not args.no_compute, gallery=args.gallery, progress=progress,
+                            screeners=None if args.allow_ood else _screeners([m.name for m, _ in models]))
+    if args.allow_ood:
+        import logging
+
+        logging.getLogger("cxr_core.screening").warning(
+            "report for session %r: out-of-distribution refusal overridden (--allow-ood)", args.session)
     report = result.report
     text = {"csv": lambda: reports.to_csv(report.scores), "json": lambda: reports.to_json(report),
             "html": lambda: reports.to_html(report), "coco": result.coco}[args.format]()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     data = result.data
+    for r in report.refused:
+        print(f"not analysed by {r['model']}: {r['image_id']} does not look like a frontal chest X-ray "
+              f"({'; '.join(r['reasons'])})", file=sys.stderr)
     print(f"wrote {args.format} report of session {data.name!r} to {args.out}: {len(report.scores)} scores, "
           f"{len({s.image_id for s in report.scores})} images, readers {', '.join(data.readers)}, "
           f"models {', '.join(m.name for m, _ in models)} ({args.method} and random baseline), "
