@@ -124,6 +124,21 @@ if entry.done:
                       "Area (pixels)": [r["area_px"] for r in done.regions]})
         else:
             st.caption("You marked no region on this image.")
+        with st.expander("Revise my diagnosis or confidence"):
+            st.caption("A submitted reading is never changed: revising stores a new version and keeps this one.")
+            choices = [*DEFAULT_CLASSES, storage.UNCERTAIN]
+            new_dx = st.radio("Diagnosis", choices, index=choices.index(done.diagnosis), horizontal=True,
+                              key=ui.reading_key("revise_diagnosis", session.id, reader.id, entry.image_sha))
+            new_conf = st.radio("Confidence", [1, 2, 3, 4, 5], index=done.confidence - 1, horizontal=True,
+                                key=ui.reading_key("revise_confidence", session.id, reader.id, entry.image_sha))
+            if st.button(f"Save as version {done.version + 1}",
+                         key=ui.reading_key("revise", session.id, reader.id, entry.image_sha)):
+                if (new_dx, new_conf) == (done.diagnosis, done.confidence):
+                    st.info("Nothing changed; no new version saved.")
+                else:
+                    with ui.db().begin() as s:
+                        storage.revise_annotation(s, done.id, diagnosis=new_dx, confidence=new_conf)
+                    st.rerun()
         reveal_toggle()
     st.stop()
 

@@ -271,3 +271,24 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
     at.switch_page("pages/review.py").run()
     at.file_uploader(key=ui.REVIEW_UPLOADS).set_value(upload).run()
     assert shows_scores_and_heatmap(at)
+
+
+def test_revising_a_submitted_reading_stores_a_new_version_and_keeps_the_old(study):
+    at = open_page("pages/annotate.py", "Dr A")
+    draw(at, study, CHEST, [rect(60, 60, 80, 50, "consolidation")], picture_fit())
+    at.radio(key=key("diagnosis", study, CHEST)).set_value("Pneumonia")
+    at.radio(key=key("confidence", study, CHEST)).set_value(2).run()
+    at.button(key=key("submit", study, CHEST)).click().run()
+    at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).select(0).run()
+    at.radio(key=key("revise_diagnosis", study, CHEST)).set_value("COVID-19")
+    at.radio(key=key("revise_confidence", study, CHEST)).set_value(4).run()
+    at.button(key=key("revise", study, CHEST)).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    with study.db().begin() as s_:
+        history = storage.annotation_history(s_, reader_id=study.readers["Dr A"], image_sha=study.shas[CHEST],
+                                             session_id=study.session_id)
+        versions = [(a.version, a.diagnosis, a.confidence, a.mask_area) for a in history]
+    assert sorted(versions)[0][:3] == (1, "Pneumonia", 2)
+    assert sorted(versions)[1][:3] == (2, "COVID-19", 4)
+    assert versions[0][3] == versions[1][3] > 0  # the marks (and their mask) carry over unchanged
+    assert any("version 2" in m.value for m in at.markdown)
