@@ -170,9 +170,10 @@ def refusals(data: SessionData, screeners: Mapping[str, Callable[[np.ndarray], S
     """``{"image_id", "model", "reasons"}`` for every read image a model's screener refuses."""
     images = {r.image_sha: r.image_id for r in data.readings}
     out = []
-    for model, screen in screeners.items():
-        for sha, image_id in images.items():
-            reasons = list(screen(pixels(sha)))
+    for sha, image_id in images.items() if screeners else ():
+        image = pixels(sha)  # decoded once, screened by every model
+        for model, screen in screeners.items():
+            reasons = list(screen(image))
             if reasons:
                 out.append({"image_id": image_id, "model": model, "reasons": reasons})
     return out
