@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from cxr_core.binarize import normalize, upsample
@@ -381,6 +380,14 @@ def postprocess(raw_cam: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray
     if float(positive.max()) <= ZERO_TOLERANCE * magnitude or magnitude == 0.0:
         return np.zeros(raw.shape, np.float32), np.zeros(tuple(shape), np.float32), True
     grid = normalize(positive)  # a constant map becomes zeros: it localises nothing
-    # binarize.normalize(upsample(...)) in fewer passes over large films; constant stays zeros
-    heatmap = cv2.normalize(upsample(grid, shape), None, 0.0, 1.0, cv2.NORM_MINMAX)
+    # binarize.normalize(upsample(...)), in place on the new array. Not cv2.normalize(NORM_MINMAX): it
+    # scales in double and casts, so its minimum can land at -1e-12 and its maximum at 1 - 6e-8, and the
+    # overlay (rightly) refuses a map outside [0, 1]. In float32, (x - low) / (high - low) is exactly 0 at
+    # the minimum, exactly 1 at the maximum and in between elsewhere (rounding is monotonic).
+    heatmap = upsample(grid, shape)
+    low = heatmap.min()
+    span = heatmap.max() - low
+    heatmap -= low
+    if span > 0:
+        heatmap /= span
     return grid, heatmap, False

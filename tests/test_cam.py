@@ -319,6 +319,18 @@ def test_postprocess_treats_round_off_as_zero_and_normalises_per_image():
     assert heat[0, -1] > heat[-1, 0]  # hot cell (row 0, col 1) stays top-right after upsampling
 
 
+@pytest.mark.parametrize("seed", [2097, 2672, 3155])
+def test_postprocess_never_undershoots_zero_after_upsampling(seed):
+    # These 7 x 7 maps made OpenCV's min-max rescale return minima near -1e-13 at 224 x 224, which the
+    # overlay then refused ("heatmap values must lie in [0, 1]") and `predict --cam` stopped on.
+    raw = np.random.default_rng(seed).normal(size=(7, 7)).astype(np.float32)
+    for shape in ((224, 224), (120, 90)):
+        grid, heat, zero = postprocess(raw, shape)
+        assert not zero and heat.dtype == np.float32
+        assert heat.min() == 0.0 and heat.max() == 1.0
+        assert grid.min() == 0.0 and grid.max() == 1.0
+
+
 def test_default_target_is_the_predicted_class_per_image(toy_engine):
     dark = np.zeros((40, 40), np.float32)  # no response: equal scores, argmax picks class 0
     results = toy_engine.run_arrays([toy_image(), dark])

@@ -35,11 +35,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from cxr_core.imaging import load_xray
     from cxr_core.manifest import load_model
-    from cxr_core.predict import predict_loaded
     from cxr_core.runtime import import_tensorflow_quietly
-    from cxr_core.screening import decision_record, override_record, refusal_message, screener
+    from cxr_core.screening import screener
 
     if args.target and args.cam == "none":
         raise CXRError("--target only applies with --cam gradcam, gradcam++ or random")
@@ -56,54 +54,69 @@ def run(args) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     for path in args.paths:
-        try:
-            xray = load_xray(path)
+        try:  # one unreadable or unexplainable film is reported; the others are still analysed
+            failed += not _predict_one(path, args, loaded, engine, screen)
         except CXRError as exc:
             print(f"error: {path}: {exc}", file=sys.stderr)
             failed += 1
-            continue
-        decision = screen.screen([xray])[0]
-        if not decision.ok and not args.allow_ood:
-            print(f"{path}: {refusal_message(decision)}", file=sys.stderr)
-            failed += 1
-            refused = {"file": str(path), "model": loaded.name, "analysed": False,
-                       "ood": decision_record(decision), "message": refusal_message(decision)}
-            if args.out:
-                write_outputs(args.out / Path(path).stem, refused, xray, None, args.colormap)
-            if args.json:
-                print(json.dumps(refused))
-            continue
-        if engine is None:
-            result, record = None, predict_loaded(loaded, [xray])[0].to_dict()
-        else:
-            result = engine.run([xray], method=args.cam, target=args.target)[0]
-            record = result.to_dict()
-        record = {"file": str(path), "model": loaded.name, **record, "ood": decision_record(decision)}
-        if not decision.ok:
-            print(f"warning: {path}: expert override (--allow-ood) of \"{refusal_message(decision)}\"",
-                  file=sys.stderr)
-            record["ood"] = override_record(decision, model=loaded.name, image=str(path), where="cli --allow-ood")
-        if args.out:
-            write_outputs(args.out / Path(path).stem, record, xray, result, args.colormap)
-        if args.json:
-            print(json.dumps(record))
-        else:
-            scores = ", ".join(f"{c} {p:.1%}" for c, p in record["probabilities"].items())
-            cam = "" if result is None else f"; {result.method} heatmap for {result.target}" + (
-                " (no positive evidence)" if result.all_zero else "")
-            print(f"{path}: {record['predicted']} (model scores: {scores}){cam}")
     return 2 if failed else 0
 
 
+def _predict_one(path, args, loaded, engine, screen) -> bool:
+    """Screen, predict (and explain) one file, print and write its outputs; False when it was refused."""
+    from cxr_core.imaging import load_xray
+    from cxr_core.predict import predict_loaded
+    from cxr_core.screening import decision_record, override_record, refusal_message
+
+    xray = load_xray(path)
+    decision = screen.screen([xray])[0]
+    if not decision.ok and not args.allow_ood:
+        print(f"{path}: {refusal_message(decision)}", file=sys.stderr)
+        refused = {"file": str(path), "model": loaded.name, "analysed": False,
+                   "ood": decision_record(decision), "message": refusal_message(decision)}
+        if args.out:
+            write_outputs(args.out / Path(path).stem, refused, xray, None, args.colormap)
+        if args.json:
+            print(json.dumps(refused))
+        return False
+    if engine is None:
+        result, record = None, predict_loaded(loaded, [xray])[0].to_dict()
+    else:
+        result = engine.run([xray], method=args.cam, target=args.target)[0]
+        record = result.to_dict()
+    record = {"file": str(path), "model": loaded.name, **record, "ood": decision_record(decision)}
+    if not decision.ok:
+        print(f"warning: {path}: expert override (--allow-ood) of \"{refusal_message(decision)}\"",
+              file=sys.stderr)
+        record["ood"] = override_record(decision, model=loaded.name, image=str(path), where="cli --allow-ood")
+    if args.out:
+        write_outputs(args.out / Path(path).stem, record, xray, result, args.colormap)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        scores = ", ".join(f"{c} {p:.1%}" for c, p in record["probabilities"].items())
+        cam = "" if result is None else f"; {result.method} heatmap for {result.target}" + (
+            " (no positive evidence)" if result.all_zero else "")
+        print(f"{path}: {record['predicted']} (model scores: {scores}){cam}")
+    return True
+
+
 def write_outputs(stem: Path, record: dict, xray, result, colormap: str) -> None:
-    """``<stem>.json``, and with a CAM ``<stem>.heatmap.npy`` (float32, H x W, [0, 1]) and ``<stem>.overlay.png``."""
-    stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2))
-    if result is None:
-        return
-    import numpy as np
+    """``<stem>.json``, and with a CAM ``<stem>.heatmap.npy`` (float32, H x W, [0, 1]) and ``<stem>.overlay.png``.
 
-    from cxr_core.overlay import overlay, to_png_bytes
+    Everything is made in memory first, so a film whose overlay cannot be drawn leaves no partial outputs.
+    """
+    files = {".json": json.dumps(record, indent=2).encode()}
+    if result is not None:
+        import io
 
-    np.save(stem.with_name(stem.name + ".heatmap.npy"), result.heatmap.astype(np.float32))
-    png = to_png_bytes(overlay(xray.pixels, result.heatmap, colormap=colormap))
-    stem.with_name(stem.name + ".overlay.png").write_bytes(png)
+        import numpy as np
+
+        from cxr_core.overlay import overlay, to_png_bytes
+
+        png = to_png_bytes(overlay(xray.pixels, result.heatmap, colormap=colormap))
+        npy = io.BytesIO()
+        np.save(npy, result.heatmap.astype(np.float32))
+        files.update({".heatmap.npy": npy.getvalue(), ".overlay.png": png})
+    for suffix, data in files.items():
+        stem.with_name(stem.name + suffix).write_bytes(data)
