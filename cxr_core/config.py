@@ -25,6 +25,8 @@ class Settings:
     data_dir: Path
     database_url: str
     max_pixels: int = 50_000_000
+    #: Working memory one decode may take (float64 samples, 8 bytes each): 400 MB, a 50-megapixel grey film.
+    max_decode_bytes: int = 400_000_000
     min_side: int = 64
 
     @property

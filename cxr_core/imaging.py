@@ -22,6 +22,7 @@ from cxr_core.errors import (
     EmptyFileError,
     ImageTooLargeError,
     ImageTooSmallError,
+    ImageError,
     UnsupportedFormatError,
 )
 
@@ -149,7 +150,8 @@ def _read_png16_colour(data: bytes) -> tuple[np.ndarray, int, float]:
     return lum, 16, colorfulness(rgb)
 
 
-def _read_raster(data: bytes, fmt: str, max_pixels: int) -> tuple[np.ndarray, int, float]:
+def _read_raster(data: bytes, fmt: str, max_pixels: int, max_bytes: int) -> tuple[np.ndarray, int, float]:
+    """Decode PNG/JPEG/TIFF after checking the header's size against the pixel and memory limits."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -162,16 +164,29 @@ def _read_raster(data: bytes, fmt: str, max_pixels: int) -> tuple[np.ndarray, in
                 raise ImageTooLargeError(
                     f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
                 )
+            working = width * height * max(len(img.getbands()), 1) * 8  # float64 samples while converting
+            if working > max_bytes:
+                raise ImageTooLargeError(
+                    f"image is {width}x{height} pixels with {len(img.getbands())} channels: decoding would take "
+                    f"{working / 2**20:,.0f} MB, over the limit of {max_bytes / 2**20:,.0f} MB; "
+                    "save it as a grayscale image or at a smaller size"
+                )
             if fmt == "png" and _png_is_16bit_colour(data):
                 return _read_png16_colour(data)
             img.load()
+            return _pil_to_unit(img)
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise CorruptImageError(f"{fmt.upper()} data could not be decoded: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"{fmt.upper()} data is truncated or damaged: {exc}") from exc
-    return _pil_to_unit(img)
+    except MemoryError as exc:
+        raise ImageTooLargeError(f"{fmt.upper()} image is too large to decode in the memory available") from exc
+    except Exception as exc:  # the last net: a damaged file that makes a decoder fail in another way
+        raise CorruptImageError(f"{fmt.upper()} data is damaged ({type(exc).__name__}: {exc})") from exc
 
 
 def load_xray(source: str | Path | bytes, name: str | None = None) -> XRay:
@@ -204,10 +219,10 @@ def load_xray(source: str | Path | bytes, name: str | None = None) -> XRay:
     notes: tuple[str, ...] = ()
     metadata: dict = {}
     if fmt == "dicom":
-        dcm = read_dicom(data, max_pixels=settings.max_pixels)
+        dcm = read_dicom(data, max_pixels=settings.max_pixels, max_bytes=settings.max_decode_bytes)
         pixels, bits, colour, metadata, notes = dcm.pixels, dcm.bit_depth, dcm.colorfulness, dcm.metadata, dcm.warnings
     else:
-        pixels, bits, colour = _read_raster(data, fmt, settings.max_pixels)
+        pixels, bits, colour = _read_raster(data, fmt, settings.max_pixels, settings.max_decode_bytes)
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     if pixels.ndim != 2:
         raise CorruptImageError(f"decoded image has shape {pixels.shape}; expected a 2-D grayscale radiograph")
