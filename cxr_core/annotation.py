@@ -12,7 +12,8 @@ needs that is not layout:
   original resolution, through :func:`cxr_core.masks.region_masks`.
 - Drafts: what to save (:func:`draft_fields`) and how to redraw one (:func:`initial_drawing`).
 - Sessions from uploaded files, the bundled samples or a server folder (:func:`read_uploads`,
-  :func:`read_samples`, :func:`read_folder`, :func:`create_session_from_xrays`).
+  :func:`read_samples`, :func:`read_folder`, :func:`create_session_from_xrays`); the sessions page
+  screens each film first (:mod:`cxr_core.intake`).
 
 Canvas x/y stay in canvas pixels here; only :mod:`cxr_core.masks` turns them into rows/columns.
 """
@@ -289,17 +290,9 @@ def read_samples(samples_dir: Path, files: Sequence[str] | None = None) -> Sessi
     """
     from cxr_core.imaging import load_xray
 
-    try:
-        entries = json.loads((samples_dir / "samples.json").read_text())
-    except (OSError, ValueError):
-        entries = []
-    entries = [e for e in entries if isinstance(e, dict) and e.get("file")] if isinstance(entries, list) else []
+    entries, why = sample_entries(samples_dir, files)
     if not entries:
-        return SessionImages([], [], [f"no bundled samples are installed ({samples_dir / 'samples.json'})"])
-    if files is not None:
-        entries = [e for e in entries if e["file"] in set(files)]
-        if not entries:
-            return SessionImages([], [], ["no sample chosen"])
+        return SessionImages([], [], [why])
     xrays, labels, errors = [], [], []
     for entry in entries:
         try:
@@ -321,6 +314,33 @@ def read_folder(folder: str | Path, *, limit: int = MAX_FOLDER_IMAGES) -> Sessio
     AnnotationInputError
         ``folder`` is not a folder, or holds more than ``limit`` image files.
     """
+    return read_uploads((p.name, p.read_bytes()) for p in folder_files(folder, limit=limit))
+
+
+def sample_entries(samples_dir: Path, files: Sequence[str] | None = None) -> tuple[list[dict], str]:
+    """The entries of ``samples_dir/samples.json`` (all, or those named in ``files``), or ``[]`` and why none."""
+    try:
+        entries = json.loads((samples_dir / "samples.json").read_text())
+    except (OSError, ValueError):
+        entries = []
+    entries = [e for e in entries if isinstance(e, dict) and e.get("file")] if isinstance(entries, list) else []
+    if not entries:
+        return [], f"no bundled samples are installed ({samples_dir / 'samples.json'})"
+    if files is not None:
+        entries = [e for e in entries if e["file"] in set(files)]
+        if not entries:
+            return [], "no sample chosen"
+    return entries, ""
+
+
+def folder_files(folder: str | Path, *, limit: int = MAX_FOLDER_IMAGES) -> list[Path]:
+    """The image files directly in ``folder`` on the server, by name (hidden and non-image files left out).
+
+    Raises
+    ------
+    AnnotationInputError
+        ``folder`` is not a folder, or holds more than ``limit`` image files.
+    """
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise AnnotationInputError(f"{str(folder)!r} is not a folder on the server; expected a folder of X-rays")
@@ -328,14 +348,14 @@ def read_folder(folder: str | Path, *, limit: int = MAX_FOLDER_IMAGES) -> Sessio
                    and p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) > limit:
         raise AnnotationInputError(f"{path} holds {len(files)} image files; at most {limit} go in one session")
-    return read_uploads((p.name, p.read_bytes()) for p in files)
+    return files
 
 
 def create_session_from_xrays(
     s: Any,
     *,
     name: str,
-    images: SessionImages,
+    images: SessionImages | Iterable[tuple[Any, str | None]],
     reader_ids: Sequence[int],
     blind: bool = True,
     created_by: int | None = None,
@@ -344,12 +364,15 @@ def create_session_from_xrays(
 ) -> Any:
     """Store the images (once each, by pixel hash) and create the session, in the caller's transaction.
 
-    Returns the :class:`cxr_core.storage.AnnotationSession`; raises
-    :class:`cxr_core.storage.StorageError` for a bad name, no images or unknown readers.
+    ``images`` is a :class:`SessionImages`, or ``(XRay, reference label)`` pairs taken one at a time
+    (a generator decoding each file as it is asked for keeps one film in memory; see
+    :func:`cxr_core.intake.create_session`). Returns the :class:`cxr_core.storage.AnnotationSession`;
+    raises :class:`cxr_core.storage.StorageError` for a bad name, no images or unknown readers.
     """
     from cxr_core import storage
 
-    shas = [storage.add_xray(s, xray, reference_label=label).sha256 for xray, label in zip(images.xrays, images.labels)]
+    pairs = zip(images.xrays, images.labels) if isinstance(images, SessionImages) else images
+    shas = [storage.add_xray(s, xray, reference_label=label).sha256 for xray, label in pairs]
     return storage.create_session(
         s, name=name, image_shas=shas, reader_ids=reader_ids, blind=blind, created_by=created_by,
         shuffle=shuffle, seed=seed,

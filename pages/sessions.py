@@ -3,16 +3,17 @@
 import streamlit as st
 
 import ui_state as ui
-from cxr_core import annotation as ann
-from cxr_core import storage
+from cxr_core import intake, storage
 from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
 
 st.title("Reading sessions")
 st.caption(
     "This page is for administrators: it lists the readers, creates reading sessions (a set of chest X-rays that "
-    "each assigned reader annotates in their own shuffled order) and shows how far each reader has got. It shows "
-    "no model output. Model scores are not diagnoses, and in a blind session readers see none until they submit."
+    "each assigned reader annotates in their own shuffled order) and shows how far each reader has got. Each film "
+    "is screened first, as the review page screens it: films that do not look like a frontal chest X-ray are "
+    "flagged and left out unless you keep them. It shows no model output. Model scores are not diagnoses, and "
+    "in a blind session readers see none until they submit."
 )
 flash = st.session_state.pop(ui.SESSIONS_FLASH, None)
 if flash:
@@ -57,10 +58,11 @@ else:
     source = st.radio("Images from", ["Uploaded files", "Bundled samples", "A folder on the server"],
                       key=ui.SESSIONS_SOURCE, horizontal=True)
     samples_dir = get_settings().samples_dir
-    uploads, sample_files, folder = [], None, ""
+    files, why_none = [], ""
     if source == "Uploaded files":
         uploads = st.file_uploader("Chest X-rays (PNG, JPEG, TIFF or DICOM)", accept_multiple_files=True,
                                    key=ui.SESSIONS_UPLOADS) or []
+        files = intake.from_uploads((f.name, f.getvalue()) for f in uploads)
     elif source == "Bundled samples":
         samples = ui.list_samples()
         if samples:
@@ -68,42 +70,79 @@ else:
                 "Samples", [x["file"] for x in samples], default=[x["file"] for x in samples], key=ui.SESSIONS_SAMPLES,
                 format_func=lambda f: f"{f} (labelled {next(x.get('label', '?') for x in samples if x['file'] == f)})",
             )
+            files, why_none = intake.from_samples(samples_dir, sample_files)
         else:
             st.info(f"No bundled samples are installed ({samples_dir / 'samples.json'} is missing or empty). "
                     "Upload files or use a folder instead.")
     else:
         folder = st.text_input("Folder on the server", key=ui.SESSIONS_FOLDER, placeholder="/data/study/batch1",
                                help="Every PNG, JPEG, TIFF or DICOM file directly in this folder.")
+        if folder.strip():
+            try:
+                files = intake.from_folder(folder)
+            except CXRError as err:
+                st.error(str(err), icon=":material/folder_off:")
+        else:
+            why_none = "no folder given"
+
+    # --- screening: each film as the review page screens it, before the session exists -------------
+    screened, keep = [], set()
+    if files:
+        screening = ui.sessions_screening()
+        bar = st.empty()
+        screened = ui.sessions_screen(
+            files, screening, progress=lambda done, todo, name: bar.progress(
+                done / max(todo, 1), text=f"Screening {name} ({done + 1} of {todo})"))
+        bar.empty()
+        flagged = [x for x in screened if x.flagged]
+        unreadable = [x for x in screened if not x.readable]
+        chest = len(screened) - len(flagged) - len(unreadable)
+        st.markdown(f"**Screening of {len(screened)} file(s)**: {chest} chest film(s), {len(flagged)} flagged as not "
+                    f"a frontal chest X-ray, {len(unreadable)} not readable.")
+        st.caption(screening.description + " Flagged films are left out unless you keep them; the screening is "
+                   "not a diagnosis and can be wrong either way.")
+        if screening.problem:
+            st.warning(screening.problem, icon=":material/warning:")
+        st.dataframe({"File": [x.name for x in screened], "Verdict": [x.verdict for x in screened],
+                      "Reason": [x.reason for x in screened]}, hide_index=True)
+        for x in unreadable:
+            st.warning(f"**{x.name}** is not readable and is left out: {x.error}", icon=":material/broken_image:")
+        for x in flagged:
+            with st.container(border=True):
+                pic, text = st.columns([1, 5])
+                pic.image(x.thumb, caption=x.name)
+                text.markdown(f"**{x.name}** does not look like a frontal chest X-ray:\n\n"
+                              + "\n".join(f"- {r}" for r in x.decision.reasons))
+                if text.checkbox(f"Keep {x.name} in the session anyway", key=ui.sessions_keep_key(x.ident)):
+                    keep.add(x.ident)
+    elif why_none and source != "Uploaded files":
+        st.caption(f"No images yet: {why_none}.")
+
     chosen = st.multiselect("Readers", list(by_name), key=ui.SESSIONS_READERS,
                             format_func=lambda n: f"{n} ({next(r.role for r in readers if r.name == n)})")
     shuffle = st.checkbox("Shuffle the order of the images for each reader", value=True, key=ui.SESSIONS_SHUFFLE)
+    going = len(intake.chosen(screened, keep))
+    st.caption(f"{going} film(s) will go into the session.")
 
     if st.button("Create session", type="primary", icon=":material/add_circle:"):
         try:
-            with st.spinner("Reading the images..."):
-                if source == "Uploaded files":
-                    images = ann.read_uploads((f.name, f.getvalue()) for f in uploads)
-                elif source == "Bundled samples":
-                    images = ann.read_samples(samples_dir, sample_files)
-                else:
-                    images = (ann.read_folder(folder) if folder.strip()
-                              else ann.SessionImages([], [], ["no folder given"]))
-            for line in images.errors:
-                st.warning(f"Skipped: {line}", icon=":material/broken_image:")
+            if not screened:
+                raise CXRError(why_none or "no images chosen; upload files, pick samples or give a folder")
             if not chosen:
                 raise CXRError("no readers chosen; a session needs at least one reader")
-            with ui.db().begin() as s:
-                created = ann.create_session_from_xrays(
-                    s, name=session_name, images=images, reader_ids=[by_name[n] for n in chosen], blind=blind,
-                    created_by=admins[admin], shuffle=shuffle,
+            with st.spinner("Storing the films..."), ui.db().begin() as s:
+                result = intake.create_session(
+                    s, name=session_name, files=files, screened=screened, keep=keep,
+                    reader_ids=[by_name[n] for n in chosen], blind=blind, created_by=admins[admin], shuffle=shuffle,
+                    screened_by=screening.screened_by, by=admin,
                 )
-                count = len(images.xrays)
         except CXRError as err:
             st.error(f"Session not created: {err}")
         else:
             st.session_state[ui.SESSIONS_FLASH] = (
-                f"Created session {created.name!r}: {count} image(s), {len(chosen)} reader(s)"
-                + (", each in their own order." if shuffle else ", all in the same order."))
+                f"Created session {result.session.name!r}: {result.stored} image(s), {len(chosen)} reader(s)"
+                + (", each in their own order." if shuffle else ", all in the same order.")
+                + (" " + result.summary() if result.summary() else ""))
             st.rerun()
 
 # --- sessions and progress ------------------------------------------------------------------------

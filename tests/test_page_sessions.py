@@ -1,17 +1,23 @@
-"""The sessions page under AppTest: readers with roles, sessions from uploads, samples or a folder, progress."""
+"""The sessions page under AppTest: readers with roles, sessions from uploads, samples or a folder, progress,
+and each film screened as the review page screens it before the session is made (issue 12)."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import shutil
 
+import numpy as np
 import pytest
+import skimage.data
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui_state as ui
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
-from cxr_core import storage
+from cxr_core import intake, storage
 from cxr_core.config import Settings
 
 TIMEOUT = 120
@@ -88,7 +94,8 @@ def test_session_from_uploads_skips_unreadable_files_and_shows_progress_per_read
     files = [(n, (FIXTURES / "cxr" / n).read_bytes(), "image/png") for n in CXR[:3]]
     at.file_uploader(key=ui.SESSIONS_UPLOADS).set_value([*files, ("notes.txt", b"not an image", "text/plain")]).run()
     click_create(at)
-    assert at.success[0].value == "Created session 'Uploads 1': 3 image(s), 2 reader(s), each in their own order."
+    assert at.success[0].value == ("Created session 'Uploads 1': 3 image(s), 2 reader(s), each in their own order. "
+                                   "Left out 1 file(s) that could not be read: notes.txt.")
     assert progress(at) == ["Dr A: 0 of 3 done", "Dr B: 0 of 3 done"]
     with db.begin() as s:
         session = storage.get_session(s, "Uploads 1")
@@ -111,9 +118,12 @@ def test_unreadable_uploads_are_named_and_a_session_needs_readers(db):
     at = open_sessions()
     create(at, "Bad", [], source="Uploaded files")
     at.file_uploader(key=ui.SESSIONS_UPLOADS).set_value([("notes.txt", b"not an image", "text/plain")]).run()
+    assert any(w.value.startswith("**notes.txt** is not readable and is left out: not an image") for w in at.warning)
     click_create(at)
-    assert at.warning[0].value.startswith("Skipped: notes.txt: not an image")
     assert at.error[0].value == "Session not created: no readers chosen; a session needs at least one reader"
+    at.multiselect(key=ui.SESSIONS_READERS).set_value(["Ada"]).run()
+    click_create(at)
+    assert at.error[0].value.startswith("Session not created: no film left to put in the session")
     with db.begin() as s:
         assert storage.list_sessions(s) == []
 
@@ -170,3 +180,156 @@ def test_session_from_a_server_folder_without_shuffle_keeps_one_order_and_reader
     assign.set_value(["Dr C"]).run()
     at.button(key=f"sessions_assign_button::{session.id}").click().run()
     assert progress(at) == ["Dr A: 0 of 4 done", "Dr B: 0 of 4 done", "Dr C: 0 of 4 done"]
+
+
+# --- screening before the session is made (issue 12) ---------------------------------------------
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+#: Non-chest uploads and words of the reason each is flagged for (the review page's refusals).
+NOT_CHEST = {
+    "photo.png": (_png_bytes(skimage.data.astronaut()), "strong colour"),
+    "document.png": (_png_bytes(skimage.data.page()), "extreme aspect ratio"),
+}
+CORRUPT = ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "image/png")
+
+
+def mixed_uploads() -> list[tuple[str, bytes, str]]:
+    """Two real chest films, a colour photograph, a document scan and a truncated PNG."""
+    chest = [(n, (FIXTURES / "cxr" / n).read_bytes(), "image/png") for n in CXR[:2]]
+    return [chest[0], *[(n, data, "image/png") for n, (data, _) in NOT_CHEST.items()], CORRUPT, chest[1]]
+
+
+def screening_table(at: AppTest) -> dict[str, tuple[str, str]]:
+    frame = at.dataframe[0].value
+    return {f: (v, r) for f, v, r in zip(frame["File"], frame["Verdict"], frame["Reason"])}
+
+
+def session_shas(db, name: str) -> set[str]:
+    """The images of a stored session, straight from the database."""
+    from sqlalchemy import select
+
+    with db.begin() as s:
+        session = storage.get_session(s, name)
+        return set(s.scalars(select(storage.SessionImage.image_sha)
+                             .where(storage.SessionImage.session_id == session.id)))
+
+
+def keep_box(at: AppTest, name: str):
+    return next(c for c in at.checkbox if c.label == f"Keep {name} in the session anyway")
+
+
+def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_request(db, monkeypatch, caplog):
+    from cxr_core.imaging import load_xray
+
+    decoded: list[str] = []
+    real_decode = intake.IntakeFile.decode
+    monkeypatch.setattr(intake.IntakeFile, "decode", lambda self: decoded.append(self.name) or real_decode(self))
+    with db.begin() as s:
+        storage.add_reader(s, "Ada", "admin")
+        storage.add_reader(s, "Dr A", "sme")
+    at = open_sessions()
+    create(at, "Screened", ["Dr A"], source="Uploaded files")
+    at.file_uploader(key=ui.SESSIONS_UPLOADS).set_value(mixed_uploads()).run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    # Every file is listed with its verdict; no model is installed, and the page says so.
+    table = screening_table(at)
+    assert [table[n][0] for n in CXR[:2]] == ["chest film", "chest film"]
+    for name, (_, words) in NOT_CHEST.items():
+        assert table[name][0] == "flagged: not a frontal chest X-ray" and words in table[name][1], table[name]
+    assert table["broken.png"][0] == "not readable" and "PNG" in table["broken.png"][1]
+    assert any("image checks" in c.value and "alone: no model is installed" in c.value for c in at.caption)
+    assert any(m.value.startswith("**Screening of 5 file(s)**: 2 chest film(s), 2 flagged") for m in at.markdown)
+    for name, (_, words) in NOT_CHEST.items():  # the reasons, in words, beside a keep box that starts unticked
+        assert any(m.value.startswith(f"**{name}** does not look like a frontal chest X-ray") and words in m.value
+                   for m in at.markdown)
+        assert keep_box(at, name).value is False
+    assert any(w.value.startswith("**broken.png** is not readable and is left out:") for w in at.warning)
+    assert sorted(decoded) == sorted(n for n, _, _ in mixed_uploads())  # each file decoded once...
+    at.run()
+    assert len(decoded) == 5  # ...and not again on a rerun (verdicts cached by content)
+    assert any(c.value == "2 film(s) will go into the session." for c in at.caption)
+
+    # Default: flagged films are dropped; only the chest films are stored, and the message counts the rest.
+    decoded.clear()
+    click_create(at)
+    assert sorted(decoded) == sorted(CXR[:2])  # only the chosen films are decoded again, to be stored
+    assert at.success[0].value == (
+        "Created session 'Screened': 2 image(s), 1 reader(s), each in their own order. Dropped 2 film(s) flagged as "
+        "not a frontal chest X-ray: photo.png, document.png. Left out 1 file(s) that could not be read: broken.png.")
+    chest_shas = {load_xray(FIXTURES / "cxr" / n).sha256 for n in CXR[:2]}
+    assert session_shas(db, "Screened") == chest_shas
+
+    # Keeping the photograph puts it in the next session, and the override is logged.
+    keep_box(at, "photo.png").check().run()
+    assert any(c.value == "3 film(s) will go into the session." for c in at.caption)
+    at.text_input(key=ui.SESSIONS_NAME).input("Screened, photo kept").run()
+    with caplog.at_level(logging.WARNING, logger="cxr_core.screening"):
+        click_create(at)
+    assert at.success[0].value.endswith(
+        "Dropped 1 film(s) flagged as not a frontal chest X-ray: document.png. Kept 1 flagged film(s) by your "
+        "choice: photo.png. Left out 1 file(s) that could not be read: broken.png.")
+    photo_sha = load_xray(NOT_CHEST["photo.png"][0], "photo.png").sha256
+    assert session_shas(db, "Screened, photo kept") == chest_shas | {photo_sha}
+    logged = [m for m in caplog.messages if "expert override" in m and "sessions page" in m]
+    assert len(logged) == 1 and "photo.png" in logged[0] and "strong colour" in logged[0] and "Ada" in logged[0]
+
+
+def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(db, tmp_path, use_registry):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "document.png").write_bytes(NOT_CHEST["document.png"][0])
+    (folder / "broken.png").write_bytes(CORRUPT[1])
+    with db.begin() as s:
+        storage.add_reader(s, "Ada", "admin")
+        storage.add_reader(s, "Dr A", "sme")
+    at = open_sessions()
+    create(at, "Folder", ["Dr A"], source="A folder on the server")
+    at.text_input(key=ui.SESSIONS_FOLDER).input(str(folder)).run()
+    assert screening_table(at)["document.png"][0] == "flagged: not a frontal chest X-ray"
+    assert any("alone: **tiny-effnet** (the review page's default model) has no out-of-distribution detector"
+               in c.value for c in at.caption)
+    click_create(at)
+    assert at.error[0].value.startswith("Session not created: no film left to put in the session")
+    with db.begin() as s:
+        assert storage.list_sessions(s) == []
+    keep_box(at, "document.png").check().run()
+    click_create(at)
+    assert at.success[0].value.startswith("Created session 'Folder': 1 image(s), 1 reader(s)")
+    assert "Kept 1 flagged film(s) by your choice: document.png." in at.success[0].value
+    assert len(session_shas(db, "Folder")) == 1
+
+
+def test_the_demo_models_detector_screens_the_films(db, tiny_registry, tmp_path, monkeypatch):
+    """With a demo model that has an out-of-distribution detector, intake asks it (here one that refuses all)."""
+    from cxr_core.manifest import read_card, write_card
+    from cxr_core.ood import FeatureOOD
+    from cxr_core.screening import LUNG_FEATURES, save_detector
+
+    weights = tmp_path / "weights"
+    folder = weights / "tiny-demo"
+    shutil.copytree(tiny_registry / "tiny-effnet", folder)
+    detector = FeatureOOD.fit(np.random.default_rng(0).random((8, 128)), method="knn", k=1, holdout=0.0)
+    detector.threshold = -1.0  # every film lies beyond it: only the detector can flag a real chest film
+    card = read_card(folder)
+    card.name, card.demo = "tiny-demo", True
+    card.extra["ood"] = save_detector(folder, detector, features=LUNG_FEATURES)
+    write_card(folder, card)
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(weights))
+    with db.begin() as s:
+        storage.add_reader(s, "Ada", "admin")
+    at = open_sessions()
+    create(at, "Detector", ["Ada"], source="Uploaded files")
+    at.file_uploader(key=ui.SESSIONS_UPLOADS).set_value([(CXR[0], (FIXTURES / "cxr" / CXR[0]).read_bytes(),
+                                                          "image/png")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    verdict, reason = screening_table(at)[CXR[0]]
+    assert verdict == "flagged: not a frontal chest X-ray"
+    assert reason.startswith("model features unlike the training chest films"), reason
+    assert any("out-of-distribution detector of **tiny-demo** (the demo model)" in c.value for c in at.caption)
