@@ -4,7 +4,9 @@ Blind means blind: while an image is pending (assigned, not yet submitted) in a 
 session of a reader, that reader must not see the model's probabilities, predicted class,
 heatmap or agreement scores for it, on any page. Once they have submitted their reading in
 every blind session that holds the image for them, they may reveal it. Images are matched by
-pixel SHA-256, so uploading the same pixels again on another page does not get around it.
+pixel SHA-256, so uploading the same pixels again on another page does not get around it; given
+the pixels, the gate also recognises near-copies of a pending film (re-saved as JPEG, cropped by
+a few pixels, retouched) by perceptual hash (:mod:`cxr_core.near_copy`).
 
 With no reader chosen (``reader_id=None``) the gate is stricter: the output is hidden while
 the image is pending for *anyone* in a blind session, so an expert cannot peek by not saying
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
@@ -67,7 +70,46 @@ def _pending_query(reader_id: int | None):
     return query
 
 
-def model_output_decision(s: Session, reader_id: int | None, image_sha: str) -> BlindingDecision:
+#: Perceptual hashes of stored films by pixel SHA-256 (stored films never change, so entries never go stale).
+_HASHES: dict[str, str] = {}
+
+
+def _stored_hash(s: Session, image_sha: str) -> str:
+    from cxr_core import near_copy, storage
+
+    if image_sha not in _HASHES:
+        if len(_HASHES) > 200_000:
+            _HASHES.clear()
+        _HASHES[image_sha] = near_copy.perceptual_hash(storage.load_pixels(s, image_sha))
+    return _HASHES[image_sha]
+
+
+def _near_copy_decision(s: Session, reader_id: int | None, pixels: np.ndarray) -> BlindingDecision | None:
+    """A refusal when ``pixels`` look like a film still pending for this reader (or anyone), else None."""
+    from cxr_core import near_copy
+
+    pending: dict[str, set[str]] = {}
+    for sha, name in s.execute(_pending_query(reader_id)):
+        pending.setdefault(sha, set()).add(name)
+    if not pending:
+        return None
+    query = near_copy.perceptual_hash(pixels)
+    close = near_copy.near_copies(query, {sha: _stored_hash(s, sha) for sha in pending})
+    if not close:
+        return None
+    names = tuple(sorted(set().union(*(pending[sha] for sha in close))))
+    quoted = ", ".join(repr(n) for n in names)
+    who = "your blind session(s)" if reader_id is not None else "blind session(s)"
+    return BlindingDecision(
+        False,
+        f"Model output hidden: this film looks like a copy (re-saved, cropped or edited) of a film pending in {who} "
+        f"{quoted}. Readers see model output for it after submitting their own reading.",
+        names,
+    )
+
+
+def model_output_decision(s: Session, reader_id: int | None, image_sha: str,
+                          pixels: np.ndarray | None = None) -> BlindingDecision:
     """May ``reader_id`` see model output for the image with pixel hash ``image_sha``?
 
     Parameters
@@ -77,6 +119,8 @@ def model_output_decision(s: Session, reader_id: int | None, image_sha: str) -> 
         The reader using the app; ``None`` when nobody is chosen (stricter, see module doc).
     image_sha : str
         Pixel SHA-256 of the image (``XRay.sha256``); images never stored are not blinded.
+    pixels : (H, W) ndarray, optional
+        The film itself; when given, a near-copy of a pending film is hidden too.
     """
     if reader_id is not None and s.get(Reader, reader_id) is None:
         raise CXRError(f"reader id {reader_id} does not exist; choose a reader from the list")
@@ -92,6 +136,10 @@ def model_output_decision(s: Session, reader_id: int | None, image_sha: str) -> 
             reason = (f"Model output hidden: this image is pending in your blind session(s) {quoted}. "
                       "Submit your reading first; then you can reveal the model's result.")
         return BlindingDecision(False, reason, names)
+    if pixels is not None:
+        copy = _near_copy_decision(s, reader_id, pixels)
+        if copy is not None:
+            return copy
     assigned = s.scalar(
         select(exists().where(
             QueueItem.image_sha == image_sha,
@@ -107,14 +155,15 @@ def model_output_decision(s: Session, reader_id: int | None, image_sha: str) -> 
     return BlindingDecision(True, "No blind session holds this image for this reader.")
 
 
-def can_show_model_output(s: Session, reader_id: int | None, image_sha: str) -> bool:
+def can_show_model_output(s: Session, reader_id: int | None, image_sha: str,
+                          pixels: np.ndarray | None = None) -> bool:
     """``model_output_decision(...).allowed``: the boolean every page checks."""
-    return model_output_decision(s, reader_id, image_sha).allowed
+    return model_output_decision(s, reader_id, image_sha, pixels).allowed
 
 
-def require_model_output(s: Session, reader_id: int | None, image_sha: str) -> None:
+def require_model_output(s: Session, reader_id: int | None, image_sha: str, pixels: np.ndarray | None = None) -> None:
     """Raise :class:`BlindedError` (with the reason) unless model output may be shown."""
-    decision = model_output_decision(s, reader_id, image_sha)
+    decision = model_output_decision(s, reader_id, image_sha, pixels)
     if not decision.allowed:
         raise BlindedError(decision.reason)
 
