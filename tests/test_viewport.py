@@ -108,3 +108,70 @@ def test_before_the_browser_reports_python_gets_none_then_keeps_the_last_report(
                                             "pixel_ratio": 2}
     at.run()
     assert at.text[0].value == "PAGE 1366 768 185 1206"
+
+
+# --- a zoomed canvas in the browser: what Fabric returns, brought back, lands on the film ------------------------
+
+ZOOM_APP = Path(__file__).parent / "apps" / "zoom_app.py"
+FILM_SHAPE = (419, 512)  # the zoom app's film
+BLOCK_A = (190, 230, 30, 30)  # row, col, rows, cols: the reader draws round this block
+BLOCK_B = (225, 272, 20, 24)  # the app's stored rectangle is round this one
+
+
+@pytest.fixture(scope="module")
+def zoom_url(tmp_path_factory):
+    with streamlit_server(ZOOM_APP, log_dir=tmp_path_factory.mktemp("zoom")) as url:
+        yield url
+
+
+def marks(page, count: int) -> list[list[int]]:
+    """Wait for ``count`` marks measured in the full frame; each as [row0, col0, row1, col1, area] on the film."""
+    page.get_by_text(f"OBJECTS {count}", exact=True).wait_for(timeout=WAIT_MS)
+    page.locator('[data-testid="stText"]').nth(count).wait_for(timeout=WAIT_MS)  # after the OBJECTS line
+    lines = [t for t in page.locator('[data-testid="stText"]').all_inner_texts() if t.startswith("OBJ ")]
+    return [[int(v) for v in line.split()[2:]] for line in sorted(lines)]
+
+
+@pytest.mark.parametrize("zoom, x, y", [(2, 0.45, 0.5), (4, 0.5, 0.5)])
+def test_marks_drawn_in_a_zoomed_canvas_land_on_the_film_pixels_under_them(zoom_url, zoom, x, y):
+    from cxr_core.canvas_view import View, frame_fit, view_transform
+
+    fit = frame_fit(FILM_SHAPE, 600, 600)
+    t = view_transform(View(zoom, x, y), FILM_SHAPE, 600, 600)
+
+    def on_canvas(row: float, col: float) -> tuple[float, float]:
+        return (t.scale * (fit["offset_x"] + col * fit["scale_x"]) + t.dx,
+                t.scale * (fit["offset_y"] + row * fit["scale_y"]) + t.dy)
+
+    with chromium_page({"width": 1000, "height": 900}) as page:
+        blocks = "&".join(f"{n}={','.join(map(str, b))}" for n, b in (("a", BLOCK_A), ("b", BLOCK_B)))
+        page.goto(f"{zoom_url}/?zoom={zoom}&x={x}&y={y}&{blocks}")
+        stored = marks(page, 1)
+        # The stored rectangle is drawn where block B shows in the zoomed picture (its red stroke on its left edge).
+        r, c, h, w = BLOCK_B
+        edge_x, edge_y = on_canvas(r + h / 2, c)
+        lower = page.locator("canvas.dc-canvas.lower-canvas").first  # the marks' layer, over the picture's
+        reds = lower.evaluate("""(cv, [x, y]) => {
+            const k = cv.width / cv.clientWidth, d = cv.getContext('2d').getImageData(
+                Math.round((x - 4) * k), Math.round((y - 1) * k), Math.round(9 * k), Math.round(3 * k)).data;
+            let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > 180 && d[i + 1] < 90) n++; return n; }""",
+                              [edge_x, edge_y])
+        # The reader drags round block A in the zoomed view.
+        r, c, h, w = BLOCK_A
+        box = page.locator("canvas.upper-canvas").first.bounding_box()
+        x0, y0 = on_canvas(r, c)
+        x1, y1 = on_canvas(r + h, c + w)
+        page.mouse.move(box["x"] + x0, box["y"] + y0)
+        page.mouse.down()
+        page.mouse.move(box["x"] + x1, box["y"] + y1, steps=12)
+        page.mouse.up()
+        both = marks(page, 2)
+
+    r, c, h, w = BLOCK_B
+    assert stored[0][:4] == [r, c, r + h - 1, c + w - 1] and abs(stored[0][4] - h * w) <= 1
+    assert reds > 0
+    assert both[0] == stored[0]  # Fabric kept the stored mark through the zoomed canvas exactly
+    # The rect tool fills from 1.5 CSS px inside the mouse's corners (its stroke): under 1 film pixel at 2x.
+    r, c, h, w = BLOCK_A
+    assert max(abs(a - b) for a, b in zip(both[1][:4], [r, c, r + h - 1, c + w - 1])) <= 1
+    assert abs(both[1][4] - h * w) <= 0.1 * h * w
