@@ -179,8 +179,9 @@ def _read_raster(data: bytes, fmt: str, max_pixels: int, max_bytes: int) -> tupl
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise CorruptImageError(f"{fmt.upper()} data could not be decoded: {exc}") from exc
+    except UnidentifiedImageError as exc:  # Pillow's message names a BytesIO object, not the problem
+        raise CorruptImageError(f"{fmt.upper()} data could not be decoded: the header is damaged or "
+                                "not what its first bytes claim") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"{fmt.upper()} data is truncated or damaged: {exc}") from exc
     except MemoryError as exc:
