@@ -273,18 +273,23 @@ def from_view(canvas_json: Any, view: View, width: int, height: int, *, film_sha
     return transform_drawing(canvas_json, 1 / t.scale, -t.dx / t.scale, -t.dy / t.scale)
 
 
-def refit_drawing(canvas_json: Any, old_fit: Mapping[str, float], new_fit: Mapping[str, float]) -> Any:
+def refit_drawing(canvas_json: Any, old_fit: Mapping[str, float], new_fit: Mapping[str, float], *,
+                  film_shape: tuple[int, int] | None = None) -> Any:
     """A drawing made over one fit of a film moved onto another fit of the same film.
 
     For a draft stored with one canvas size (its stored ``background_fit``) shown on a canvas
     of another size (``frame_fit`` of the new size). Both fits need ``natural_width`` and
-    ``natural_height`` (the canvas and :func:`frame_fit` give them); they may describe the
-    film at different resolutions (a resized copy), as long as its shape is the same to 1%.
+    ``natural_height`` (the canvas and :func:`frame_fit` give them) or, as in
+    :mod:`cxr_core.masks`, a fit without them is of the film itself at ``film_shape``. The fits
+    may describe the film at different resolutions (a resized copy), its shape the same to 1%.
     The scale is taken so the film's width maps onto the new width, and the film's centre
     maps onto the new centre.
     """
     geo = []
     for name, fit in (("old_fit", old_fit), ("new_fit", new_fit)):
+        if isinstance(fit, Mapping) and film_shape is not None and "natural_width" not in fit:
+            rows, cols = _check_film_shape(film_shape)
+            fit = {**fit, "natural_width": cols, "natural_height": rows}
         try:
             vals = [float(fit[key]) for key in ("scale_x", "scale_y", "offset_x", "offset_y",
                                                 "natural_width", "natural_height")]

@@ -246,8 +246,12 @@ def test_draft_stored_with_the_old_picture_fit_is_refitted_to_the_frame():
     assert_same_region(rasterize(moved, image_shape=FILM, background_fit=new_fit), want)
     with pytest.raises(CanvasViewError, match="expected the same film"):
         refit_drawing(drawing, stored_fit, frame_fit((512, 512), 600, 600))
+    bare_fit = {"scale_x": 0.8, "scale_y": 0.8, "offset_x": 5, "offset_y": 40}  # a fit of the film itself
     with pytest.raises(CanvasViewError, match="natural_width/height"):
-        refit_drawing(drawing, {"scale_x": 1, "scale_y": 1, "offset_x": 0, "offset_y": 0}, new_fit)
+        refit_drawing(drawing, bare_fit, new_fit)
+    want = rasterize(drawing, image_shape=FILM, background_fit=bare_fit)
+    moved = refit_drawing(drawing, bare_fit, new_fit, film_shape=FILM)
+    assert_same_region(rasterize(moved, image_shape=FILM, background_fit=new_fit), want)
 
 
 def test_bad_drawings_and_sizes_say_what_was_expected():
