@@ -385,12 +385,16 @@ def _check_heatmap(heatmap: Any) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _check_opacity(opacity: Any, colormap: str) -> float:
+def _check_opacity(opacity: Any) -> float:
     if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
         raise CanvasViewError(f"opacity {opacity!r}; expected a number in [0, 1]")
+    return float(opacity)
+
+
+def _check_colormap(colormap: Any) -> str:
     if colormap not in COLORMAPS:
         raise CanvasViewError(f"colour map {colormap!r}; expected one of {', '.join(COLORMAPS)}")
-    return float(opacity)
+    return colormap
 
 
 def heat_alpha(heatmap: np.ndarray, *, opacity: float) -> np.ndarray:
@@ -402,8 +406,7 @@ def heat_alpha(heatmap: np.ndarray, *, opacity: float) -> np.ndarray:
     [[0.0, 0.0, 4.0, 8.0]]
     """
     heat = _check_heatmap(heatmap)
-    opacity = _check_opacity(opacity, "turbo")
-    return opacity * np.clip((heat - HEAT_FLOOR) / (1 - HEAT_FLOOR), 0, 1)
+    return _check_opacity(opacity) * np.clip((heat - HEAT_FLOOR) / (1 - HEAT_FLOOR), 0, 1)
 
 
 def _blend(base: np.ndarray, heat: np.ndarray, opacity: float, colormap: str) -> np.ndarray:
@@ -439,7 +442,7 @@ def heatmap_over(film: np.ndarray, heatmap: np.ndarray, *, opacity: float = 0.5,
     """
     base = _rgb255(_film_float(film))
     heat = _check_heatmap(heatmap)
-    opacity = _check_opacity(opacity, colormap)
+    opacity, colormap = _check_opacity(opacity), _check_colormap(colormap)
     rows, cols = base.shape[:2]
     if heat.shape != (rows, cols):
         shrink = heat.shape[0] > rows and heat.shape[1] > cols
@@ -502,7 +505,7 @@ def view_picture(film: np.ndarray, view: View, width: int, height: int, *, level
     if isinstance(pixel_ratio, bool) or not isinstance(pixel_ratio, (int, float)) or not 0.25 <= pixel_ratio <= 4:
         raise CanvasViewError(f"pixel_ratio {pixel_ratio!r}; expected a number in [0.25, 4]")
     heat = None if heatmap is None else _check_heatmap(heatmap)
-    opacity = _check_opacity(opacity, colormap)
+    opacity, colormap = _check_opacity(opacity), _check_colormap(colormap)
     rows, cols = pixels.shape[:2]
     t = view_transform(view, (rows, cols), width, height)
     fit = frame_fit((rows, cols), width, height)
@@ -517,9 +520,9 @@ def view_picture(film: np.ndarray, view: View, width: int, height: int, *, level
     grey = window_level(shown, level=level, window=window)
     if invert:
         grey = 255 - grey
-    cols_in = (lambda u: (u >= 0) & (u < cols))(ax * np.arange(out_w) + bx + 0.5)
-    rows_in = (lambda v: (v >= 0) & (v < rows))(ay * np.arange(out_h) + by + 0.5)
-    on_film = rows_in[:, None] & cols_in[None, :]
+    u = ax * np.arange(out_w) + bx + 0.5  # film x of each output column's centre
+    v = ay * np.arange(out_h) + by + 0.5
+    on_film = ((v >= 0) & (v < rows))[:, None] & ((u >= 0) & (u < cols))[None, :]
     if heat is None:
         grey[~on_film] = 0
         return Image.fromarray(grey, "L" if grey.ndim == 2 else "RGB")
