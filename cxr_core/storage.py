@@ -10,8 +10,9 @@ foreign keys on and a busy timeout, and every transaction starts with ``BEGIN IM
 concurrent writers queue for the lock instead of failing mid-transaction; so keep Sessions
 short (one page action), since an open one holds the lock. PostgreSQL works with the same code.
 
-Annotations, drafts and model results are in :mod:`cxr_core.storage_annotations` and
-re-exported here.
+Annotations (exclusions included), drafts, first-shown times (:func:`record_shown`) and model
+results are in :mod:`cxr_core.storage_annotations` and re-exported here; reading-time figures
+are in :mod:`cxr_core.reading_times`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from cxr_core.storage_annotations import (  # noqa: F401  (re-exported)
     latest_annotation,
     latest_annotations,
     model_results_for_image,
+    record_shown,
     result_heatmap,
     revise_annotation,
     save_draft,
@@ -53,6 +55,8 @@ from cxr_core.storage_annotations import (  # noqa: F401  (re-exported)
 )
 from cxr_core.storage_codec import decode_pixels, encode_pixels
 from cxr_core.storage_schema import (  # noqa: F401  (re-exported)
+    EXCLUDED,
+    EXCLUSION_REASONS,
     ROLES,
     Annotation,
     AnnotationSession,
@@ -63,6 +67,7 @@ from cxr_core.storage_schema import (  # noqa: F401  (re-exported)
     ModelResult,
     QueueItem,
     Reader,
+    ReadingStart,
     SessionImage,
     SessionReader,
 )
@@ -310,6 +315,7 @@ class QueueEntry:
     image_sha: str
     version: int | None  # latest submitted version, None while pending
     has_draft: bool
+    excluded: bool = False  # the latest version excludes the film ("not a chest film", "not readable")
 
     @property
     def done(self) -> bool:
@@ -446,23 +452,31 @@ def session_readers(s: Session, session_id: int) -> list[Reader]:
 
 
 def reader_queue(s: Session, session_id: int, reader_id: int) -> ReaderQueue:
-    """A reader's images in their order, each with its latest submitted version and draft flag."""
+    """A reader's images in their order, each with its latest submitted version, draft and exclusion flags."""
     if s.get(SessionReader, (session_id, reader_id)) is None:
         raise StorageError(f"reader {reader_id} is not assigned to session {session_id}")
-    latest = (
+    mine = (Annotation.session_id == session_id, Annotation.reader_id == reader_id)
+    newest = (
         select(Annotation.image_sha, func.max(Annotation.version).label("version"))
-        .where(Annotation.session_id == session_id, Annotation.reader_id == reader_id)
-        .group_by(Annotation.image_sha).subquery()
+        .where(*mine).group_by(Annotation.image_sha).subquery()
+    )
+    latest = (
+        select(Annotation.image_sha, Annotation.version, Annotation.exclusion)
+        .join(newest, (newest.c.image_sha == Annotation.image_sha) & (newest.c.version == Annotation.version))
+        .where(*mine).subquery()
     )
     drafts = (
         select(Draft.image_sha).where(Draft.session_id == session_id, Draft.reader_id == reader_id).subquery()
     )
     rows = s.execute(
-        select(QueueItem.position, QueueItem.image_sha, latest.c.version, drafts.c.image_sha)
+        select(QueueItem.position, QueueItem.image_sha, latest.c.version, drafts.c.image_sha, latest.c.exclusion)
         .outerjoin(latest, latest.c.image_sha == QueueItem.image_sha)
         .outerjoin(drafts, drafts.c.image_sha == QueueItem.image_sha)
         .where(QueueItem.session_id == session_id, QueueItem.reader_id == reader_id)
         .order_by(QueueItem.position)
     )
-    entries = tuple(QueueEntry(pos, sha, version, draft is not None) for pos, sha, version, draft in rows)
+    entries = tuple(
+        QueueEntry(pos, sha, version, draft is not None, exclusion is not None)
+        for pos, sha, version, draft, exclusion in rows
+    )
     return ReaderQueue(session_id, reader_id, entries)

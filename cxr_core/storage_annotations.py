@@ -4,12 +4,18 @@ A submission rasterises the canvas JSON at the image's stored resolution
 (:func:`cxr_core.masks.region_masks`), writes version 1 and deletes the reader's draft, in the
 caller's transaction. A revision writes version n+1 pointing at version n; rows are never
 updated or deleted. Use through :mod:`cxr_core.storage`, which re-exports these names.
+
+A reader may answer "exclude" instead of a diagnosis (``exclusion=`` one of
+:data:`EXCLUSION_REASONS`); the reading is then stored with diagnosis :data:`EXCLUDED`.
+:func:`record_shown` notes, once per version, when the film was first shown to the reader; a
+submission or revision copies that time into ``Annotation.shown_at``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -21,7 +27,17 @@ from cxr_core import __version__ as APP_VERSION
 from cxr_core.errors import CXRError
 from cxr_core.masks import canvas_objects, region_masks
 from cxr_core.storage_codec import decode_heatmap, decode_mask, encode_heatmap, encode_mask
-from cxr_core.storage_schema import Annotation, Draft, Image, ModelResult, QueueItem
+from cxr_core.storage_schema import (
+    EXCLUDED,
+    EXCLUSION_REASONS,
+    Annotation,
+    Draft,
+    Image,
+    ModelResult,
+    QueueItem,
+    ReadingStart,
+    utcnow,
+)
 from cxr_core.zoo import DEFAULT_CLASSES
 
 #: The expert's diagnosis when they cannot choose a class.
@@ -68,12 +84,43 @@ def _canvas_dict(canvas_json: Any) -> dict[str, Any]:
     return data
 
 
+def _is_excluded(diagnosis: Any) -> bool:
+    return isinstance(diagnosis, str) and diagnosis.strip().lower() == EXCLUDED
+
+
+def _check_exclusion(exclusion: Any) -> str | None:
+    """The canonical reason, ``None`` for no exclusion; anything else is refused."""
+    if exclusion is None:
+        return None
+    for reason in EXCLUSION_REASONS:
+        if isinstance(exclusion, str) and exclusion.strip().lower() == reason:
+            return reason
+    raise AnnotationError(
+        f"exclusion reason {exclusion!r}; expected one of {', '.join(repr(r) for r in EXCLUSION_REASONS)} (or None)"
+    )
+
+
 def _check_diagnosis(diagnosis: str, classes: Sequence[str]) -> str:
     accepted = [*classes, UNCERTAIN]
+    if _is_excluded(diagnosis):
+        raise AnnotationError(
+            f"diagnosis {diagnosis!r} needs an exclusion reason; pass exclusion= one of "
+            f"{', '.join(repr(r) for r in EXCLUSION_REASONS)}, or choose one of {', '.join(accepted)}"
+        )
     for name in accepted:
         if isinstance(diagnosis, str) and diagnosis.strip().lower() == name.lower():
             return name
     raise AnnotationError(f"diagnosis {diagnosis!r}; expected one of {', '.join(accepted)}")
+
+
+def _check_answer(diagnosis: Any, confidence: Any, exclusion: Any, classes: Sequence[str]) -> dict[str, Any]:
+    """Diagnosis, confidence and exclusion as stored: an exclusion stores EXCLUDED and an optional confidence."""
+    reason = _check_exclusion(exclusion)
+    if reason is not None:
+        return dict(diagnosis=EXCLUDED, exclusion=reason,
+                    confidence=None if confidence is None else _check_confidence(confidence))
+    return dict(diagnosis=_check_diagnosis(diagnosis, classes), exclusion=None,
+                confidence=_check_confidence(confidence))
 
 
 def _check_confidence(confidence: Any) -> int:
@@ -180,26 +227,30 @@ def submit_annotation(
     reader_id: int,
     image_sha: str,
     session_id: int,
-    diagnosis: str,
-    confidence: int,
+    diagnosis: str | None = None,
+    confidence: int | None = None,
     canvas_json: Any,
     canvas_width: int,
     canvas_height: int,
     background_fit: Mapping[str, float] | None = None,
     labels: Sequence[str | None] | None = None,
     comment: str | None = None,
+    exclusion: str | None = None,
     app_version: str = APP_VERSION,
     canvas_version: str | None = None,
     classes: Sequence[str] = DEFAULT_CLASSES,
 ) -> Annotation:
     """Submit a reader's first reading of an image: version 1; their draft is deleted.
 
+    ``shown_at`` is copied from the :func:`record_shown` time of version 1 (``None`` if none).
+
     Parameters
     ----------
     diagnosis : str
-        One of ``classes`` or ``"uncertain"`` (case-insensitive; stored canonical).
+        One of ``classes`` or ``"uncertain"`` (case-insensitive; stored canonical). Ignored
+        with an ``exclusion`` (stored as ``"excluded"``); ``"excluded"`` without one is refused.
     confidence : int
-        1 (guess) to 5 (certain).
+        1 (guess) to 5 (certain); required unless the film is excluded, optional then.
     canvas_json : dict, str or list
         The canvas ``json_data``; stored without a background image.
     canvas_width, canvas_height : int
@@ -209,6 +260,9 @@ def submit_annotation(
     labels : sequence or None
         Finding label per canvas object (default: each object's own ``label``); every
         region needs one.
+    exclusion : str or None
+        ``"not a chest film"`` or ``"not readable"``: the reader excludes the film instead of
+        reading it. Marks are still stored as given (usually none).
 
     Returns
     -------
@@ -227,10 +281,13 @@ def submit_annotation(
             "use revise_annotation() for a new version"
         )
     fields = _annotation_fields(
-        s, image_sha, diagnosis, confidence, canvas_json, canvas_width, canvas_height, background_fit, labels,
-        comment, app_version, canvas_version, classes,
+        s, image_sha, diagnosis, confidence, exclusion, canvas_json, canvas_width, canvas_height, background_fit,
+        labels, comment, app_version, canvas_version, classes,
     )
-    annotation = Annotation(reader_id=reader_id, image_sha=image_sha, session_id=session_id, version=1, **fields)
+    annotation = Annotation(
+        reader_id=reader_id, image_sha=image_sha, session_id=session_id, version=1,
+        shown_at=_shown_at(s, session_id, reader_id, image_sha, 1), **fields,
+    )
     s.add(annotation)
     delete_draft(s, reader_id=reader_id, image_sha=image_sha, session_id=session_id)
     _flush(s, "submission")
@@ -238,15 +295,15 @@ def submit_annotation(
 
 
 def _annotation_fields(
-    s, image_sha, diagnosis, confidence, canvas_json, canvas_width, canvas_height, background_fit, labels,
+    s, image_sha, diagnosis, confidence, exclusion, canvas_json, canvas_width, canvas_height, background_fit, labels,
     comment, app_version, canvas_version, classes,
 ) -> dict[str, Any]:
+    answer = _check_answer(diagnosis, confidence, exclusion, classes)
     canvas = _canvas_dict(canvas_json)
     width, height = _check_canvas_size(canvas_width, canvas_height)
     regions, mask = _rasterise(s, image_sha, canvas, background_fit, labels)
     return dict(
-        diagnosis=_check_diagnosis(diagnosis, classes), confidence=_check_confidence(confidence),
-        regions=regions, canvas_json=canvas, canvas_width=width, canvas_height=height,
+        **answer, regions=regions, canvas_json=canvas, canvas_width=width, canvas_height=height,
         background_fit=dict(background_fit) if background_fit is not None else None,
         mask_png=encode_mask(mask), mask_area=int(mask.sum()), app_version=str(app_version)[:64],
         canvas_version=(canvas_version or _canvas_version(canvas))[:64], comment=comment,
@@ -268,6 +325,7 @@ def revise_annotation(
     background_fit: Mapping[str, float] | None = _KEEP,
     labels: Sequence[str | None] | None = _KEEP,
     comment: str | None = _KEEP,
+    exclusion: str | None = _KEEP,
     app_version: str = APP_VERSION,
     canvas_version: str | None = None,
     classes: Sequence[str] = DEFAULT_CLASSES,
@@ -275,7 +333,13 @@ def revise_annotation(
     """Add version n+1 of the reading whose latest version is ``previous_id``; n stays.
 
     Fields not given are kept from version n (labels from its stored regions); the mask is
-    rasterised again from the (new or kept) canvas JSON.
+    rasterised again from the (new or kept) canvas JSON. ``shown_at`` is copied from the
+    :func:`record_shown` time of version n+1 (``None`` if none was recorded).
+
+    Exclusions: ``exclusion="not readable"`` turns the reading into an exclusion;
+    ``exclusion=None`` turns an exclusion back into a reading (give a diagnosis and a
+    confidence). With ``exclusion`` not given, the previous exclusion is kept unless a
+    ``diagnosis`` other than ``"excluded"`` is given, which ends it.
 
     Raises
     ------
@@ -298,19 +362,83 @@ def revise_annotation(
     def pick(value: Any, old: Any) -> Any:
         return old if value is _KEEP else value
 
+    if exclusion is _KEEP:
+        ends_it = diagnosis is not _KEEP and not _is_excluded(diagnosis)
+        exclusion = None if ends_it else prev.exclusion
+    if _check_exclusion(exclusion) is None and diagnosis is _KEEP and prev.exclusion is not None:
+        raise AnnotationError(
+            f"annotation {prev.id} is an exclusion ({prev.exclusion!r}); give a diagnosis to read the film instead"
+        )
     fields = _annotation_fields(
-        s, prev.image_sha, pick(diagnosis, prev.diagnosis), pick(confidence, prev.confidence),
+        s, prev.image_sha, pick(diagnosis, prev.diagnosis), pick(confidence, prev.confidence), exclusion,
         pick(canvas_json, prev.canvas_json), pick(canvas_width, prev.canvas_width),
         pick(canvas_height, prev.canvas_height), pick(background_fit, prev.background_fit),
         pick(labels, None), pick(comment, prev.comment), app_version, canvas_version, classes,
     )
+    version = prev.version + 1
     annotation = Annotation(
         reader_id=prev.reader_id, image_sha=prev.image_sha, session_id=prev.session_id,
-        version=prev.version + 1, supersedes_id=prev.id, **fields,
+        version=version, supersedes_id=prev.id,
+        shown_at=_shown_at(s, prev.session_id, prev.reader_id, prev.image_sha, version), **fields,
     )
     s.add(annotation)
     _flush(s, "revision")
     return annotation
+
+
+# --- reading times ---------------------------------------------------------------------------
+
+
+def _shown_at(s: Session, session_id: int, reader_id: int, image_sha: str, version: int) -> datetime | None:
+    return s.scalar(select(ReadingStart.shown_at).where(
+        ReadingStart.session_id == session_id, ReadingStart.reader_id == reader_id,
+        ReadingStart.image_sha == image_sha, ReadingStart.version == version,
+    ))
+
+
+def record_shown(
+    s: Session, *, reader_id: int, image_sha: str, session_id: int, now: datetime | None = None
+) -> datetime:
+    """Note when a film was first shown to a reader for the version they are about to make.
+
+    The version is the latest submitted one + 1 (1 while pending, 2 once they revise version 1).
+    Only the first call per version writes; later calls return that first time unchanged, so a
+    page may call this on every rerun. Two concurrent first calls are safe: the loser's insert
+    fails inside a SAVEPOINT and it returns the winner's time.
+
+    Parameters
+    ----------
+    now : datetime or None
+        The time to record (default: the server's clock, UTC); naive means UTC.
+
+    Returns
+    -------
+    datetime
+        The recorded time, timezone-aware UTC.
+
+    Raises
+    ------
+    NotAssignedError
+        The image is not in that reader's queue for that session.
+    """
+    _queue_item(s, session_id, reader_id, image_sha)
+    latest = s.scalar(select(func.max(Annotation.version)).where(*_reading(reader_id, image_sha, session_id)))
+    version = (latest or 0) + 1
+    found = _shown_at(s, session_id, reader_id, image_sha, version)
+    if found is not None:
+        return found
+    when = utcnow() if now is None else now
+    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    try:
+        with s.begin_nested():
+            s.add(ReadingStart(session_id=session_id, reader_id=reader_id, image_sha=image_sha, version=version,
+                               shown_at=when))
+    except IntegrityError:  # another request recorded it between our read and our insert
+        found = _shown_at(s, session_id, reader_id, image_sha, version)
+        if found is None:
+            raise
+        return found
+    return when
 
 
 # --- drafts ----------------------------------------------------------------------------------
@@ -329,15 +457,27 @@ def save_draft(
     labels: Sequence[str | None] = (),
     diagnosis: str | None = None,
     confidence: int | None = None,
+    exclusion: str | None = None,
 ) -> Draft:
-    """Create or replace the reader's unsubmitted drawing for an image (not validated beyond shape)."""
+    """Create or replace the reader's unsubmitted drawing for an image.
+
+    Checked only for shape, except the answer: an ``exclusion`` must be one of
+    :data:`EXCLUSION_REASONS` and stores diagnosis ``"excluded"``; ``"excluded"`` without one is
+    refused. Diagnosis and confidence are otherwise kept as given (a draft may be half done).
+    """
     _queue_item(s, session_id, reader_id, image_sha)
+    reason = _check_exclusion(exclusion)
+    if reason is None and _is_excluded(diagnosis):
+        raise AnnotationError(
+            f"diagnosis {diagnosis!r} needs an exclusion reason; pass exclusion= one of "
+            f"{', '.join(repr(r) for r in EXCLUSION_REASONS)}"
+        )
     canvas = _canvas_dict(canvas_json)
     width, height = _check_canvas_size(canvas_width, canvas_height)
     values = dict(
         canvas_json=canvas, canvas_width=width, canvas_height=height,
         background_fit=dict(background_fit) if background_fit is not None else None,
-        labels=list(labels), diagnosis=diagnosis, confidence=confidence,
+        labels=list(labels), diagnosis=EXCLUDED if reason else diagnosis, confidence=confidence, exclusion=reason,
     )
     draft = get_draft(s, reader_id=reader_id, image_sha=image_sha, session_id=session_id)
     if draft is None:

@@ -3,7 +3,7 @@
 The schema itself is created and changed only by the Alembic migrations in
 ``cxr_core/migrations``; these classes must match them (``tests/test_migrations.py`` checks).
 Images are identified by the SHA-256 of their decoded pixels; a submitted annotation is
-immutable (an ORM guard here and a database trigger from migration 0001).
+immutable (an ORM guard here and a database trigger from migration 0001, re-created by 0003).
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ from sqlalchemy.types import TypeDecorator
 from cxr_core.errors import CXRError
 
 ROLES = ("reviewer", "sme", "admin")
+#: The diagnosis stored when a reader excludes a film instead of reading it.
+EXCLUDED = "excluded"
+#: Why a reader may exclude a film (stored in ``annotations.exclusion`` and ``drafts.exclusion``).
+EXCLUSION_REASONS = ("not a chest film", "not readable")
+_REASONS_SQL = ", ".join(f"'{r}'" for r in EXCLUSION_REASONS)
 
 
 class ImmutableAnnotationError(CXRError):
@@ -158,7 +163,10 @@ class Annotation(Base):
     """A submitted reading of one image by one reader in one session; never changed once written.
 
     A revision is a new row with ``version + 1`` and ``supersedes_id`` pointing at the row it
-    replaces; the old row stays.
+    replaces; the old row stays. An exclusion ("not a chest film", "not readable") is stored as
+    diagnosis :data:`EXCLUDED` with the reason in ``exclusion`` and an optional confidence.
+    ``shown_at`` is when the film was first shown for this version (see ``ReadingStart``),
+    ``created_at`` when it was submitted.
     """
 
     __tablename__ = "annotations"
@@ -170,6 +178,12 @@ class Annotation(Base):
         ),
         CheckConstraint("version >= 1", name="version"),
         CheckConstraint("confidence BETWEEN 1 AND 5", name="confidence"),
+        CheckConstraint(f"exclusion IS NULL OR exclusion IN ({_REASONS_SQL})", name="exclusion"),
+        CheckConstraint(  # a diagnosis with a confidence, or an exclusion stored as EXCLUDED
+            f"(exclusion IS NULL AND diagnosis <> '{EXCLUDED}' AND confidence IS NOT NULL)"
+            f" OR (exclusion IS NOT NULL AND diagnosis = '{EXCLUDED}')",
+            name="answer",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -179,7 +193,8 @@ class Annotation(Base):
     version: Mapped[int]
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
     diagnosis: Mapped[str] = mapped_column(String(64))
-    confidence: Mapped[int]
+    confidence: Mapped[int | None]
+    exclusion: Mapped[str | None] = mapped_column(String(32))
     regions: Mapped[list[Any]]
     canvas_json: Mapped[dict[str, Any]]
     canvas_width: Mapped[int]
@@ -190,6 +205,7 @@ class Annotation(Base):
     app_version: Mapped[str] = mapped_column(String(64))
     canvas_version: Mapped[str] = mapped_column(String(64))
     comment: Mapped[str | None] = mapped_column(Text)
+    shown_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -230,7 +246,34 @@ class Draft(Base):
     labels: Mapped[list[Any]]
     diagnosis: Mapped[str | None] = mapped_column(String(64))
     confidence: Mapped[int | None]
+    exclusion: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ReadingStart(Base):
+    """When a film was first shown to a reader for the version they were about to make.
+
+    One row per (session, reader, image, version), written once and never moved, so the time a
+    reading took is ``annotations.created_at - shown_at`` for every version, revisions included.
+    """
+
+    __tablename__ = "reading_starts"
+    __table_args__ = (
+        UniqueConstraint("session_id", "reader_id", "image_sha", "version", name="uq_reading_starts_version"),
+        ForeignKeyConstraint(
+            ["session_id", "reader_id", "image_sha"],
+            ["queue_items.session_id", "queue_items.reader_id", "queue_items.image_sha"],
+            ondelete="CASCADE",
+        ),
+        CheckConstraint("version >= 1", name="version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int]
+    reader_id: Mapped[int]
+    image_sha: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    shown_at: Mapped[datetime]
 
 
 class ModelResult(Base):

@@ -12,21 +12,25 @@ import shutil
 import signal
 import sqlite3
 import threading
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import event, func, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from cxr_core import storage
 from cxr_core.masks import rasterize
 from cxr_core.storage import (
+    EXCLUDED,
+    EXCLUSION_REASONS,
     AlreadySubmittedError,
     Annotation,
     ConcurrentEditError,
     Draft,
     ImmutableAnnotationError,
     NotAssignedError,
+    ReadingStart,
     StaleVersionError,
     StorageError,
 )
@@ -439,6 +443,186 @@ def test_killed_writer_leaves_database_intact_and_acknowledged_saves_present(fac
         assert storage.revise_annotation(s, latest_id, confidence=2).version == len(history) + 1
 
 
+# --- core: exclusions ---------------------------------------------------------------------------
+
+
+def _queue_flags(s, sid, reader_id):
+    return {e.image_sha: (e.version, e.has_draft, e.excluded) for e in storage.reader_queue(s, sid, reader_id).entries}
+
+
+@core
+def test_exclusion_is_an_answer_that_drafts_submits_and_revises(factory):
+    (r0, r1), shas, sid = seed_db(factory)
+    assert (EXCLUDED, EXCLUSION_REASONS) == ("excluded", ("not a chest film", "not readable"))
+    with factory.begin() as s:
+        storage.save_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid, canvas_json=canvas(),
+                           canvas_width=50, canvas_height=40, exclusion="not readable", confidence=2)
+    with factory() as s:
+        d = storage.get_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid)
+        assert (d.diagnosis, d.confidence, d.exclusion) == (EXCLUDED, 2, "not readable")
+        assert _queue_flags(s, sid, r0)[shas[0]] == (None, True, False)  # a draft is no answer yet
+    with factory.begin() as s:  # no diagnosis, no confidence, no marks: reason canonicalised
+        a = submit(s, r0, shas[0], sid, canvas_json=canvas(), diagnosis=None, confidence=None,
+                   exclusion=" Not a chest film")
+        b = submit(s, r1, shas[0], sid, confidence=2, exclusion="not readable")  # marks and confidence kept
+    with factory() as s:
+        a, b = s.get(Annotation, a.id), s.get(Annotation, b.id)
+        assert (a.diagnosis, a.confidence, a.exclusion, a.mask_area, a.regions) == (
+            EXCLUDED, None, "not a chest film", 0, [])
+        assert (b.diagnosis, b.confidence, b.exclusion, b.mask_area) == (EXCLUDED, 2, "not readable", 100)
+        assert storage.get_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid) is None
+        assert _queue_flags(s, sid, r0) == {shas[0]: (1, False, True), shas[1]: (None, False, False),
+                                            shas[2]: (None, False, False)}
+        assert storage.reader_queue(s, sid, r0).progress_text == "1 of 3 done"  # an exclusion is done
+    with factory.begin() as s:
+        v2 = storage.revise_annotation(s, a.id, diagnosis="Normal", confidence=4)  # a diagnosis ends it
+        v3 = storage.revise_annotation(s, v2.id, exclusion="not readable")  # confidence 4 kept
+        v4 = storage.revise_annotation(s, v3.id, comment="film rotated")  # exclusion kept
+        v5 = storage.revise_annotation(s, v4.id, exclusion=None, diagnosis="Pneumonia")
+        v6 = storage.revise_annotation(s, v5.id, exclusion="not a chest film", diagnosis="Normal")  # reason wins
+    with factory() as s:
+        history = storage.annotation_history(s, reader_id=r0, image_sha=shas[0], session_id=sid)
+        assert [(h.version, h.diagnosis, h.confidence, h.exclusion) for h in history] == [
+            (1, EXCLUDED, None, "not a chest film"), (2, "Normal", 4, None), (3, EXCLUDED, 4, "not readable"),
+            (4, EXCLUDED, 4, "not readable"), (5, "Pneumonia", 4, None), (6, EXCLUDED, 4, "not a chest film")]
+        assert [h.id for h in history[1:]] == [v2.id, v3.id, v4.id, v5.id, v6.id]
+        assert _queue_flags(s, sid, r0)[shas[0]] == (6, False, True)
+        assert _queue_flags(s, sid, r1)[shas[0]] == (1, False, True)
+
+
+@core
+def test_exclusion_refusals_name_what_is_accepted_and_write_nothing(factory, engine):
+    (r0, _), shas, sid = seed_db(factory)
+    with factory.begin() as s:
+        excluded_id = submit(s, r0, shas[1], sid, canvas_json=canvas(), confidence=None, exclusion="not readable").id
+        storage.save_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid, canvas_json=canvas(),
+                           canvas_width=50, canvas_height=40, diagnosis="Normal")
+    reasons = "expected one of 'not a chest film', 'not readable'"
+    draft = dict(reader_id=r0, image_sha=shas[0], session_id=sid, canvas_json=canvas(), canvas_width=50,
+                 canvas_height=40)
+    cases = [
+        (lambda s: submit(s, r0, shas[0], sid, diagnosis="Excluded"), "'Excluded' needs an exclusion reason"),
+        (lambda s: submit(s, r0, shas[0], sid, exclusion="blurry"), f"exclusion reason 'blurry'; {reasons}"),
+        (lambda s: submit(s, r0, shas[0], sid, exclusion=3), f"exclusion reason 3; {reasons}"),
+        (lambda s: submit(s, r0, shas[0], sid, confidence=None), "confidence None; expected an integer 1"),
+        (lambda s: submit(s, r0, shas[0], sid, exclusion="not readable", confidence=9), "confidence 9"),
+        (lambda s: storage.save_draft(s, **draft, exclusion="blurry"), f"exclusion reason 'blurry'; {reasons}"),
+        (lambda s: storage.save_draft(s, **draft, diagnosis="excluded"), "needs an exclusion reason"),
+        (lambda s: storage.revise_annotation(s, excluded_id, exclusion="?"), f"exclusion reason '\\?'; {reasons}"),
+        (lambda s: storage.revise_annotation(s, excluded_id, exclusion=None), "is an exclusion .* give a diagnosis"),
+        (lambda s: storage.revise_annotation(s, excluded_id, diagnosis="Normal"), "confidence None; expected"),
+    ]
+    for call, message in cases:
+        with pytest.raises(AnnotationError, match=message):
+            with factory.begin() as s:
+                call(s)
+    # the database refuses an inconsistent answer whatever client writes it
+    row = dict(reader_id=r0, image_sha=shas[2], session_id=sid, version=1, regions=[], canvas_json={},
+               canvas_width=1, canvas_height=1, mask_png=b"", mask_area=0, app_version="x", canvas_version="x")
+    bad = [dict(diagnosis=EXCLUDED, confidence=3, exclusion=None), dict(diagnosis="Normal", confidence=None),
+           dict(diagnosis=EXCLUDED, exclusion="blurry"),
+           dict(diagnosis="Normal", confidence=3, exclusion="not readable")]
+    for answer in bad:
+        with pytest.raises(DBAPIError):
+            with engine.begin() as conn:
+                conn.execute(insert(Annotation.__table__).values(**row, **answer))
+    with factory() as s:
+        assert [a.id for a in s.scalars(select(Annotation))] == [excluded_id]
+        d = storage.get_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid)
+        assert (d.diagnosis, d.exclusion) == ("Normal", None)
+
+
+# --- core: when a film was first shown ----------------------------------------------------------
+
+
+@core
+def test_record_shown_once_per_version_and_copied_to_the_annotation(factory):
+    (r0, r1), shas, sid = seed_db(factory)
+    t0 = datetime.now(timezone.utc).replace(microsecond=123456) - timedelta(hours=2)
+    t1 = t0 + timedelta(minutes=30)
+    key = dict(reader_id=r0, image_sha=shas[0], session_id=sid)
+    with factory.begin() as s:
+        assert storage.record_shown(s, **key, now=t0) == t0
+    with factory.begin() as s:  # a rerun, a reload, a second tab: the first time stays
+        assert storage.record_shown(s, **key, now=t0 + timedelta(seconds=90)) == t0
+        assert storage.record_shown(s, **key) == t0
+        naive = storage.record_shown(s, reader_id=r0, image_sha=shas[1], session_id=sid, now=t1.replace(tzinfo=None))
+        assert naive == t1 and naive.tzinfo is not None  # naive means UTC
+    with factory.begin() as s:
+        v1 = submit(s, r0, shas[0], sid)
+        untimed = submit(s, r0, shas[2], sid)
+    with factory.begin() as s:  # starting a revision of version 1: version 2's own start
+        assert storage.record_shown(s, **key, now=t1) == t1
+        assert storage.record_shown(s, **key, now=t1 + timedelta(minutes=5)) == t1
+        v2 = storage.revise_annotation(s, v1.id, confidence=5)
+        v3 = storage.revise_annotation(s, v2.id, confidence=4)  # no start recorded for version 3
+    with factory() as s:
+        v1, v2, v3, untimed = (s.get(Annotation, a.id) for a in (v1, v2, v3, untimed))
+        assert (v1.shown_at, v2.shown_at, v3.shown_at, untimed.shown_at) == (t0, t1, None, None)
+        assert t0 < v1.created_at <= v2.created_at  # created_at stays the submit time
+        rows = s.execute(select(ReadingStart.image_sha, ReadingStart.version, ReadingStart.shown_at)
+                         .where(ReadingStart.reader_id == r0).order_by(ReadingStart.id)).all()
+        assert rows == [(shas[0], 1, t0), (shas[1], 1, t1), (shas[0], 2, t1)]
+        assert s.scalar(select(func.count()).select_from(ReadingStart).where(ReadingStart.reader_id == r1)) == 0
+    with factory.begin() as s:
+        stray = storage.add_image(s, np.full((40, 50), 0.5, np.float32)).sha256
+    with pytest.raises(NotAssignedError, match="not in reader"):
+        with factory.begin() as s:
+            storage.record_shown(s, reader_id=r0, image_sha=stray, session_id=sid)
+
+
+@core
+def test_record_shown_that_loses_a_race_returns_the_winners_time(factory, engine):
+    (r0, _), shas, sid = seed_db(factory)
+    winner = datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=timezone.utc)
+    fired = []
+
+    def another_request_wins(conn, name):  # lands after our read, just before our SAVEPOINT and insert
+        if not fired:
+            fired.append(name)
+            conn.execute(insert(ReadingStart.__table__).values(
+                session_id=sid, reader_id=r0, image_sha=shas[0], version=1, shown_at=winner))
+
+    event.listen(engine, "savepoint", another_request_wins)
+    try:
+        with factory.begin() as s:
+            got = storage.record_shown(s, reader_id=r0, image_sha=shas[0], session_id=sid,
+                                       now=winner + timedelta(seconds=5))
+            assert got == winner
+            submit(s, r0, shas[0], sid)  # the transaction goes on after the lost race
+    finally:
+        event.remove(engine, "savepoint", another_request_wins)
+    assert fired
+    with factory() as s:
+        assert s.scalars(select(ReadingStart.shown_at)).all() == [winner]
+        assert storage.latest_annotation(s, reader_id=r0, image_sha=shas[0], session_id=sid).shown_at == winner
+
+
+@core
+def test_concurrent_first_shows_agree_on_one_time(factory):
+    (r0, _), shas, sid = seed_db(factory)
+    got, errors, barrier = [], [], threading.Barrier(4)
+    base = datetime(2026, 5, 6, 7, 0, tzinfo=timezone.utc)
+
+    def show(i):
+        try:
+            barrier.wait()
+            with factory.begin() as s:
+                got.append(storage.record_shown(s, reader_id=r0, image_sha=shas[0], session_id=sid,
+                                                now=base + timedelta(seconds=i)))
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=show, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(got) == 4 and len(set(got)) == 1
+    with factory() as s:
+        assert s.scalars(select(ReadingStart.shown_at)).all() == [got[0]]
+
+
 # --- SQLite specifics ---------------------------------------------------------------------------
 
 
@@ -446,7 +630,7 @@ def test_make_engine_creates_folder_and_sets_pragmas(tmp_path):
     path = tmp_path / "new" / "deeper" / "a.db"
     engine = storage.make_engine(f"sqlite:///{path}", busy_timeout_ms=4321)
     try:
-        assert path.exists() and storage.current_revision(engine) == "0002"
+        assert path.exists() and storage.current_revision(engine) == "0003"
         with engine.connect() as conn:
             pragmas = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
                        ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")}

@@ -82,7 +82,7 @@ def factory(engine):
 
 
 def test_postgres_schema_matches_the_orm_models(engine):
-    assert storage.current_revision(engine) == "0002"
+    assert storage.current_revision(engine) == "0003"
     with engine.connect() as conn:
         assert conn.execute(text("SELECT current_schema()")).scalar().startswith("t_")
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
@@ -96,7 +96,7 @@ def test_postgres_upgrade_from_previous_revision_keeps_rows(db_url):
         with storage.session_factory(engine).begin() as s:
             storage.add_reader(s, "kept", "admin")
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0002"
+        assert storage.current_revision(engine) == "0003"
         with storage.session_factory(engine)() as s:
             assert [(r.name, r.role) for r in storage.list_readers(s)] == [("kept", "admin")]
     finally:
