@@ -1,4 +1,5 @@
-"""The core storage tests of ``tests/test_storage.py`` again, on a real PostgreSQL server.
+"""The core storage tests of ``tests/test_storage.py`` again, on a real PostgreSQL server, plus
+its own: upgrade from 0002 with rows kept, downgrade and back, a real ``record_shown`` race.
 
 The server URL comes from ``CXR_TEST_POSTGRES_URL`` (default
 ``postgresql+psycopg://postgres:postgres@127.0.0.1:5432/cxr_test``). Each test gets its own
@@ -10,14 +11,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from cxr_core import storage
 from cxr_core.storage_schema import Base
@@ -28,15 +33,16 @@ BASE_URL = os.environ.get("CXR_TEST_POSTGRES_URL") or DEFAULT_URL
 pytestmark = pytest.mark.postgres
 
 
-def _load_core_tests():
-    """tests/test_storage.py, loaded by path (works with any pytest import mode)."""
-    spec = importlib.util.spec_from_file_location("_storage_core_tests", Path(__file__).with_name("test_storage.py"))
+def _load_tests(name):
+    """A sibling test module, loaded by path (works with any pytest import mode)."""
+    spec = importlib.util.spec_from_file_location(f"_pg_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_core = _load_core_tests()
+_core = _load_tests("test_storage")
+_migrations = _load_tests("test_migrations")
 for _test in _core.CORE:  # collected here with this module's fixtures below
     globals()[_test.__name__] = _test
 
@@ -101,3 +107,86 @@ def test_postgres_upgrade_from_previous_revision_keeps_rows(db_url):
             assert [(r.name, r.role) for r in storage.list_readers(s)] == [("kept", "admin")]
     finally:
         engine.dispose()
+
+
+def test_postgres_upgrade_from_0002_keeps_annotations_drafts_and_masks(db_url):
+    engine = storage.make_engine(db_url, migrate=False)
+    try:
+        storage.init_db(engine, "0002")
+        sid, (r0, r1), sha, masks = _migrations._fill_at_0002(engine)
+        with engine.begin() as conn:  # ids were given explicitly: move the sequence past them
+            conn.execute(text("SELECT setval('annotations_id_seq', (SELECT max(id) FROM annotations))"))
+        before = _migrations._dump(engine)
+        storage.init_db(engine)
+        assert storage.current_revision(engine) == "0003"
+        after = _migrations._dump(engine)
+        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion",)}
+        for table, rows in before.items():
+            added = new_columns.get(table, ())
+            assert [{k: v for k, v in row.items() if k not in added} for row in after[table]] == rows, table
+            assert all(row[c] is None for row in after[table] for c in added), table
+        factory = storage.session_factory(engine)
+        with factory() as s:
+            for ann in s.scalars(select(storage.Annotation)):
+                assert np.array_equal(storage.annotation_mask(ann), masks[ann.id])
+        with factory.begin() as s:
+            when = storage.record_shown(s, reader_id=r0, image_sha=sha, session_id=sid)
+            v3 = storage.revise_annotation(s, 2, exclusion="not readable")
+            assert (v3.version, v3.diagnosis, v3.confidence, v3.shown_at) == (3, storage.EXCLUDED, 3, when)
+        with pytest.raises(DBAPIError, match="immutable"):  # 0001's trigger is still there
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE annotations SET confidence = 1"))
+    finally:
+        engine.dispose()
+
+
+def test_postgres_record_shown_race_between_two_transactions(factory):
+    """Two requests show the same film at once: the second waits on the first's insert, loses
+    the unique key, and returns the first's time; the transaction it runs in goes on."""
+    (r0, _), shas, sid = _core.seed_db(factory)
+    first = datetime(2026, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    got, errors, inserted = [], [], threading.Event()
+    key = dict(reader_id=r0, image_sha=shas[0], session_id=sid)
+    winner = factory()
+    winner.begin()
+    assert storage.record_shown(winner, **key, now=first) == first  # inserted, not yet committed
+
+    def loser():
+        try:
+            with factory.begin() as s:
+                inserted.set()
+                got.append(storage.record_shown(s, **key, now=first + timedelta(seconds=3)))
+                got.append(_core.submit(s, r0, shas[0], sid).shown_at)
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    thread = threading.Thread(target=loser)
+    thread.start()
+    assert inserted.wait(30)
+    thread.join(1.0)
+    assert thread.is_alive()  # blocked on the winner's uncommitted row
+    winner.commit()
+    winner.close()
+    thread.join(60)
+    assert errors == [] and got == [first, first]
+    with factory() as s:
+        assert s.scalars(select(storage.ReadingStart.shown_at)).all() == [first]
+
+
+def test_postgres_downgrade_to_0002_and_back(engine):
+    from alembic import command
+
+    with engine.begin() as conn:
+        cfg = storage.alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    assert storage.current_revision(engine) == "0002"
+    with engine.connect() as conn:
+        nullable = conn.execute(text("SELECT is_nullable FROM information_schema.columns WHERE table_schema = "
+                                     "current_schema() AND table_name = 'annotations' AND column_name = 'confidence'"))
+        assert nullable.scalar() == "NO"
+    storage.init_db(engine)
+    assert storage.current_revision(engine) == "0003"
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(ctx, Base.metadata) == []
