@@ -1,5 +1,6 @@
-"""``calibrate``: temperature and before/after numbers into a tiny model's card, the OOD detector
-beside it; ``predict`` then shows scaled probabilities (same arg-max, different numbers)."""
+"""``calibrate``: temperature and before/after numbers printed, and with ``--record`` stored in a tiny
+model's card with the OOD detector beside it; ``predict`` then shows scaled probabilities (same arg-max,
+different numbers). Without ``--record`` the model's folder stays byte-identical."""
 
 from __future__ import annotations
 
@@ -42,10 +43,20 @@ def data(tmp_path):
     return root
 
 
+def _digest(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
 def test_calibrate_records_temperature_numbers_and_detector_and_predict_applies_them(registry, data, capsys):
-    assert main(["calibrate", "--model", NAME, "--data", str(data)]) == 0
+    before = _digest(registry)
+    assert main(["calibrate", "--model", NAME, "--data", str(data), "--json"]) == 0
+    unrecorded = json.loads(capsys.readouterr().out)
+    assert unrecorded["recorded"] is False and unrecorded["ood"]["n_fit"] == 4
+    assert _digest(registry) == before  # no card change, no ood.npz
+    assert main(["calibrate", "--model", NAME, "--data", str(data), "--record"]) == 0
     out = capsys.readouterr().out
     card = read_card(registry)
+    assert card.calibration == unrecorded["calibration"] and card.extra["ood"] == unrecorded["ood"]
     cal = card.calibration
     assert cal["fitted_on"] == "val split (3 images)" and cal["reported_on"] == "test split" and cal["n"] == 3
     for key in ("ece", "brier", "nll"):
@@ -57,7 +68,8 @@ def test_calibrate_records_temperature_numbers_and_detector_and_predict_applies_
     ood = card.extra["ood"]
     assert (registry / DETECTOR_FILE).is_file() and ood["sha256"] and ood["features"] == "lungseg"
     assert ood["n_fit"] == 4 and ood["n_val"] == 3 and ood["k"] == 3 and ood["percentile"] == 99.0
-    assert f"refuses {ood['val_refusal_rate']:.1%} of the 3 val films" in out
+    assert f"refuses {ood['val_refusal_rate']:.1%} of the 3 val films; saved {registry / DETECTOR_FILE}" in out
+    assert f"card updated: {registry / 'card.json'}" in out
 
     film = str(FILMS[0])
     assert main(["predict", film, "--model", NAME, "--json"]) == 0
@@ -79,7 +91,7 @@ def test_calibrate_applies_the_models_own_split_csv_to_unsplit_data(registry, da
         shutil.copyfile(film, flat / label / film.name)
         records.append(Record(flat / label / film.name, label, film.stem, side))
     write_split_csv(records, registry / "split.csv", root=flat)
-    assert main(["calibrate", "--model", NAME, "--data", str(flat), "--no-ood", "--json"]) == 0
+    assert main(["calibrate", "--model", NAME, "--data", str(flat), "--no-ood", "--json", "--record"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["calibration"]["fitted_on"] == "val split (3 images)" and printed["ood"] is None
     assert not (registry / DETECTOR_FILE).exists()
@@ -90,7 +102,7 @@ def test_calibrate_without_held_out_images_is_a_one_line_error(registry, tmp_pat
     flat = tmp_path / "flat"
     (flat / "Normal").mkdir(parents=True)
     shutil.copyfile(FILMS[1], flat / "Normal" / FILMS[1].name)
-    assert main(["calibrate", "--model", NAME, "--data", str(flat)]) == 2
+    assert main(["calibrate", "--model", NAME, "--data", str(flat), "--record"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no images on the 'val' side of the split") and "unsplit" in err
     assert len(err.splitlines()) == 1 and read_card(registry).calibration == {}

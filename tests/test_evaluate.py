@@ -125,3 +125,79 @@ def test_vectorised_resample_metrics_equal_scikit_learn():
                 assert np.isnan(fast[key][b]), (b, key)
             else:
                 assert fast[key][b] == pytest.approx(value, abs=1e-9), (b, key)
+
+
+# --- the `evaluate` command: prints by default, changes the model card only with --record ---------------------
+
+CLI_NAME = "tiny-resnet-3class"
+CLI_LABEL = {"covid": "COVID-19", "normal": "Normal", "pneumonia": "Pneumonia"}
+
+
+def _digest(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def cli_model(tiny_registry, tmp_path, monkeypatch):
+    """A copy of the 3-class tiny model in a registry of this test's own, and 10 real films in class folders."""
+    import shutil
+
+    from conftest import FIXTURES
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_registry / CLI_NAME, weights / CLI_NAME)
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(weights))
+    data = tmp_path / "films"
+    for film in sorted((FIXTURES / "cxr").glob("*.png")) + sorted((FIXTURES / "ood").glob("*.png")):
+        folder = data / CLI_LABEL[film.name.split("_")[0]]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(film, folder / film.name)
+    return weights / CLI_NAME, data
+
+
+def test_evaluate_prints_and_writes_json_but_leaves_the_card_byte_identical(cli_model, tmp_path, capsys):
+    import json
+
+    from cxr_core.cli import main
+
+    folder, data = cli_model
+    before = _digest(folder)
+    assert main(["evaluate", "--model", CLI_NAME, "--data", str(data), "--n-boot", "20"]) == 0
+    out = capsys.readouterr().out
+    assert f"{CLI_NAME} on {data} (all, 10 images)" in out and f"{CLI_NAME} | " in out
+    assert "not recorded: the model's card is unchanged" in out
+    assert _digest(folder) == before
+
+    assert main(["evaluate", "--model", CLI_NAME, "--data", str(data), "--n-boot", "20", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["split"] == "all" and printed["metrics"]["n"] == 10
+    target = tmp_path / "metrics.json"
+    assert main(["evaluate", "--model", CLI_NAME, "--data", str(data), "--n-boot", "20", "--json", str(target)]) == 0
+    assert f"metrics written to {target}" in capsys.readouterr().out
+    assert json.loads(target.read_text()) == printed  # same seed, same numbers
+    assert _digest(folder) == before
+
+
+def test_evaluate_with_record_adds_the_block_to_the_card(cli_model, capsys):
+    import json
+
+    from cxr_core.cli import main
+    from cxr_core.manifest import read_card
+
+    folder, data = cli_model
+    card_before = read_card(folder)
+    assert main(["evaluate", "--model", CLI_NAME, "--data", str(data), "--n-boot", "20", "--json", "--record"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    card = read_card(folder)
+    assert card.metrics == {**card_before.metrics, f"{data.name}/all": printed["metrics"]}
+    assert card.sha256 == card_before.sha256 and card.classes == card_before.classes
+
+
+def test_evaluate_refuses_record_with_no_save_and_changes_nothing(cli_model, capsys):
+    from cxr_core.cli import main
+
+    folder, data = cli_model
+    before = _digest(folder)
+    assert main(["evaluate", "--model", CLI_NAME, "--data", str(data), "--record", "--no-save"]) == 2
+    assert "--record and --no-save contradict each other" in capsys.readouterr().err
+    assert _digest(folder) == before

@@ -119,7 +119,8 @@ def test_evaluate_refuses_other_classes_or_maps_them(trained, tiny_data, tmp_pat
     assert code == 2 and "the model does not predict" in err and "'fine'" in err and "--map" in err
     (tmp_path / "tb" / "covid_0.png").rename(tmp_path / "tb.png")
     (tmp_path / "tb").rmdir()
-    code = main(["evaluate", "--model", name, "--data", str(tmp_path), "--map", "sick=Pneumonia,fine=normal"])
+    code = main(["evaluate", "--model", name, "--data", str(tmp_path), "--map", "sick=Pneumonia,fine=normal",
+                 "--record"])
     assert code == 0
     card = json.loads((weights / name / "card.json").read_text())
     saved = card["metrics"][f"{tmp_path.name}/all"]

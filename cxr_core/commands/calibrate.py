@@ -1,4 +1,8 @@
-"""``calibrate``: fit a registered model's temperature and its out-of-distribution detector, record both in its card."""
+"""``calibrate``: fit a registered model's temperature and its out-of-distribution detector.
+
+The fit is printed; ``--record`` stores it (the temperature and ``ood`` entry in the card, the detector as
+``ood.npz`` beside the model). Without it the registry, tracked files for shipped models, is left untouched.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,10 @@ def register(sub) -> None:
     p.add_argument("--ood-k", type=int, help="k-th nearest training film (knn; default 3)")
     p.add_argument("--ood-percentile", type=float, help="threshold = this percentile of the training films' "
                                                         "patient-grouped cross-fitted scores (default 99)")
-    p.add_argument("--json", action="store_true", help="print the card's calibration and ood entries as JSON")
+    p.add_argument("--json", action="store_true", help="print the calibration and ood entries as JSON")
+    p.add_argument("--record", action="store_true",
+                   help="store the fit: temperature and ood entry in weights/NAME/card.json, detector in ood.npz "
+                        "(predict and the app then use them)")
     p.set_defaults(func=run)
 
 
@@ -55,6 +62,10 @@ def _sides(args, loaded) -> dict:
 
 
 def run(args) -> int:
+    import os
+    import shutil
+    import tempfile
+
     import numpy as np
 
     from cxr_core import screening
@@ -79,21 +90,31 @@ def run(args) -> int:
     calibration["fitted_on"] = f"{args.split} split ({len(fit_pair[1])} images)"
     calibration["reported_on"] = (f"{args.report_split} split" if report_pair is not None
                                   else f"{args.split} split (no {args.report_split} split)")
-    card = loaded.card
-    card.calibration = calibration
-    if not args.no_ood:
-        train = sides.get("train", [])
-        if len(train) < 2:
-            raise DataError(f"{len(train)} image(s) on the 'train' side in {args.data}: the OOD detector is fitted "
-                            "on the model's training films (or pass --no-ood)")
-        options = {k: v for k, v in (("features", args.ood_features), ("method", args.ood_method),
-                                     ("k", args.ood_k), ("percentile", args.ood_percentile)) if v is not None}
-        card.extra["ood"] = screening.fit_model_detector(
-            loaded, [r.file for r in train], [r.patient_id for r in train],
-            val_files=[r.file for r in sides[args.split]], **options)
-    write_card(_weights_dir(None) / loaded.name, card)
+    folder = _weights_dir(None) / loaded.name
+    ood = None
+    with tempfile.TemporaryDirectory(prefix="cxr-calibrate-") as scratch:
+        if not args.no_ood:  # fitted into a scratch registry; copied beside the model only with --record
+            train = sides.get("train", [])
+            if len(train) < 2:
+                raise DataError(f"{len(train)} image(s) on the 'train' side in {args.data}: the OOD detector is "
+                                "fitted on the model's training films (or pass --no-ood)")
+            options = {k: v for k, v in (("features", args.ood_features), ("method", args.ood_method),
+                                         ("k", args.ood_k), ("percentile", args.ood_percentile)) if v is not None}
+            (Path(scratch) / loaded.name).mkdir()
+            ood = screening.fit_model_detector(
+                loaded, [r.file for r in train], [r.patient_id for r in train],
+                val_files=[r.file for r in sides[args.split]], weights_dir=scratch, **options)
+        if args.record:
+            card = loaded.card
+            card.calibration = calibration
+            if ood is not None:
+                staged = folder / ("tmp-" + ood["file"])
+                shutil.copyfile(Path(scratch) / loaded.name / ood["file"], staged)
+                os.replace(staged, folder / ood["file"])
+                card.extra["ood"] = ood
+            write_card(folder, card)
     if args.json:
-        print(json.dumps({"model": loaded.name, "calibration": card.calibration, "ood": card.extra.get("ood")},
+        print(json.dumps({"model": loaded.name, "calibration": calibration, "ood": ood, "recorded": args.record},
                          indent=2))
         return 0
     c = calibration
@@ -101,11 +122,14 @@ def run(args) -> int:
     print(f"  on the {c['reported_on']} ({c['n']} images), before -> after scaling: ECE {c['ece_before']:.3f} -> "
           f"{c['ece_after']:.3f}, Brier {c['brier_before']:.3f} -> {c['brier_after']:.3f}, "
           f"NLL {c['nll_before']:.3f} -> {c['nll_after']:.3f}")
-    ood = card.extra.get("ood")
-    if ood and not args.no_ood:
+    if ood is not None:
         what = f"{ood['method']}" + (f" (k={ood['k']})" if ood["method"] == "knn" else "")
         print(f"  OOD detector: {what} on {ood['features']} features ({ood['dim']}-d) of {ood['n_fit']} training "
               f"films, threshold {ood['threshold']:.4g} ({ood['threshold_rule']}); refuses "
-              f"{ood['val_refusal_rate']:.1%} of the {ood['n_val']} {args.split} films; saved {ood['file']}")
-    print(f"card updated: {_weights_dir(None) / loaded.name / 'card.json'}")
+              f"{ood['val_refusal_rate']:.1%} of the {ood['n_val']} {args.split} films"
+              + (f"; saved {folder / ood['file']}" if args.record else ""))
+    if args.record:
+        print(f"card updated: {folder / 'card.json'}")
+    else:
+        print("not recorded: the model's card and files are unchanged (add --record to store this fit)")
     return 0

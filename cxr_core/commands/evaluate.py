@@ -1,8 +1,14 @@
-"""``evaluate``: a registered model's metrics on labelled data, with 95% bootstrap intervals."""
+"""``evaluate``: a registered model's metrics on labelled data, with 95% bootstrap intervals.
+
+The metrics are printed (and with ``--json FILE`` written there); the model card, a tracked file for
+shipped models, is changed only when ``--record`` asks for it.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from cxr_core.errors import DataError
@@ -16,8 +22,11 @@ def register(sub) -> None:
     p.add_argument("--map", help="map data labels to the model's classes: covid=COVID-19,healthy=Normal")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, help="bootstrap seed (default: the model's training seed, else 0)")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--no-save", action="store_true", help="do not write the metrics into the model card")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="print the metrics as JSON, or with FILE write them there (and print the table)")
+    p.add_argument("--record", action="store_true",
+                   help="also add the metrics to the model's card (weights/NAME/card.json), keyed by data set")
+    p.add_argument("--no-save", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.set_defaults(func=run)
 
 
@@ -37,6 +46,8 @@ def run(args) -> int:
     from cxr_core.runtime import import_tensorflow_quietly
     from cxr_core.train import SPLIT_FILE
 
+    if args.record and args.no_save:
+        raise DataError("--record and --no-save contradict each other; give one")
     import_tensorflow_quietly()
     loaded = load_model(args.model)
     mapping = _mapping(args.map)
@@ -56,9 +67,15 @@ def run(args) -> int:
     seed = args.seed if args.seed is not None else int(loaded.card.training_data.get("recipe", {}).get("seed", 0))
     metrics = evaluate_model(loaded, records, n_boot=args.n_boot, seed=seed, mapping=mapping)
     key = side if own_split else f"{args.data.name}/{side}"
-    if args.json:
-        print(json.dumps({"model": loaded.name, "data": str(args.data), "split": side, "metrics": metrics}, indent=2))
+    result = {"model": loaded.name, "data": str(args.data), "split": side, "metrics": metrics}
+    if args.json == "-":
+        print(json.dumps(result, indent=2))
     else:
+        if args.json:
+            try:
+                Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            except OSError as exc:
+                raise DataError(f"cannot write the metrics to {args.json}: {exc.strerror or exc}") from exc
         classes = loaded.card.classes
         print(f"{loaded.name} on {args.data} ({side}, {metrics['n']} images); 95% bootstrap intervals in brackets")
         print(table2_row(loaded.name, metrics))
@@ -73,10 +90,15 @@ def run(args) -> int:
         if own_split and side == "test" and "test" in loaded.card.metrics:
             same = _comparable(loaded.card.metrics["test"]) == _comparable(metrics)
             print("matches the card's test metrics" if same else "differs from the card's test metrics")
-    if not args.no_save:
+        if args.json:
+            print(f"metrics written to {args.json}")
+    if args.record:
         card = loaded.card
         card.metrics = {**card.metrics, key: metrics}
         write_card(folder, card)
+        print(f"recorded as {key!r} in {folder / 'card.json'}", file=sys.stderr if args.json == "-" else sys.stdout)
+    elif args.json != "-":
+        print("not recorded: the model's card is unchanged (add --record to keep these numbers in it)")
     return 0
 
 
