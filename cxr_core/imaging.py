@@ -33,6 +33,12 @@ _MAGIC = {
     b"MM\x00*": "tiff",
 }
 ACCEPTED = "PNG, JPEG, TIFF or DICOM"
+#: Pillow modes decoded straight to float32 (5 bytes a pixel at the peak); others go through float64 RGB(A).
+GREY_MODES = frozenset({"L", "I;16", "I;16B", "I;16L", "I;16N"})
+#: A file declaring more than this many pixels per byte of itself is a decompression bomb: real films,
+#: even blank ones, never compress that far. Checked only above BOMB_MIN_PIXELS.
+BOMB_PIXELS_PER_BYTE = 5000
+BOMB_MIN_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ def pixel_sha256(pixels: np.ndarray) -> str:
     """SHA-256 of a float32 C-contiguous pixel array, with its shape mixed in."""
     arr = np.ascontiguousarray(pixels, dtype=np.float32)
     digest = hashlib.sha256(f"{arr.shape[0]}x{arr.shape[1]}:".encode())
-    digest.update(arr.tobytes())
+    digest.update(memoryview(arr).cast("B"))  # the same bytes as arr.tobytes(), without copying the film
     return digest.hexdigest()
 
 
@@ -105,8 +111,10 @@ def _pil_to_unit(img) -> tuple[np.ndarray, int, float]:
     if mode == "P":
         img = img.convert("RGBA")
         mode = "RGBA"
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(img, dtype=np.float64) / 65535.0, 16, 0.0
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):  # float32 division: bit-identical to float64 then float32
+        arr = np.asarray(img).astype(np.float32)
+        arr /= np.float32(65535.0)
+        return arr, 16, 0.0
     if mode == "I":
         arr = np.asarray(img, dtype=np.float64)
         if arr.max() <= 65535 and arr.min() >= 0:
@@ -121,8 +129,10 @@ def _pil_to_unit(img) -> tuple[np.ndarray, int, float]:
         return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, 0.0
     if mode == "1":
         return np.asarray(img, dtype=np.float64), 1, 0.0
-    if mode == "L":
-        return np.asarray(img, dtype=np.float64) / 255.0, 8, 0.0
+    if mode == "L":  # the common grey film: 5 bytes a pixel at the peak (uint8 source + float32 result)
+        arr = np.asarray(img).astype(np.float32)
+        arr /= np.float32(255.0)
+        return arr, 8, 0.0
     if mode == "LA":
         arr = np.asarray(img, dtype=np.float64) / 255.0
         return arr[..., 0] * arr[..., 1], 8, 0.0
@@ -164,10 +174,16 @@ def _read_raster(data: bytes, fmt: str, max_pixels: int, max_bytes: int) -> tupl
                 raise ImageTooLargeError(
                     f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
                 )
-            working = width * height * max(len(img.getbands()), 1) * 8  # float64 samples while converting
+            bands = len(img.getbands())
+            if width * height > BOMB_MIN_PIXELS and width * height > BOMB_PIXELS_PER_BYTE * len(data):
+                raise ImageTooLargeError(
+                    f"image declares {width}x{height} pixels in only {len(data):,} bytes: a decompression bomb, "
+                    "not a radiograph"
+                )
+            working = width * height * (5 if img.mode in GREY_MODES else 8 * bands)  # peak bytes while converting
             if working > max_bytes:
                 raise ImageTooLargeError(
-                    f"image is {width}x{height} pixels with {len(img.getbands())} channels: decoding would take "
+                    f"image is {width}x{height} pixels with {bands} channels: decoding would take "
                     f"{working / 2**20:,.0f} MB, over the limit of {max_bytes / 2**20:,.0f} MB; "
                     "save it as a grayscale image or at a smaller size"
                 )

@@ -141,3 +141,29 @@ MAGICS = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"\0" *
 @given(magic=st.sampled_from(MAGICS), body=st.binary(max_size=2048))
 def test_arbitrary_bytes_behind_any_magic_number_are_refused_cleanly(magic, body):
     outcome(magic + body)
+
+
+def test_a_tiny_file_declaring_a_huge_film_is_a_decompression_bomb(seeds):
+    data = fuzz_cases.huge_jpeg(seeds["jpeg"], 7000, 7000)  # 49 Mpixels, under the pixel limit, in ~2 KB
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+        load_xray(data)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_grey_film_decodes_within_ten_times_its_8_bit_size(dtype):
+    """Peak traced memory of a 2000 x 1600 grey film, from bytes to XRay: at most 10 bytes a pixel."""
+    rng = np.random.default_rng(0)
+    film = rng.integers(0, np.iinfo(dtype).max, size=(2000, 1600), dtype=dtype)
+    buffer = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(film).save(buffer, "PNG", compress_level=1)
+    data = buffer.getvalue()
+    tracemalloc.start()
+    try:
+        xray = load_xray(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert xray.shape == (2000, 1600)
+    assert peak <= 10 * film.size, f"{peak / film.size:.1f} bytes a pixel"
