@@ -1,0 +1,241 @@
+"""Sanity checks (Adebayo et al. 2018): the similarity measures against scipy/skimage, the randomised copy,
+and the verdict on a model-free edge detector (must fail) and on a small trained CNN (must pass)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import rankdata
+
+from cxr_core.sanity import (
+    THRESHOLD, RandomisedCopy, SanityError, blocks_top_down, cam_explainer, edge_maps, randomisation_study,
+    run_sanity, spearman, ssim, verdict,
+)
+from cxr_core.zoo import ModelSpec
+
+SIDE = 32  # network input of the tiny CNN
+CLASSES = ("bright", "dark")
+SPEC = ModelSpec("tinycnn", "Tiny CNN", "", SIDE, "tf", "top_conv")
+
+
+def blob_films(n: int, seed: int = 0, side: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy grey films with a bright (class 0) or dark (class 1) blob somewhere."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side]
+    films, labels = [], []
+    for i in range(n):
+        label = i % 2
+        cx, cy = rng.uniform(0.25, 0.75, 2) * side
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (side / 10) ** 2))
+        sign = 1.0 if label == 0 else -1.0
+        films.append(np.clip(0.5 + 0.4 * sign * blob + rng.normal(0, 0.05, (side, side)), 0, 1).astype(np.float32))
+        labels.append(label)
+    return np.stack(films), np.array(labels)
+
+
+def tiny_cnn(train: bool = True):
+    """A three-conv CNN (blocks block1, block2, top, logits) trained for a few seconds to find the blob."""
+    import keras
+
+    from cxr_core.preprocess import prepare_batch
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SIDE, SIDE, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv")(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="block2_conv")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="top_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = keras.layers.Dense(len(CLASSES), name="logits")(x)
+    model = keras.Model(inp, keras.layers.Activation("softmax", name="probabilities")(logits), name="tiny_cnn")
+    if train:
+        films, labels = blob_films(96, seed=1)
+        x_train = prepare_batch(list(films), SPEC)
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        model.fit(x_train, labels, epochs=10, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return tiny_cnn()
+
+
+# --- the measures --------------------------------------------------------------------------------
+
+def test_spearman_is_pearson_of_ranks_and_blank_maps_score_zero():
+    rng = np.random.default_rng(3)
+    a = rng.random((20, 20))
+    b = a + rng.normal(0, 0.3, a.shape)
+    b[:3] = 0.0  # ties get their mean rank
+    by_hand = np.corrcoef(rankdata(a.ravel()), rankdata(b.ravel()))[0, 1]
+    assert spearman(a, b) == pytest.approx(by_hand, abs=1e-12)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(a, np.zeros_like(a)) == 0.0  # a blank map shares no ranking
+    with pytest.raises(SanityError, match="differ in size"):
+        spearman(a, a[:10])
+
+
+@pytest.mark.parametrize("shape", [(11, 11), (32, 32), (40, 57)])
+def test_ssim_matches_skimage(shape):
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(sum(shape))
+    a = rng.random(shape)
+    for b in (a, np.clip(a + rng.normal(0, 0.2, shape), 0, 1), rng.random(shape), np.zeros(shape)):
+        expected = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False)
+        assert ssim(a, b) == pytest.approx(expected, abs=1e-10)
+    assert ssim(a, a) == pytest.approx(1.0)
+
+
+def test_ssim_refuses_maps_smaller_than_its_window():
+    with pytest.raises(SanityError, match="at least 11 pixels"):
+        ssim(np.zeros((10, 30)), np.zeros((10, 30)))
+
+
+# --- randomising a copy --------------------------------------------------------------------------
+
+def test_blocks_run_from_the_output_down_by_name():
+    model = tiny_cnn(train=False)
+    assert [b.name for b in blocks_top_down(model)] == ["logits", "top", "block2", "block1"]
+
+
+def test_efficientnet_blocks_group_layers_and_skip_the_normalisation_constants():
+    from cxr_core.zoo import build_model
+
+    blocks = blocks_top_down(build_model("efficientnetv2b0", ("a", "b"), weights=None, input_size=32))
+    names = [b.name for b in blocks]
+    assert names[:4] == ["logits", "hidden_1", "top", "block6h"] and names[-2:] == ["block1a", "stem"]
+    assert len(names) == len(set(names))
+    assert {"top_conv", "top_bn"} == {lyr.name for lyr in blocks[2].layers}
+    layers = {lyr.name for b in blocks for lyr in b.layers}
+    assert not any("normalization" in n or "rescaling" in n for n in layers)  # preprocessing, not learning
+
+
+def test_randomising_the_copy_leaves_the_original_alone(trained):
+    before = [w.copy() for w in trained.get_weights()]
+    x = np.random.default_rng(0).random((2, SIDE, SIDE, 3)).astype(np.float32)
+    out = np.asarray(trained(x))
+    copy = RandomisedCopy(trained, seed=1)
+    assert np.allclose(np.asarray(copy.model(x)), out)
+    for block in copy.blocks:
+        copy.randomise(block)
+    assert not np.allclose(np.asarray(copy.model(x)), out, atol=1e-3)
+    assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
+    kernel = copy.model.get_layer("block1_conv").kernel.numpy()
+    copy.restore()
+    assert np.allclose(np.asarray(copy.model(x)), out)
+    again = RandomisedCopy(trained, seed=1)  # same seed, same random weights
+    again.randomise(again.blocks[-1])
+    assert np.array_equal(again.model.get_layer("block1_conv").kernel.numpy(), kernel)
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+
+def test_edge_detector_fails_the_check(trained):
+    """The paper's control: a map that ignores the model is unchanged by any randomisation."""
+    from cxr_core.faithfulness import network_pixels
+
+    films, _ = blob_films(8, seed=5)
+    net = np.stack([network_pixels(f, SPEC) for f in films])
+    study = randomisation_study(RandomisedCopy(trained), lambda: edge_maps(net), n_boot=200)
+    assert [r["spearman_abs"]["mean"] for r in study["cascade"]] == pytest.approx([1.0] * 4)
+    assert study["cascade"][-1]["ssim"]["mean"] == pytest.approx(1.0)
+    result = verdict(study["cascade"])
+    assert result["verdict"] == "fail" and f"threshold {THRESHOLD}" in result["reason"]
+
+
+def test_grad_cam_of_a_trained_cnn_passes_and_depends_on_each_block(trained):
+    from cxr_core.cam import CamEngine
+    from cxr_core.faithfulness import network_pixels
+
+    films, _ = blob_films(10, seed=7)
+    net = np.stack([network_pixels(f, SPEC) for f in films])
+    copy = RandomisedCopy(trained, seed=0)
+    engine = CamEngine.from_model(copy.model, SPEC, CLASSES)
+    targets = np.array([r.target_index for r in engine.run_arrays(list(net))])
+    explain = cam_explainer(engine, net, targets, "gradcam")
+    before = explain()
+    study = randomisation_study(copy, explain, n_boot=200)
+    final = study["cascade"][-1]
+    assert final["spearman_abs"]["ci95"][1] < THRESHOLD
+    assert verdict(study["cascade"])["verdict"] == "pass"
+    assert [r["block"] for r in study["independent"]] == ["logits", "top", "block2", "block1"]
+    assert study["independent"][0]["spearman_abs"]["mean"] < 0.9  # new logits alone change the map
+    assert np.allclose(explain(), before, atol=1e-6)  # the copy's learned weights are back
+
+
+def test_run_sanity_refuses_unknown_methods_and_no_films(trained):
+    with pytest.raises(SanityError, match="cannot be checked"):
+        run_sanity(trained, SPEC, CLASSES, [np.zeros((40, 40))], methods=("random",))
+    with pytest.raises(SanityError, match="no films"):
+        run_sanity(trained, SPEC, CLASSES, [])
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_registered(tmp_path, monkeypatch, trained):
+    """The trained tiny CNN registered as ``tiny-cnn`` and a class-folder data set of blob films."""
+    import cv2
+
+    from cxr_core.manifest import ModelCard, save_model
+
+    weights = tmp_path / "weights"
+    save_model(trained, ModelCard(name="tiny-cnn", architecture="tinycnn", classes=list(CLASSES), input_size=SIDE,
+                                  preprocessing="tf", last_conv_layer="top_conv"), weights)
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(weights))
+    data = tmp_path / "films"
+    films, labels = blob_films(6, seed=11, side=64)  # load_xray refuses films under 64 px
+    for i, (film, label) in enumerate(zip(films, labels)):
+        (data / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data / CLASSES[label] / f"film{i}.png"), (film * 255).astype(np.uint8))
+    return weights / "tiny-cnn", data
+
+
+def test_cli_writes_json_and_leaves_the_model_folder_alone(tiny_registered, tmp_path, capsys):
+    from cxr_core.cli import main
+
+    folder, data = tiny_registered
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = tmp_path / "sanity-out.json"
+    assert main(["sanity", "--model", "tiny-cnn", "--data", str(data), "--limit", "4", "--steps", "4",
+                 "--n-boot", "100", "--json", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no sanity.json without --record
+    result = json.loads(out.read_text())
+    assert result["schema"] == "cxr-sanity/1" and result["model"] == "tiny-cnn" and result["n_films"] == 4
+    assert sorted(result["films"]) == ["bright/film0.png", "bright/film2.png", "dark/film1.png", "dark/film3.png"]
+    assert result["threshold"]["value"] == THRESHOLD and "Adebayo" in result["threshold"]["why"]
+    assert set(result["methods"]) == {"gradcam", "gradcam++"}
+    for method in result["methods"].values():
+        assert method["verdict"] in ("pass", "fail", "inconclusive") and method["reason"]
+        for kind in ("cascade", "independent"):
+            assert [r["block"] for r in method[kind]] == ["logits", "top", "block2", "block1"]
+            for row in method[kind]:
+                for measure in ("spearman", "spearman_abs", "ssim"):
+                    lo, hi = row[measure]["ci95"]
+                    assert -1 <= lo <= row[measure]["mean"] <= hi <= 1
+        for mode in ("deletion", "insertion"):
+            faith = method["faithfulness"][mode]
+            assert faith["fractions"] == [0, 0.25, 0.5, 0.75, 1] and len(faith["mean_curve"]) == 5
+            assert 0 <= faith["auc"]["mean"] <= 1
+    assert set(result["random_baseline"]["faithfulness"]) == {"deletion", "insertion"}
+    printed = capsys.readouterr().out
+    assert "gradcam: " in printed and "deletion AUC" in printed and "not recorded" in printed
+
+
+def test_cli_record_keeps_the_result_next_to_the_model(tiny_registered, capsys):
+    from cxr_core.cli import main
+
+    folder, data = tiny_registered
+    card = (folder / "card.json").read_bytes()
+    assert main(["sanity", "--model", "tiny-cnn", "--data", str(data), "--limit", "2", "--steps", "2",
+                 "--n-boot", "50", "--method", "gradcam", "--cascade-only", "--record"]) == 0
+    record = json.loads((folder / "sanity.json").read_text())
+    assert list(record["methods"]) == ["gradcam"] and record["methods"]["gradcam"]["independent"] == []
+    assert (folder / "card.json").read_bytes() == card
+    assert main(["sanity", "--model", "tiny-cnn", "--data", str(data), "--limit", "0"]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err
