@@ -5,10 +5,15 @@ save as one transaction, ``with factory.begin() as s: submit_annotation(s, ...)`
 engine and the factory (``st.cache_resource``), never a Session.
 
 ``make_engine(url)`` creates the SQLite file and its folder on first use and upgrades the
-schema to the newest Alembic revision. SQLite runs in WAL mode with ``synchronous=FULL``,
-foreign keys on and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE`` so
-concurrent writers queue for the lock instead of failing mid-transaction; so keep Sessions
-short (one page action), since an open one holds the lock. PostgreSQL works with the same code.
+schema to the newest Alembic revision. SQLite runs in WAL mode with ``synchronous=FULL`` and
+foreign keys on. Frame reads with :func:`read_session` (``with read_session(factory) as s:``): a
+plain deferred ``BEGIN`` on a snapshot, which never takes the write lock, so a long read blocks
+no save. ``factory.begin()`` is for writes: it starts with ``BEGIN IMMEDIATE``, so a writer
+queues for the lock before it reads anything and cannot fail halfway; it waits up to the
+engine's bound (``busy_timeout_ms``) and then raises :class:`StorageBusyError`. Keep write
+transactions short (one page action). A read-only, full or failing disk raises a plain
+:class:`StorageUnavailableError` (:mod:`cxr_core.storage_errors`); the transaction is rolled
+back and every committed save stays. PostgreSQL works with the same code (no SQLite hooks).
 
 Annotations (exclusions included), drafts, first-shown times (:func:`record_shown`) and model
 results are in :mod:`cxr_core.storage_annotations` and re-exported here; reading-time figures
@@ -19,7 +24,10 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import Sequence
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +62,15 @@ from cxr_core.storage_annotations import (  # noqa: F401  (re-exported)
     submit_annotation,
 )
 from cxr_core.storage_codec import decode_pixels, encode_pixels
+from cxr_core.storage_errors import (  # noqa: F401  (re-exported)
+    ReadSessionWriteError,
+    StorageBusyError,
+    StorageFullError,
+    StorageReadOnlyError,
+    StorageUnavailableError,
+    busy_error,
+    translate,
+)
 from cxr_core.storage_schema import (  # noqa: F401  (re-exported)
     EXCLUDED,
     EXCLUSION_REASONS,
@@ -74,6 +91,7 @@ from cxr_core.storage_schema import (  # noqa: F401  (re-exported)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x43585201  # pg_advisory_xact_lock key: one upgrade at a time
+_READ_ONLY = "cxr_read_only"  # execution option marking read_session() connections
 
 
 class StorageError(CXRError):
@@ -83,7 +101,7 @@ class StorageError(CXRError):
 # --- engine and schema -----------------------------------------------------------------------
 
 
-def make_engine(url: str | None = None, *, migrate: bool = True, busy_timeout_ms: int = 15_000) -> Engine:
+def make_engine(url: str | None = None, *, migrate: bool = True, busy_timeout_ms: int = 10_000) -> Engine:
     """An engine for ``url`` (default: ``CXR_DATABASE_URL`` or ``<data_dir>/annotations.db``).
 
     Parameters
@@ -94,7 +112,8 @@ def make_engine(url: str | None = None, *, migrate: bool = True, busy_timeout_ms
     migrate : bool
         Upgrade the schema to the newest revision now (see :func:`init_db`).
     busy_timeout_ms : int
-        SQLite only: how long a transaction waits for another writer's lock.
+        SQLite only: how long a write waits for another writer's lock before
+        :class:`StorageBusyError` (SQLite's busy handler retries with backoff meanwhile).
 
     Returns
     -------
@@ -129,9 +148,6 @@ def _set_wal(cursor: Any, timeout_s: float) -> None:
     Changing the journal mode needs an exclusive lock and SQLite does not call the busy handler
     for it, so several engines opening one new database at once would otherwise fail.
     """
-    import sqlite3
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -145,21 +161,65 @@ def _set_wal(cursor: Any, timeout_s: float) -> None:
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    wait_s = busy_timeout_ms / 1000
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        _set_wal(cursor, busy_timeout_ms / 1000)
+        _set_wal(cursor, wait_s)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:  # back in the pool writable, whatever read_session set
+            dbapi_connection.execute("PRAGMA query_only = 0")
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # IMMEDIATE takes the write lock up front: a read-then-write transaction cannot hit
-        # SQLITE_BUSY halfway, and DDL in migrations is transactional.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        raw = connection.connection.dbapi_connection
+        if connection.get_execution_options().get(_READ_ONLY):
+            # Deferred: a WAL snapshot, no write lock; query_only makes a stray write fail loudly.
+            raw.execute("PRAGMA query_only = 1")
+            raw.execute("BEGIN")
+            return
+        raw.execute("PRAGMA query_only = 0")
+        _begin_immediate(raw, wait_s)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        conn = context.connection
+        reading = None if conn is None else bool(conn.get_execution_options().get(_READ_ONLY))
+        plain = translate(context.original_exception, wait_s=wait_s, reading=reading)
+        if plain is not None:
+            raise plain from context.original_exception
+
+
+def _begin_immediate(raw: Any, wait_s: float) -> None:
+    """``BEGIN IMMEDIATE``, retried with backoff until ``wait_s`` has passed, then :class:`StorageBusyError`.
+
+    IMMEDIATE takes the write lock up front, so a read-then-write transaction cannot hit
+    SQLITE_BUSY halfway (a deferred one upgrading its read lock fails at once, without waiting),
+    and DDL in migrations is transactional. SQLite's busy handler waits up to ``busy_timeout``
+    within each attempt; the loop covers the busy results it returns without waiting.
+    """
+    deadline = time.monotonic() + wait_s
+    pause = 0.01
+    while True:
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            plain = translate(exc, wait_s=wait_s, reading=False)
+            if not isinstance(plain, StorageBusyError):
+                raise (plain or exc) from exc
+            if time.monotonic() >= deadline:
+                raise plain from exc
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.25)
 
 
 def alembic_config() -> Any:
@@ -196,8 +256,28 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """``sessionmaker`` whose objects stay readable after commit (``expire_on_commit=False``)."""
+    """``sessionmaker`` whose objects stay readable after commit (``expire_on_commit=False``).
+
+    ``factory.begin()`` frames a write; :func:`read_session` frames a read.
+    """
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A Session for one read-only transaction: ``with read_session(factory) as s: ...``.
+
+    On SQLite it starts with a deferred ``BEGIN`` and reads one consistent snapshot without the
+    write lock, so however long it stays open it blocks no save; a write inside it raises
+    :class:`~cxr_core.storage_errors.ReadSessionWriteError` (a programming error: use
+    ``factory.begin()``). On PostgreSQL it is an ordinary transaction. Objects stay readable
+    after the block (the factory's ``expire_on_commit=False``) but lazy loads need the Session.
+    """
+    bind = factory.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError(f"read_session needs a sessionmaker bound to an Engine, got bind={bind!r}")
+    with factory(bind=bind.execution_options(**{_READ_ONLY: True})) as s, s.begin():
+        yield s
 
 
 # --- readers ---------------------------------------------------------------------------------
