@@ -187,3 +187,48 @@ def reliability_figure(series: Sequence[tuple[str, dict]], *, title: str = "Reli
                       xaxis={"title": "mean top-class score in bin", "range": [0, 1]},
                       yaxis={"title": "share correct", "range": [0, 1.02]})
     return fig
+
+
+# --- heatmap sanity checks (cxr_core.sanity records) ---------------------------------------------
+
+def sanity_cascade_figure(cascade: Sequence[dict], threshold: float = 0.5, *,
+                          title: str = "Cascading randomisation, from the output layer down"):
+    """|Spearman rho| and SSIM between original and randomised heatmaps, one point per cascade step.
+
+    Each step adds one more block, from the top, with random weights; error bars are 95% bootstrap
+    intervals over films. A method whose maps depend on the learned weights falls towards 0.
+    """
+    import plotly.graph_objects as go
+
+    blocks = [row["block"] for row in cascade]
+    fig = go.Figure()
+    for key, name in (("spearman_abs", "|Spearman rho|"), ("ssim", "SSIM")):
+        means = [row[key]["mean"] for row in cascade]
+        lo = [m - row[key]["ci95"][0] if m is not None else None for m, row in zip(means, cascade)]
+        hi = [row[key]["ci95"][1] - m if m is not None else None for m, row in zip(means, cascade)]
+        fig.add_trace(go.Scatter(
+            x=blocks, y=means, mode="lines+markers", name=name,
+            error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo},
+            hovertemplate=f"randomised down to %{{x}}: {name} %{{y:.3f}}<extra></extra>",
+        ))
+    fig.add_hline(y=threshold, line={"dash": "dash", "color": "gray"},
+                  annotation_text=f"pass line: |rho| < {threshold}", annotation_position="top right")
+    fig.update_layout(
+        title={"text": title, "font": {"size": 14}}, height=360, margin={"t": 50, "b": 40},
+        xaxis={"title": "randomised from the output down to this block", "type": "category"},
+        yaxis={"title": "similarity to the original heatmap", "range": [-0.1, 1.05]},
+    )
+    return fig
+
+
+def faithfulness_rows(faithfulness: dict, baseline: dict) -> list[dict]:
+    """Deletion and insertion AUC of a method beside the random-heatmap baseline's, with 95% intervals."""
+    rows = []
+    for mode, better in (("deletion", "lower"), ("insertion", "higher")):
+        ours, rand = (faithfulness.get(mode) or {}).get("auc") or {}, (baseline.get(mode) or {}).get("auc") or {}
+        rows.append({
+            "Curve": f"{mode.capitalize()} AUC ({better} is better)",
+            "This method": _cell(ours.get("mean"), ours.get("ci95"), False),
+            "Random heatmap": _cell(rand.get("mean"), rand.get("ci95"), False),
+        })
+    return rows

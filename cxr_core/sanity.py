@@ -21,11 +21,13 @@ mean is at or above 0.5; in between it is inconclusive (too few films or too muc
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +38,8 @@ from cxr_core.zoo import ModelSpec
 
 SCHEMA = "cxr-sanity/1"
 METHODS = ("gradcam", "gradcam++")
+#: Where ``sanity --record`` keeps the last run, next to the model's card.
+RECORD_FILE = "sanity.json"
 #: Mean |Spearman rho| after the full cascade below which a method passes.
 THRESHOLD = 0.5
 THRESHOLD_REASON = (
@@ -390,3 +394,23 @@ def run_sanity(model, spec: ModelSpec, classes: Sequence[str], films: Sequence[n
     result["random_baseline"] = {"faithfulness": faithfulness(cam_explainer(engine, net, targets, "random")())}
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def read_record(folder: Path | str) -> dict | None:
+    """The last recorded run in ``folder/sanity.json``; None when there is none.
+
+    Raises
+    ------
+    SanityError
+        The file exists but is not a sanity record (unreadable, not JSON, another schema).
+    """
+    path = Path(folder) / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SanityError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA or not isinstance(record.get("methods"), dict):
+        raise SanityError(f"{path} is not a sanity record of schema {SCHEMA}")
+    return record

@@ -1,14 +1,18 @@
-"""Models: every registered model's card, test metrics in the study's format, and whether its file checks out."""
+"""Models: every registered model's card, test metrics in the study's format, whether its file checks out,
+and the last recorded heatmap sanity check."""
 
 import streamlit as st
 
 import ui_state as ui
 import ui_figures as fig
+from cxr_core.errors import CXRError
+from cxr_core.sanity import read_record as read_sanity_record
 
 st.title("Models")
 st.caption(
     "This page shows each registered model's card: what it is, what it was trained on and under which licences, "
-    "what it is meant for, how it scored on its test set, and whether its file matches its recorded checksum. "
+    "what it is meant for, how it scored on its test set, whether its file matches its recorded checksum, "
+    "and whether its heatmaps passed the last recorded sanity check. "
     "Test metrics describe a test set, not your patients; model scores are not diagnoses."
 )
 
@@ -83,6 +87,48 @@ for entry in entries:
             if series:
                 rel_col.plotly_chart(fig.reliability_figure(series), key=f"models_reliability::{entry.name}",
                                      config={"displayModeBar": False})
+
+        st.markdown("**Can its heatmaps be trusted?** (sanity checks, Adebayo et al. 2018; "
+                    "deletion and insertion, Petsiuk et al. 2018)")
+        how_to = (f"`python -m cxr_core sanity --model {entry.name} --data DIR --record` runs the checks on the films "
+               "in DIR and keeps the result here.")
+        try:
+            record = read_sanity_record(entry.folder)
+        except CXRError as err:
+            st.warning(f"The stored sanity check cannot be read ({err}). {how_to}", icon=":material/warning:")
+            record = None
+        if record is None:
+            st.caption(f"No sanity check recorded for this model. {how_to}")
+            continue
+        limit = record.get("threshold", {}).get("value", 0.5)
+        st.caption(
+            f"Recorded on {record.get('n_films', '?')} films of {record.get('data', '?')}. The model's weights were "
+            "replaced by random ones, block by block from the output down; a heatmap that explains the model must "
+            "then change. A method passes when the mean |Spearman rho| between its heatmaps before and after the "
+            f"last step, and the upper end of its 95% interval, are below {limit}; it fails at {limit} or above."
+        )
+        if card.sha256 and record.get("model_sha256") not in (None, card.sha256):
+            st.warning("This record was made with a different model file than the one registered now; run the "
+                       "check again.", icon=":material/warning:")
+        baseline = (record.get("random_baseline") or {}).get("faithfulness") or {}
+        for method, result in record["methods"].items():
+            label = ui.METHOD_LABELS.get(method, method)
+            verdict = str(result.get("verdict", "?"))
+            text = f"{label}: {verdict} — {result.get('reason', '')}"
+            if verdict == "pass":
+                st.success(text, icon=":material/check_circle:")
+            elif verdict == "fail":
+                st.error(text, icon=":material/cancel:")
+            else:
+                st.warning(text, icon=":material/help:")
+            chart_col, auc_col = st.columns([3, 2])
+            if result.get("cascade"):
+                chart_col.plotly_chart(
+                    fig.sanity_cascade_figure(result["cascade"], limit, title=f"{label}: cascading randomisation"),
+                    key=f"models_sanity::{entry.name}::{method}", config={"displayModeBar": False})
+            auc_col.dataframe(fig.faithfulness_rows(result.get("faithfulness") or {}, baseline), hide_index=True)
+            auc_col.caption("Deletion: pixels removed in heatmap order, the score should fall fast. Insertion: "
+                            "pixels restored in heatmap order, it should rise fast. Compare with a random heatmap.")
 
 missing_archs = ui.missing_architectures(entries)
 if missing_archs:

@@ -239,3 +239,78 @@ def test_cli_record_keeps_the_result_next_to_the_model(tiny_registered, capsys):
     assert (folder / "card.json").read_bytes() == card
     assert main(["sanity", "--model", "tiny-cnn", "--data", str(data), "--limit", "0"]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+# --- the models page -----------------------------------------------------------------------------
+
+def _row(step: int, block: str, rho: float, sim: float) -> dict:
+    band = {"mean": rho, "ci95": [rho - 0.05, rho + 0.05]}
+    return {"step": step, "block": block, "layers": [block], "spearman": band, "spearman_abs": band,
+            "ssim": {"mean": sim, "ci95": [sim - 0.05, sim + 0.05]}, "blank_maps": 0}
+
+
+def _faith(deletion: float, insertion: float) -> dict:
+    return {mode: {"auc": {"mean": v, "ci95": [v - 0.01, v + 0.01]}, "fractions": [0, 1], "mean_curve": [1, 0]}
+            for mode, v in (("deletion", deletion), ("insertion", insertion))}
+
+
+def test_models_page_shows_the_recorded_verdict_chart_and_aucs(tmp_path, monkeypatch):
+    from test_page_models import charts, models_page, register
+
+    from cxr_core.manifest import check_entry
+    from cxr_core.sanity import RECORD_FILE, SCHEMA
+
+    root = tmp_path / "weights"
+    register(root, "checked-model")
+    register(root, "unchecked-model")
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(root))
+    cascade = [_row(1, "logits", 0.62, 0.55), _row(2, "top", 0.31, 0.30), _row(3, "stem", 0.08, 0.12)]
+    record = {
+        "schema": SCHEMA, "model": "checked-model", "model_sha256": check_entry(root / "checked-model").card.sha256,
+        "data": "data/samples", "n_films": 8,
+        "threshold": {"value": THRESHOLD, "rule": "pass: mean and 95% upper bound below"},
+        "methods": {
+            "gradcam": {**verdict(cascade), "cascade": cascade, "independent": [], "faithfulness": _faith(0.21, 0.64)},
+            "gradcam++": {**verdict([_row(1, "logits", 0.9, 0.9)]), "cascade": [_row(1, "logits", 0.9, 0.9)],
+                          "independent": [], "faithfulness": _faith(0.40, 0.41)},
+        },
+        "random_baseline": {"faithfulness": _faith(0.33, 0.52)},
+    }
+    (root / "checked-model" / RECORD_FILE).write_text(json.dumps(record))
+    at = models_page()
+    assert [s.value for s in at.success if s.value.startswith("Grad-CAM:")] == [
+        "Grad-CAM: pass — " + record["methods"]["gradcam"]["reason"]]
+    assert [e.value for e in at.error if e.value.startswith("Grad-CAM++")] == [
+        "Grad-CAM++: fail — " + record["methods"]["gradcam++"]["reason"]]
+    figures = charts(at)
+    cascade_chart = figures["models_sanity::checked-model::gradcam"]
+    assert cascade_chart["data"][0]["x"] == ["logits", "top", "stem"] and cascade_chart["data"][0]["y"] == [
+        0.62, 0.31, 0.08]
+    assert cascade_chart["data"][1]["name"] == "SSIM" and cascade_chart["data"][1]["y"] == [0.55, 0.30, 0.12]
+    tables = [df.value for df in at.dataframe if "Random heatmap" in df.value.columns]
+    assert tables[0].to_dict("records")[0] == {"Curve": "Deletion AUC (lower is better)",
+                                               "This method": "0.2100 [0.2000, 0.2200]",
+                                               "Random heatmap": "0.3300 [0.3200, 0.3400]"}
+    how = [c.value for c in at.caption if c.value.startswith("No sanity check recorded")]
+    assert how == ["No sanity check recorded for this model. `python -m cxr_core sanity --model unchecked-model "
+                   "--data DIR --record` runs the checks on the films in DIR and keeps the result here."]
+
+
+def test_models_page_says_when_a_record_is_unreadable_or_stale(tmp_path, monkeypatch):
+    from test_page_models import models_page, register
+
+    from cxr_core.sanity import RECORD_FILE, SCHEMA
+
+    root = tmp_path / "weights"
+    register(root, "broken-record")
+    register(root, "stale-record")
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(root))
+    (root / "broken-record" / RECORD_FILE).write_text("{not json")
+    cascade = [_row(1, "logits", 0.1, 0.1)]
+    (root / "stale-record" / RECORD_FILE).write_text(json.dumps({
+        "schema": SCHEMA, "model_sha256": "0" * 64, "methods": {
+            "gradcam": {**verdict(cascade), "cascade": cascade, "faithfulness": {}}}}))
+    at = models_page()
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("The stored sanity check cannot be read") and "broken-record" in w for w in warnings)
+    assert any("different model file" in w for w in warnings)

@@ -12,9 +12,6 @@ from pathlib import Path
 
 from cxr_core.errors import DataError
 
-#: Where ``--record`` keeps the last run, next to the model's card.
-RECORD_FILE = "sanity.json"
-
 
 def register(sub) -> None:
     p = sub.add_parser("sanity", help="heatmap sanity checks (weight randomisation) and deletion/insertion AUC")
@@ -32,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--cascade-only", action="store_true", help="skip the independent (one block at a time) rows")
     p.add_argument("--json", metavar="FILE", help="also write the full results as JSON to FILE")
     p.add_argument("--record", action="store_true",
-                   help=f"also keep the results next to the model (weights/NAME/{RECORD_FILE}) for the models page")
+                   help="also keep the results next to the model (weights/NAME/sanity.json) for the models page")
     p.set_defaults(func=run)
 
 
@@ -92,7 +89,7 @@ def run(args) -> int:
     from cxr_core.imaging import load_xray
     from cxr_core.manifest import _weights_dir, load_model
     from cxr_core.runtime import import_tensorflow_quietly
-    from cxr_core.sanity import METHODS, run_sanity
+    from cxr_core.sanity import METHODS, RECORD_FILE, run_sanity
 
     paths = film_paths(args.data, args.limit)
     if args.steps < 1 or args.n_boot < 1:
