@@ -6,7 +6,7 @@ engine and the factory (``st.cache_resource``), never a Session.
 
 ``make_engine(url)`` creates the SQLite file and its folder on first use and upgrades the
 schema to the newest Alembic revision. SQLite runs in WAL mode with ``synchronous=FULL`` and
-foreign keys on. Frame reads with :func:`read_session` (``with read_session(factory) as s:``): a
+foreign keys on. Frame reads with :func:`read_transaction` (``with read_transaction(factory) as s:``): a
 plain deferred ``BEGIN`` on a snapshot, which never takes the write lock, so a long read blocks
 no save. ``factory.begin()`` is for writes: it starts with ``BEGIN IMMEDIATE``, so a writer
 queues for the lock before it reads anything and cannot fail halfway; it waits up to the
@@ -63,11 +63,11 @@ from cxr_core.storage_annotations import (  # noqa: F401  (re-exported)
 )
 from cxr_core.storage_codec import decode_pixels, encode_pixels
 from cxr_core.storage_errors import (  # noqa: F401  (re-exported)
-    ReadSessionWriteError,
     StorageBusyError,
     StorageFullError,
     StorageReadOnlyError,
     StorageUnavailableError,
+    WriteInReadTransactionError,
     busy_error,
     translate,
 )
@@ -91,7 +91,7 @@ from cxr_core.storage_schema import (  # noqa: F401  (re-exported)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x43585201  # pg_advisory_xact_lock key: one upgrade at a time
-_READ_ONLY = "cxr_read_only"  # execution option marking read_session() connections
+_READ_ONLY = "cxr_read_only"  # execution option marking read_transaction() connections
 
 
 class StorageError(CXRError):
@@ -173,14 +173,9 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
-    @event.listens_for(engine, "checkin")
-    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
-        if dbapi_connection is not None:  # back in the pool writable, whatever read_session set
-            dbapi_connection.execute("PRAGMA query_only = 0")
-
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        raw = connection.connection.dbapi_connection
+        raw = connection.connection.dbapi_connection  # query_only is set on every BEGIN: pooled connections are shared
         if connection.get_execution_options().get(_READ_ONLY):
             # Deferred: a WAL snapshot, no write lock; query_only makes a stray write fail loudly.
             raw.execute("PRAGMA query_only = 1")
@@ -258,24 +253,24 @@ def current_revision(engine: Engine) -> str | None:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """``sessionmaker`` whose objects stay readable after commit (``expire_on_commit=False``).
 
-    ``factory.begin()`` frames a write; :func:`read_session` frames a read.
+    ``factory.begin()`` frames a write; :func:`read_transaction` frames a read.
     """
     return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
-def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A Session for one read-only transaction: ``with read_session(factory) as s: ...``.
+def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A Session for one read-only transaction: ``with read_transaction(factory) as s: ...``.
 
     On SQLite it starts with a deferred ``BEGIN`` and reads one consistent snapshot without the
     write lock, so however long it stays open it blocks no save; a write inside it raises
-    :class:`~cxr_core.storage_errors.ReadSessionWriteError` (a programming error: use
+    :class:`~cxr_core.storage_errors.WriteInReadTransactionError` (a programming error: use
     ``factory.begin()``). On PostgreSQL it is an ordinary transaction. Objects stay readable
     after the block (the factory's ``expire_on_commit=False``) but lazy loads need the Session.
     """
     bind = factory.kw.get("bind")
     if not isinstance(bind, Engine):
-        raise TypeError(f"read_session needs a sessionmaker bound to an Engine, got bind={bind!r}")
+        raise TypeError(f"read_transaction needs a sessionmaker bound to an Engine, got bind={bind!r}")
     with factory(bind=bind.execution_options(**{_READ_ONLY: True})) as s, s.begin():
         yield s
 

@@ -36,8 +36,8 @@ class StorageFullError(StorageUnavailableError):
     """The disk (or the database's size limit) has no room for the change."""
 
 
-class ReadSessionWriteError(RuntimeError):
-    """Code wrote inside :func:`cxr_core.storage.read_session`: a programming error, not the user's.
+class WriteInReadTransactionError(RuntimeError):
+    """Code wrote inside :func:`cxr_core.storage.read_transaction`: a programming error, not the user's.
 
     Read sessions never take the write lock, so they cannot write; use ``factory.begin()``.
     """
@@ -83,8 +83,8 @@ def translate(exc: BaseException, *, wait_s: float, reading: bool | None) -> Exc
     wait_s : float
         The engine's busy bound, quoted in the busy message.
     reading : bool or None
-        ``True`` inside :func:`~cxr_core.storage.read_session` (a read-only error there is a
-        :class:`ReadSessionWriteError`), ``False`` in a write transaction, ``None`` when unknown
+        ``True`` inside :func:`~cxr_core.storage.read_transaction` (a read-only error there is a
+        :class:`WriteInReadTransactionError`), ``False`` in a write transaction, ``None`` when unknown
         (opening a connection).
     """
     if not isinstance(exc, sqlite3.Error):
@@ -95,8 +95,8 @@ def translate(exc: BaseException, *, wait_s: float, reading: bool | None) -> Exc
     if code in (SQLITE_BUSY, SQLITE_LOCKED):
         return busy_error(wait_s, reading=bool(reading))
     if code == SQLITE_READONLY and reading:
-        return ReadSessionWriteError(
-            f"a statement inside read_session() tried to write ({exc}); frame writes with factory.begin()"
+        return WriteInReadTransactionError(
+            f"a statement inside read_transaction() tried to write ({exc}); frame writes with factory.begin()"
         )
     before = "nothing was saved; readings saved before are intact"
     if code == SQLITE_READONLY:

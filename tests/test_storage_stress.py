@@ -30,11 +30,11 @@ from cxr_core.storage import (
     Annotation,
     Draft,
     Reader,
-    ReadSessionWriteError,
     StorageBusyError,
     StorageFullError,
     StorageReadOnlyError,
     StorageUnavailableError,
+    WriteInReadTransactionError,
 )
 
 
@@ -70,7 +70,7 @@ def open_factory(db_path):
 
 def snapshot(factory):
     """Every stored annotation as (id, reader, image, version, diagnosis, mask bytes): what must not change."""
-    with storage.read_session(factory) as s:
+    with storage.read_transaction(factory) as s:
         rows = s.scalars(select(Annotation).order_by(Annotation.id)).all()
         return [(a.id, a.reader_id, a.image_sha, a.version, a.diagnosis, storage.annotation_mask(a).tobytes())
                 for a in rows]
@@ -83,7 +83,7 @@ def save_draft(factory, reader_id, sha, sid):
 
 
 def drafts(factory):
-    with storage.read_session(factory) as s:
+    with storage.read_transaction(factory) as s:
         return s.scalar(select(func.count()).select_from(Draft))
 
 
@@ -96,7 +96,7 @@ def test_a_read_held_open_blocks_no_submit_and_keeps_its_snapshot(open_factory):
     opened, release, seen = threading.Event(), threading.Event(), {}
 
     def read():
-        with storage.read_session(factory) as s:
+        with storage.read_transaction(factory) as s:
             seen["before"] = storage.reader_queue(s, sid, r0).done
             opened.set()
             release.wait(30)  # the read stays open until the submit below has returned
@@ -116,20 +116,20 @@ def test_a_read_held_open_blocks_no_submit_and_keeps_its_snapshot(open_factory):
     assert [row[0] for row in snapshot(factory)] == [saved]
 
 
-def test_read_session_cannot_write_and_leaves_the_connection_writable(open_factory):
+def test_read_transaction_cannot_write_and_leaves_the_connection_writable(open_factory):
     factory = open_factory()
     seed_db(factory)
-    with pytest.raises(ReadSessionWriteError, match="read_session"):
-        with storage.read_session(factory) as s:
+    with pytest.raises(WriteInReadTransactionError, match="read_transaction"):
+        with storage.read_transaction(factory) as s:
             storage.add_reader(s, "stray")
     with factory.begin() as s:  # the pooled connection is back to read-write
         storage.add_reader(s, "kept")
-    with storage.read_session(factory) as s:
+    with storage.read_transaction(factory) as s:
         assert s.scalars(select(Reader.name).order_by(Reader.name)).all() == ["kept", "r0", "r1"]
 
 
 def test_a_read_inside_a_write_transaction_still_queues_writers(open_factory):
-    """Why pages must frame reads with read_session: factory.begin() takes the write lock at once."""
+    """Why pages must frame reads with read_transaction: factory.begin() takes the write lock at once."""
     holder, waiter = open_factory(busy_ms=5_000), open_factory(busy_ms=400)
     (r0, _), shas, sid = seed_db(holder)
     with holder.begin() as s:
@@ -229,8 +229,8 @@ def test_read_only_database_refuses_the_submit_clearly_and_still_shows_everythin
             submit(s, r1, shas[0], sid)
     with pytest.raises(StorageReadOnlyError):
         save_draft(ro, r1, shas[1], sid)
-    assert snapshot(ro) == before and len(before) == 3  # pages framed with read_session still show everything
-    with storage.read_session(ro) as s:
+    assert snapshot(ro) == before and len(before) == 3  # pages framed with read_transaction still show everything
+    with storage.read_transaction(ro) as s:
         assert [e.image_sha for e in storage.reader_queue(s, sid, r1).entries if e.has_draft] == [shas[0]]
     assert snapshot(factory) == before and drafts(factory) == 1
 
@@ -261,7 +261,7 @@ def test_full_disk_refuses_the_submit_clearly_and_loses_no_acknowledged_annotati
     with pytest.raises(StorageFullError, match="nothing was saved"):
         with full.begin() as s:
             submit(s, r1, shas[0], sid, comment="x" * 50_000)
-    with storage.read_session(full) as s:
+    with storage.read_transaction(full) as s:
         assert set(acked) <= set(s.scalars(select(storage.Image.sha256)))  # every acknowledged film is there
     assert snapshot(full) == before == snapshot(factory) and len(before) == 3
     with factory.begin() as s:  # once there is room again, the same submit goes through
@@ -285,7 +285,7 @@ def test_damaged_or_missing_database_gives_a_plain_message(tmp_path):
 def _write_until_the_disk_refuses(db_url, wal_path, first_id, pipe):
     """Child process: a file-size limit just past the WAL's end, then revisions until one is refused."""
     factory = storage.session_factory(storage.make_engine(db_url, migrate=False))
-    with storage.read_session(factory) as s:  # opens the WAL index (shared memory) before the limit
+    with storage.read_transaction(factory) as s:  # opens the WAL index (shared memory) before the limit
         s.get(Annotation, first_id)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails instead of killing
     size = os.path.getsize(wal_path) if os.path.exists(wal_path) else 0
@@ -327,7 +327,7 @@ def test_a_disk_failing_mid_write_loses_no_acknowledged_annotation(open_factory,
     acked = [first] + [m[1] for m in messages[:-1]]
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    with storage.read_session(factory) as s:
+    with storage.read_transaction(factory) as s:
         history = storage.annotation_history(s, reader_id=r0, image_sha=shas[0], session_id=sid)
         assert [a.id for a in history] == acked  # every acknowledged version, and nothing of the refused one
         assert history[-1].comment == (f"revision {len(acked) - 2}" if len(acked) > 1 else None)
