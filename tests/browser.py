@@ -107,3 +107,109 @@ def chromium_page(viewport: dict | None = None) -> Iterator:
             yield page
         finally:
             browser.close()
+
+
+# --- waiting for Streamlit, and drawing on streamlit-drawable-canvas with the real mouse -------------------------
+
+
+def settle(page, quiet: float = 1.5, timeout: float = 180) -> None:
+    """Wait until the app has not been running a script for ``quiet`` seconds (reruns are asynchronous)."""
+    running = page.locator('[data-testid^="stStatusWidgetRunning"]')
+    deadline = time.monotonic() + timeout
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < quiet:
+        if running.count():
+            idle_since = time.monotonic()
+        if time.monotonic() > deadline:
+            pytest.fail(f"the app kept running for longer than {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+class CanvasPen:
+    """Draws on the page's drawable canvas with the real mouse, as each tool of streamlit-drawable-canvas 0.13 wants.
+
+    Points are CSS pixels from the canvas's top-left corner; the canvas's bounding box is read
+    again for every mark, so a canvas that moved (or was resized with the window) is still hit.
+    """
+
+    def __init__(self, page, selector: str = "canvas.upper-canvas") -> None:
+        self.page = page
+        self.canvas = page.locator(selector).first
+
+    def box(self) -> dict:
+        self.canvas.wait_for()
+        box = self.canvas.bounding_box()
+        assert box is not None, "the drawing canvas is not on screen"
+        return box
+
+    def _at(self, box: dict, x: float, y: float) -> tuple[float, float]:
+        return box["x"] + x, box["y"] + y
+
+    def polygon(self, points) -> None:
+        """Polygon tool: click each corner, then the first corner again (its handle) to close the shape."""
+        box = self.box()
+        for x, y in [*points, points[0]]:
+            self.page.mouse.click(*self._at(box, x, y))
+
+    def drag(self, start, end, steps: int = 12) -> None:
+        """Rectangle tool (corner to corner) or circle tool (diameter from press to release): one drag."""
+        box = self.box()
+        self.page.mouse.move(*self._at(box, *start))
+        self.page.mouse.down()
+        self.page.mouse.move(*self._at(box, *end), steps=steps)
+        self.page.mouse.up()
+
+    def freehand(self, points) -> None:
+        """Freehand tool: press at the first point, pass through every point in turn, release at the last."""
+        box = self.box()
+        self.page.mouse.move(*self._at(box, *points[0]))
+        self.page.mouse.down()
+        for x, y in points[1:]:
+            self.page.mouse.move(*self._at(box, x, y))
+        self.page.mouse.up()
+
+    def colours(self, points, radius: int = 3) -> list[list[tuple[int, int, int]]]:
+        """RGB of the marks layer (transparent black where nothing is drawn) around each point (CSS pixels).
+
+        Each point gives the pixels of a square of ``radius`` around it; none while the canvas is not laid out.
+        """
+        return self.canvas.locator("xpath=..").locator("canvas.lower-canvas").first.evaluate(
+            """(c, [pts, r]) => {
+                const ctx = c.getContext('2d'), shown = c.getBoundingClientRect().width;
+                if (!shown || !c.width) return pts.map(() => []);
+                const k = c.width / shown;
+                return pts.map(([x, y]) => {
+                    const d = ctx.getImageData(Math.round((x - r) * k), Math.round((y - r) * k),
+                                               Math.round((2 * r + 1) * k), Math.round((2 * r + 1) * k)).data;
+                    const out = [];
+                    for (let i = 0; i < d.length; i += 4) out.push([d[i], d[i + 1], d[i + 2]]);
+                    return out;
+                });
+            }""",
+            [[list(p) for p in points], radius],
+        )
+
+    def shows_colour(self, point, rgb, tolerance: int = 40) -> bool:
+        """Whether a pixel of colour ``rgb`` (e.g. a finding's stroke) is drawn within 3 CSS pixels of ``point``."""
+        return any(max(abs(a - b) for a, b in zip(px, rgb)) <= tolerance for px in self.colours([point])[0])
+
+
+def sole(locator, timeout: float = 180):
+    """``locator`` once exactly one element matches it (a rerun can briefly show an old copy beside the new one)."""
+    deadline = time.monotonic() + timeout
+    while locator.count() != 1:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{locator} matched {locator.count()} elements for {timeout:.0f} s; expected one")
+        time.sleep(0.2)
+    return locator
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(page, path: Path) -> Iterator[None]:
+    """Save a full-page screenshot to ``path`` when the block fails, so the page can be seen afterwards."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(path), full_page=True)
+        raise
