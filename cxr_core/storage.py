@@ -174,15 +174,22 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        raw = connection.connection.dbapi_connection  # query_only is set on every BEGIN: pooled connections are shared
-        if connection.get_execution_options().get(_READ_ONLY):
+    def _on_begin(connection: Any) -> None:  # note the kind for _do_begin, which has no execution options
+        connection.connection.info[_READ_ONLY] = bool(connection.get_execution_options().get(_READ_ONLY))
+
+    def _do_begin(pooled: Any) -> None:
+        # Here, not in the event: SQLAlchemy routes a failed BEGIN through handle_error and leaves the
+        # Connection usable. query_only is set on every BEGIN since pooled connections are shared.
+        raw = pooled.dbapi_connection
+        if pooled.info.get(_READ_ONLY):
             # Deferred: a WAL snapshot, no write lock; query_only makes a stray write fail loudly.
             raw.execute("PRAGMA query_only = 1")
             raw.execute("BEGIN")
-            return
-        raw.execute("PRAGMA query_only = 0")
-        _begin_immediate(raw, wait_s)
+        else:
+            raw.execute("PRAGMA query_only = 0")
+            _begin_immediate(raw, wait_s)
+
+    engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]  # this engine's dialect instance only
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context: Any) -> None:
@@ -194,7 +201,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
 
 def _begin_immediate(raw: Any, wait_s: float) -> None:
-    """``BEGIN IMMEDIATE``, retried with backoff until ``wait_s`` has passed, then :class:`StorageBusyError`.
+    """``BEGIN IMMEDIATE``, retried with backoff until ``wait_s`` has passed (then the busy error is raised).
 
     IMMEDIATE takes the write lock up front, so a read-then-write transaction cannot hit
     SQLITE_BUSY halfway (a deferred one upgrading its read lock fails at once, without waiting),
@@ -208,11 +215,9 @@ def _begin_immediate(raw: Any, wait_s: float) -> None:
             raw.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
-            plain = translate(exc, wait_s=wait_s, reading=False)
-            if not isinstance(plain, StorageBusyError):
-                raise (plain or exc) from exc
-            if time.monotonic() >= deadline:
-                raise plain from exc
+            busy = isinstance(translate(exc, wait_s=wait_s, reading=False), StorageBusyError)
+            if not busy or time.monotonic() >= deadline:
+                raise  # the engine's handle_error hook turns it into the plain message
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 2, 0.25)
 

@@ -205,6 +205,25 @@ def test_a_writer_past_the_bound_gets_the_busy_message_and_writes_nothing(open_f
     assert len(snapshot(factory)) == 2 and drafts(factory) == 0
 
 
+def test_a_connection_refused_the_lock_still_runs_its_next_statements_in_a_transaction(open_factory, db_path):
+    factory = open_factory(busy_ms=300)
+    engine = factory.kw["bind"]
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db_path), "COMMIT"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with engine.connect() as conn:
+        try:
+            assert other.stdout.readline().strip() == "locked"
+            with pytest.raises(StorageBusyError):
+                conn.execute(select(func.count()).select_from(Reader))
+        finally:
+            other.communicate("\n", timeout=60)
+        conn.execute(Reader.__table__.insert().values(name="undone", role="sme"))
+        assert conn.in_transaction()
+        conn.rollback()  # so the insert is undone, as a transaction's would be
+    with storage.read_transaction(factory) as s:
+        assert s.scalars(select(Reader.name)).all() == ["other process"]
+
+
 # --- read-only, full and damaged databases -------------------------------------------------------
 
 
