@@ -202,15 +202,17 @@ def read_canvas(
     return CanvasReading(objects, labels, regions, int(union.sum()), int(image_shape[0] * image_shape[1]))
 
 
-def submission_problems(diagnosis: str | None, confidence: int | None, reading: CanvasReading | None) -> list[str]:
+def submission_problems(diagnosis: str | None, confidence: int | None, reading: CanvasReading | None, *,
+                        exclusion: str | None = None) -> list[str]:
     """What stops a reading from being submitted, as instructions to the reader ([] when nothing does).
 
-    ``reading`` is None when the drawing could not be measured.
+    ``reading`` is None when the drawing could not be measured. A film excluded (``exclusion``,
+    e.g. "not readable") needs neither a diagnosis nor a confidence.
     """
     problems = []
-    if diagnosis is None:
+    if diagnosis is None and exclusion is None:
         problems.append("choose your diagnosis")
-    if confidence is None:
+    if confidence is None and exclusion is None:
         problems.append("choose your confidence")
     if reading is None:
         problems.append("fix the drawing (see the message under the canvas)")

@@ -4,7 +4,7 @@ Runs ``streamlit run app.py`` on a free port against a temporary SQLite database
 blind session made with the library, and drives Debian's ``/usr/bin/chromium`` with
 Playwright (never a downloaded browser). The stored mask's area is checked against the area
 of the shapes drawn, computed from the mouse positions in canvas pixels and the canvas's
-background fit ("contain": one scale, centred), within 2%.
+background fit (the full frame: the film contain-fitted in a canvas of its own shape), within 2%.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from browser import chromium_page, streamlit_server
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
 from cxr_core import storage
+from cxr_core.canvas_view import frame_fit
 
 pytestmark = pytest.mark.browser
 CHEST = "covid_hannover_b343e657.png"  # 512 x 419: letterboxed in the square canvas
@@ -117,11 +118,11 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         page.screenshot(path=str(shots / "annotate_before_submit.png"), full_page=True)
         page.get_by_role("button", name="Submit reading").click()
         try:
-            page.get_by_text("Image 1 saved (1 of 1 done)").wait_for(timeout=60_000)
+            page.get_by_text("Film 1 saved (1 of 1 done)").wait_for(timeout=60_000)
         except PlaywrightTimeout:  # seen once under full-suite load: saved, but the rerun's flash never drew
             page.reload()  # reader and session live in the URL; progress comes from the database
             page.get_by_text("Your progress in Blind 1: 1 of 1 done").wait_for()
-        page.get_by_text("Your marks", exact=True).wait_for()  # the last image: its submitted view
+        page.get_by_text("Your marks as submitted", exact=False).wait_for()  # the last film: its submitted view
         page.get_by_role("cell", name="effusion").wait_for()
         time.sleep(3)  # the read-only canvas draws the marks asynchronously
         page.screenshot(path=str(shots / "annotate_after_submit.png"), full_page=True)
@@ -130,7 +131,9 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         saved = storage.latest_annotation(s, reader_id=reader_id, image_sha=sha, session_id=session_id)
         mask = storage.annotation_mask(saved)
     fit = saved.background_fit
-    assert fit == pytest.approx(ann.contain_fit(512, 419, 600, 600))  # the browser's own report
+    # The canvas takes the film's shape, sized to the window; marks are stored with the full frame's fit.
+    assert fit == pytest.approx(frame_fit((419, 512), saved.canvas_width, saved.canvas_height))
+    assert saved.canvas_width / saved.canvas_height == pytest.approx(512 / 419, abs=0.01)
     scale = fit["scale_x"]
     assert [(r["type"], r["label"]) for r in saved.regions] == [("polygon", "consolidation"), ("rect", "effusion")]
     expected = {"polygon": shoelace(triangle) / scale**2, "rect": (x1 - x0) * (y1 - y0) / scale**2}

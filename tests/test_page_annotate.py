@@ -11,17 +11,22 @@ import json
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+import ui_annotate as ua
 import ui_state as ui
 from conftest import FIXTURES, REPO
 from cxr_core import __version__ as APP_VERSION
 from cxr_core import annotation as ann
 from cxr_core import storage
+from cxr_core.canvas_view import View, frame_fit, from_view, to_view
+from cxr_core.masks import region_masks
 
 TIMEOUT = 300  # the blindness test imports TensorFlow and runs tiny models; 2 cores are shared
 CHEST = "covid_hannover_b343e657.png"  # 512 x 419: letterboxed in the square canvas
-OTHER = "normal_nih14_00029719_000.png"
+OTHER = "normal_nih14_00029719_000.png"  # 256 x 256
+THIRD = "normal_kermany224_IM-0001-0001.png"
 
 
 @dataclass
@@ -35,19 +40,29 @@ class Study:
         return storage.session_factory(storage.make_engine(self.url))
 
 
-@pytest.fixture
-def study(tmp_path, monkeypatch) -> Study:
-    """A blind session of CHEST then OTHER (unshuffled) for Dr A; Dr B reads nothing."""
+def make_study(tmp_path, monkeypatch, names: tuple[str, ...]) -> Study:
     url = f"sqlite:///{tmp_path / 'annotations.db'}"
     monkeypatch.setenv("CXR_DATABASE_URL", url)
     factory = storage.session_factory(storage.make_engine(url))
-    images = ann.read_uploads((name, (FIXTURES / "cxr" / name).read_bytes()) for name in (CHEST, OTHER))
+    images = ann.read_uploads((name, (FIXTURES / "cxr" / name).read_bytes()) for name in names)
     with factory.begin() as s:
         roles = (("Admin", "admin"), ("Dr A", "sme"), ("Dr B", "sme"))
         readers = {n: storage.add_reader(s, n, role).id for n, role in roles}
         session = ann.create_session_from_xrays(s, name="Blind 1", images=images, reader_ids=[readers["Dr A"]],
                                                 created_by=readers["Admin"], shuffle=False)
     return Study(url, session.id, readers, {x.name: x.sha256 for x in images.xrays})
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch) -> Study:
+    """A blind session of CHEST then OTHER (unshuffled) for Dr A; Dr B reads nothing."""
+    return make_study(tmp_path, monkeypatch, (CHEST, OTHER))
+
+
+@pytest.fixture
+def study3(tmp_path, monkeypatch) -> Study:
+    """A blind session of CHEST, OTHER and THIRD (unshuffled) for Dr A."""
+    return make_study(tmp_path, monkeypatch, (CHEST, OTHER, THIRD))
 
 
 def open_page(page: str, reader: str | None = None) -> AppTest:
@@ -70,9 +85,15 @@ def canvas_key(study: Study, name: str, generation: int = 0) -> str:
     return ui.annotate_canvas_key(study.session_id, study.readers["Dr A"], study.shas[name], generation)
 
 
-def draw(at: AppTest, study: Study, name: str, objects: list[dict], fit: dict, generation: int = 0) -> None:
-    """Make the canvas report ``objects`` and its background fit, as the browser component does."""
-    at.session_state[canvas_key(study, name, generation)] = {
+def draw(at: AppTest, study: Study, name: str, objects: list[dict], fit: dict) -> None:
+    """Make the film's canvas on the page report ``objects`` and its background fit, as the browser component does.
+
+    The page remounts a film's canvas under a new generation each time it is opened again, so the
+    drawing goes to the canvas shown now (which must be ``name``'s).
+    """
+    (canvas,) = canvases(at)
+    assert canvas.key.startswith(canvas_key(study, name, 0)[:-1]), (canvas.key, name)
+    at.session_state[canvas.key] = {
         "drawing": {"raw": {"version": "7.4.0", "objects": objects}, "data": None},
         "backgroundFit": {"naturalWidth": fit["natural_width"], "naturalHeight": fit["natural_height"],
                           "scaleX": fit["scale_x"], "scaleY": fit["scale_y"], "offsetX": fit["offset_x"],
@@ -80,9 +101,14 @@ def draw(at: AppTest, study: Study, name: str, objects: list[dict], fit: dict, g
     }
 
 
+def canvases(at: AppTest) -> list:
+    """The canvases on the page (the page's other component, the invisible window-size probe, left out)."""
+    return [c for c in at.get("bidi_component") if c.key != "annotate_viewport"]
+
+
 def canvas_data(at: AppTest) -> dict:
     """What the page sent to the (only) canvas on the page: tool, colours, initial drawing."""
-    (canvas,) = at.get("bidi_component")
+    (canvas,) = canvases(at)
     return json.loads(canvas.proto.json)
 
 
@@ -90,7 +116,8 @@ def model_output_on_page(at: AppTest) -> list[str]:
     """Every element that would show a model's output: score charts and heatmap pictures (by caption)."""
     charts = [f"chart {c.proto.id}" for c in at.get("plotly_chart")]
     heatmaps = [c for img in at.get("image") for c in img.captions if "heatmap" in c.lower() or "cam" in c.lower()]
-    return charts + heatmaps
+    over_marks = [c.value for c in at.caption if "Grad-CAM heatmap for" in c.value]  # the canvas's background
+    return charts + heatmaps + over_marks
 
 
 def shows_scores_and_heatmap(at: AppTest) -> bool:
@@ -115,9 +142,14 @@ def polygon(points, finding):
             "fill": ann.finding_fill(finding), "scaleX": 1, "scaleY": 1, "angle": 0}
 
 
-def picture_fit() -> dict:
-    # CHEST is 512 x 419: the canvas shows it at 600/512 with 54.5 px bands above and below.
-    return ann.contain_fit(512, 419, ui.CANVAS_WIDTH, ui.CANVAS_HEIGHT)
+def canvas_size(at: AppTest) -> tuple[int, int]:
+    data = canvas_data(at)
+    return data["canvasWidth"], data["canvasHeight"]
+
+
+def picture_fit(at: AppTest, shape: tuple[int, int] = (419, 512)) -> dict:
+    """The full frame's fit of the film on the page's canvas (CHEST is 512 x 419; the canvas takes its shape)."""
+    return frame_fit(shape, *canvas_size(at))
 
 
 def test_the_page_says_what_it_shows_and_asks_who_you_are(study):
@@ -132,13 +164,13 @@ def test_submit_stores_polygon_and_rectangle_with_their_areas_then_opens_the_nex
     at = open_page("pages/annotate.py", "Dr A")
     assert at.get("progress")[0].proto.text == "Your progress in Blind 1: 0 of 2 done"
     assert at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).value == 0
-    fit = picture_fit()
-    s = fit["scale_x"]
-    # Rectangle: filled area 117.1875 x 70.3125 canvas px (inside the 1.5 px half-stroke) = 100 x 60 image px.
-    # Triangle: legs 234.375 and 175.78125 canvas px = 200 x 150 image px, area 15000.
-    r = rect(60 - 1.5, fit["offset_y"] + 50 * s - 1.5, 100 * s, 60 * s, "consolidation")
-    p = polygon([(300, fit["offset_y"] + 200 * s), (300 + 200 * s, fit["offset_y"] + 200 * s),
-                 (300, fit["offset_y"] + 350 * s)], "ground-glass opacity")
+    fit, size = picture_fit(at), canvas_size(at)
+    s, ox, oy = fit["scale_x"], fit["offset_x"], fit["offset_y"]
+    # Rectangle: 100 x 60 image px from column 60, row 50 (its fill inside the 1.5 px half-stroke).
+    # Triangle: legs of 200 and 150 image px from column 256, row 200: area 15000.
+    r = rect(ox + 60 * s - 1.5, oy + 50 * s - 1.5, 100 * s, 60 * s, "consolidation")
+    p = polygon([(ox + 256 * s, oy + 200 * s), (ox + 456 * s, oy + 200 * s), (ox + 256 * s, oy + 350 * s)],
+                "ground-glass opacity")
     draw(at, study, CHEST, [p, r], fit)
     at.radio(key=key("diagnosis", study, CHEST)).set_value("COVID-19")
     at.radio(key=key("confidence", study, CHEST)).set_value(4).run()
@@ -158,14 +190,14 @@ def test_submit_stores_polygon_and_rectangle_with_their_areas_then_opens_the_nex
     assert saved.regions[1]["area_px"] == 100 * 60
     assert saved.regions[0]["area_px"] == pytest.approx(15000, rel=0.02)
     assert saved.mask_area == pytest.approx(6000 + 15000, rel=0.02) and mask.shape == (419, 512)
-    assert mask[80, 60] and mask[300, 300] and not mask[10, 10]  # inside the rectangle, the triangle; outside
-    assert (saved.canvas_width, saved.canvas_height) == (ui.CANVAS_WIDTH, ui.CANVAS_HEIGHT)
+    assert mask[80, 100] and mask[300, 280] and not mask[10, 10]  # inside the rectangle, the triangle; outside
+    assert (saved.canvas_width, saved.canvas_height) == size
     assert saved.background_fit == pytest.approx(fit)
     assert saved.canvas_json["objects"][1]["stroke"] == ann.finding_color("consolidation")
     assert saved.app_version == APP_VERSION and "drawable-canvas 0.13.0" in saved.canvas_version
 
     # The next image is open, blank, and progress moved on.
-    assert "Image 1 saved (1 of 2 done). Next: image 2." in at.success[0].value
+    assert "Film 1 saved (1 of 2 done). Next: film 2." in at.success[0].value
     assert at.get("progress")[0].proto.text == "Your progress in Blind 1: 1 of 2 done"
     assert at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).value == 1
     assert canvas_data(at)["initialDrawing"]["objects"] == []
@@ -173,7 +205,7 @@ def test_submit_stores_polygon_and_rectangle_with_their_areas_then_opens_the_nex
 
 def test_submit_needs_a_diagnosis_and_a_confidence(study):
     at = open_page("pages/annotate.py", "Dr A")
-    draw(at, study, CHEST, [rect(100, 100, 50, 50, "effusion")], picture_fit())
+    draw(at, study, CHEST, [rect(100, 100, 50, 50, "effusion")], picture_fit(at))
     at.run()
     at.button(key=key("submit", study, CHEST)).click().run()
     assert "choose your diagnosis; choose your confidence" in at.error[0].value
@@ -184,7 +216,7 @@ def test_submit_needs_a_diagnosis_and_a_confidence(study):
 def test_draft_is_saved_on_change_and_restored_after_a_rerun_and_a_refresh(study):
     at = open_page("pages/annotate.py", "Dr A")
     marks = [rect(100, 120, 80, 40, "nodule/mass"), polygon([(300, 300), (400, 300), (350, 380)], "effusion")]
-    draw(at, study, CHEST, marks, picture_fit())
+    draw(at, study, CHEST, marks, picture_fit(at))
     at.radio(key=key("diagnosis", study, CHEST)).set_value("Pneumonia").run()
 
     def stored():
@@ -206,14 +238,15 @@ def test_draft_is_saved_on_change_and_restored_after_a_rerun_and_a_refresh(study
     assert canvas_data(again)["initialDrawing"]["objects"] == marks
     assert again.radio(key=key("diagnosis", study, CHEST)).value == "Pneumonia"
     assert again.table[0].value["Finding"].tolist() == ["nodule/mass", "effusion"]
-    assert again.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).options[0] == (
-        "Image 1 of 2 (draft saved)")
+    assert again.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).options == [
+        "Film 1 of 2", "Film 2 of 2"]
+    assert any(m.value == "Film 1: **draft saved**" for m in again.markdown)
 
     # "Clear all marks" drops the draft and opens an empty canvas under a new key.
     again.button(key=key("clear", study, CHEST)).click().run()
     assert stored() is None
     data = canvas_data(again)
-    assert data["initialDrawing"]["objects"] == [] and again.get("bidi_component")[0].key == canvas_key(study, CHEST, 1)
+    assert data["initialDrawing"]["objects"] == [] and canvases(again)[0].key == canvas_key(study, CHEST, 1)
     assert again.radio(key=key("diagnosis", study, CHEST)).value is None
 
 
@@ -226,7 +259,7 @@ def test_finding_and_tool_set_the_next_mark_colour_and_window_level_changes_only
     after = canvas_data(at)
     assert (after["strokeColor"], after["fillColor"], after["drawingMode"]) == (
         ann.FINDINGS["effusion"], ann.finding_fill("effusion"), "freedraw")
-    assert after["backgroundImageFit"] == "contain" and after["backgroundImageURL"] != before["backgroundImageURL"]
+    assert after["backgroundImageFit"] == "stretch" and after["backgroundImageURL"] != before["backgroundImageURL"]
     assert after["initialDrawing"] == before["initialDrawing"]  # the marks are not reloaded
 
 
@@ -257,38 +290,265 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
 
     # Dr A submits the film; then the model's result may be revealed next to the marks, and the review page shows it.
     at.switch_page("pages/annotate.py").run()
-    draw(at, study, CHEST, [rect(100, 100, 60, 60, "consolidation")], picture_fit())
+    draw(at, study, CHEST, [rect(100, 100, 60, 60, "consolidation")], picture_fit(at))
     at.radio(key=key("diagnosis", study, CHEST)).set_value("COVID-19")
     at.radio(key=key("confidence", study, CHEST)).set_value(3).run()
     at.button(key=key("submit", study, CHEST)).click().run()
     assert model_output_on_page(at) == []  # the next film (OTHER) is pending
     at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).select(0).run()
     assert model_output_on_page(at) == []  # revealing is the reader's choice
-    assert at.get("bidi_component")[0].key.startswith("annotate_submitted_canvas")  # their marks, read-only
+    assert canvases(at)[0].key.startswith("annotate_submitted_canvas")  # their marks, read-only
+    hidden = canvas_data(at)
     at.toggle(key=key("reveal", study, CHEST)).set_value(True).run()
     assert not at.exception, [e.value for e in at.exception]
     assert shows_scores_and_heatmap(at)
+    # The heatmap is drawn over the reader's own marks, on the same canvas, with an opacity slider.
+    shown = canvas_data(at)
+    assert shown["initialDrawing"]["objects"] == hidden["initialDrawing"]["objects"] != []
+    if not any("No positive evidence" in i.value for i in at.info):
+        assert shown["backgroundImageURL"] != hidden["backgroundImageURL"]
+        at.slider(key=ua.ANNOTATE_OPACITY).set_value(0.9).run()
+        assert canvas_data(at)["backgroundImageURL"] != shown["backgroundImageURL"]
     at.switch_page("pages/review.py").run()
     at.file_uploader(key=ui.REVIEW_UPLOADS).set_value(upload).run()
     assert shows_scores_and_heatmap(at)
 
 
-def test_revising_a_submitted_reading_stores_a_new_version_and_keeps_the_old(study):
+# --- issue 12: the film picker, navigation, answers, revisions, reading times, zoom ----------------
+
+
+def picker(at: AppTest, study: Study):
+    return at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"]))
+
+
+def film_status(at: AppTest) -> str:
+    (status,) = [m.value for m in at.markdown if m.value.startswith("Film ") and "**" in m.value]
+    return status
+
+
+def draft_of(study: Study, name: str):
+    with study.db().begin() as s:
+        return storage.get_draft(s, reader_id=study.readers["Dr A"], image_sha=study.shas[name],
+                                 session_id=study.session_id)
+
+
+def history_of(study: Study, name: str):
+    with study.db().begin() as s:
+        rows = storage.annotation_history(s, reader_id=study.readers["Dr A"], image_sha=study.shas[name],
+                                          session_id=study.session_id)
+        return sorted(((a.version, a.diagnosis, a.confidence, a.exclusion, a.comment, a.mask_area, a.shown_at,
+                        [o["left"] for o in a.canvas_json["objects"]]) for a in rows))
+
+
+def submit(at: AppTest, study: Study, name: str, objects: list[dict], diagnosis="COVID-19", confidence=3) -> None:
+    draw(at, study, name, objects, picture_fit(at))
+    at.radio(key=key("diagnosis", study, name)).set_value(diagnosis)
+    at.radio(key=key("confidence", study, name)).set_value(confidence).run()
+    at.button(key=key("submit", study, name)).click().run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+
+
+def button(at: AppTest, label: str):
+    (found,) = [b for b in at.button if b.label == label]
+    return found
+
+
+def test_a_draft_saved_on_film_2_never_moves_the_picker(study3):
+    """The reported bug: picker options were relabelled "(draft saved)" as the draft was written, and the picker
+    fell back to film 1. Options are now position labels that never change; the status is shown beside them."""
     at = open_page("pages/annotate.py", "Dr A")
-    draw(at, study, CHEST, [rect(60, 60, 80, 50, "consolidation")], picture_fit())
-    at.radio(key=key("diagnosis", study, CHEST)).set_value("Pneumonia")
-    at.radio(key=key("confidence", study, CHEST)).set_value(2).run()
+    submit(at, study3, CHEST, [rect(100, 100, 60, 60, "consolidation")])
+    labels = ["Film 1 of 3", "Film 2 of 3", "Film 3 of 3"]
+    assert picker(at, study3).value == 1 and picker(at, study3).options == labels
+    assert film_status(at) == "Film 2: **to do**"
+    marks = []
+    for n in range(3):  # three marks, one rerun each, as the canvas sends them
+        marks.append(rect(60 + 100 * n, 80, 50, 40, "effusion"))
+        draw(at, study3, OTHER, list(marks), picture_fit(at, (256, 256)))
+        at.run()
+        assert picker(at, study3).value == 1 and picker(at, study3).options == labels  # the same labels throughout
+        assert len(draft_of(study3, OTHER).canvas_json["objects"]) == n + 1
+    assert film_status(at) == "Film 2: **draft saved**"
+    at.run()  # and the selection survives more reruns after the draft flag changed
+    assert picker(at, study3).value == 1 and canvas_data(at)["initialDrawing"]["objects"] == []
+
+
+def test_leaving_a_film_and_coming_back_keeps_every_mark_and_answer(study3):
+    """The canvas's state is dropped while another film shows; coming back must reopen the draft, never save
+    the canvas's first (empty) report over it."""
+    at = open_page("pages/annotate.py", "Dr A")
+    marks = [rect(100, 120, 80, 40, "nodule/mass")]
+    draw(at, study3, CHEST, marks, picture_fit(at))
+    at.radio(key=key("diagnosis", study3, CHEST)).set_value("Pneumonia").run()
+    button(at, "Next film").click().run()
+    assert picker(at, study3).value == 1
+    button(at, "Previous film").click().run()
+    assert picker(at, study3).value == 0
+    assert draft_of(study3, CHEST).canvas_json["objects"] == marks and draft_of(study3, CHEST).diagnosis == "Pneumonia"
+    (canvas,) = canvases(at)
+    assert canvas.key == canvas_key(study3, CHEST, 1)  # a new mount, opened with the marks
+    assert canvas_data(at)["initialDrawing"]["objects"] == marks
+    assert at.radio(key=key("diagnosis", study3, CHEST)).value == "Pneumonia"
+    at.run()  # the fresh canvas reports what it was opened with: nothing is written
+    assert draft_of(study3, CHEST).canvas_json["objects"] == marks
+
+
+def test_a_mark_sent_together_with_a_click_on_next_film_is_stored(study3):
+    at = open_page("pages/annotate.py", "Dr A")
+    marks = [rect(150, 150, 70, 70, "other")]
+    draw(at, study3, CHEST, marks, picture_fit(at))
+    button(at, "Next film").click().run()  # the canvas report and the click arrive in the same run
+    assert picker(at, study3).value == 1
+    assert draft_of(study3, CHEST).canvas_json["objects"] == marks
+
+
+def test_previous_and_next_film_and_the_picker_move_by_position(study3):
+    at = open_page("pages/annotate.py", "Dr A")
+    assert button(at, "Previous film").disabled and not button(at, "Next film").disabled
+    button(at, "Next film").click().run()
+    button(at, "Next film").click().run()
+    assert picker(at, study3).value == 2 and button(at, "Next film").disabled
+    assert canvases(at)[0].key.startswith(f"annotate_canvas::{study3.session_id}")
+    assert study3.shas[THIRD] in canvases(at)[0].key
+    picker(at, study3).select(0).run()
+    assert picker(at, study3).value == 0 and study3.shas[CHEST] in canvases(at)[0].key
+    film_param = f"{study3.session_id}.1"  # a reload opens the same film
+    assert at.query_params["film"] in (film_param, [film_param])
+
+
+def test_submit_opens_the_next_film_still_to_read_wrapping_round(study3):
+    at = open_page("pages/annotate.py", "Dr A")
+    button(at, "Next film").click().run()
+    submit(at, study3, OTHER, [])
+    assert picker(at, study3).value == 2 and "Film 2 saved (1 of 3 done). Next: film 3." in at.success[0].value
+    submit(at, study3, THIRD, [], diagnosis="Normal")
+    assert picker(at, study3).value == 0  # film 1 is the only one left
+    submit(at, study3, CHEST, [])
+    assert picker(at, study3).value == 0 and "That was your last film." in at.success[-1].value
+
+
+def test_excluding_a_film_needs_no_diagnosis_and_is_stored_as_an_exclusion(study):
+    at = open_page("pages/annotate.py", "Dr A")
+    at.checkbox(key=key("exclude", study, CHEST)).check().run()
+    assert at.radio(key=key("diagnosis", study, CHEST)).disabled
+    at.radio(key=key("exclusion", study, CHEST)).set_value("not readable").run()
+    assert draft_of(study, CHEST).exclusion == "not readable"  # the draft keeps the answer too
+    at.text_input(key=key("comment", study, CHEST)).input("motion blur, repeat the film").run()
     at.button(key=key("submit", study, CHEST)).click().run()
-    at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).select(0).run()
-    at.radio(key=key("revise_diagnosis", study, CHEST)).set_value("COVID-19")
-    at.radio(key=key("revise_confidence", study, CHEST)).set_value(4).run()
-    at.button(key=key("revise", study, CHEST)).click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    with study.db().begin() as s_:
-        history = storage.annotation_history(s_, reader_id=study.readers["Dr A"], image_sha=study.shas[CHEST],
-                                             session_id=study.session_id)
-        versions = [(a.version, a.diagnosis, a.confidence, a.mask_area) for a in history]
-    assert sorted(versions)[0][:3] == (1, "Pneumonia", 2)
-    assert sorted(versions)[1][:3] == (2, "COVID-19", 4)
-    assert versions[0][3] == versions[1][3] > 0  # the marks (and their mask) carry over unchanged
+    assert not at.error, [e.value for e in at.error]
+    (v1,) = history_of(study, CHEST)
+    assert v1[:5] == (1, storage.EXCLUDED, None, "not readable", "motion blur, repeat the film")
+    with study.db().begin() as s:
+        assert storage.reader_queue(s, study.session_id, study.readers["Dr A"]).entries[0].excluded
+    picker(at, study).select(0).run()
+    shown = [m.value for m in at.markdown]
+    assert "Excluded: **not readable**" in shown and "Your comment: motion blur, repeat the film" in shown
+    assert film_status(at) == "Film 1: **excluded (version 1)**"
+
+
+def test_a_comment_is_stored_and_shown_back_with_the_reading(study):
+    at = open_page("pages/annotate.py", "Dr A")
+    at.text_input(key=key("comment", study, CHEST)).input("small left effusion?")
+    submit(at, study, CHEST, [rect(100, 100, 60, 60, "effusion")], diagnosis="Pneumonia", confidence=2)
+    assert history_of(study, CHEST)[0][4] == "small left effusion?"
+    picker(at, study).select(0).run()
+    assert "Your comment: small left effusion?" in [m.value for m in at.markdown]
+    assert "Your diagnosis: **Pneumonia**, confidence 2 of 5" in [m.value for m in at.markdown]
+
+
+def revise_canvas_key(study: Study, name: str, generation: int = 0) -> str:
+    return f"annotate_revise_canvas::{study.session_id}:{study.readers['Dr A']}:{study.shas[name]}:{generation}"
+
+
+def test_revising_marks_stores_version_2_and_keeps_version_1(study):
+    at = open_page("pages/annotate.py", "Dr A")
+    first = [rect(60, 60, 80, 50, "consolidation")]
+    submit(at, study, CHEST, first, diagnosis="Pneumonia", confidence=2)
+    picker(at, study).select(0).run()
+    assert button(at, "Revise my reading") and not [b for b in at.button if b.label.startswith("Save as version")]
+    button(at, "Revise my reading").click().run()
+    (canvas,) = canvases(at)
+    assert canvas.key == revise_canvas_key(study, CHEST)
+    assert canvas_data(at)["initialDrawing"]["objects"] == first  # pre-filled with the submitted marks
+    assert at.radio(key=key("revise_diagnosis", study, CHEST)).value == "Pneumonia"
+    assert at.radio(key=key("revise_confidence", study, CHEST)).value == 2
+
+    second = [*first, rect(300, 200, 60, 90, "effusion")]
+    at.session_state[revise_canvas_key(study, CHEST)] = {"drawing": {"raw": {"objects": second}}, "backgroundFit": None}
+    at.radio(key=key("revise_diagnosis", study, CHEST)).set_value("COVID-19").run()
+    assert draft_of(study, CHEST).canvas_json["objects"] == second  # a revision under way is not lost either
+    button(at, "Save as version 2").click().run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    v1, v2 = history_of(study, CHEST)
+    assert v1[:3] == (1, "Pneumonia", 2) and v1[7] == [60]
+    assert v2[:3] == (2, "COVID-19", 2) and v2[7] == [60, 300] and v2[5] > v1[5]
+    assert draft_of(study, CHEST) is None
+    assert "saved as version 2; version 1 is kept" in at.success[0].value
     assert any("version 2" in m.value for m in at.markdown)
+
+
+def test_cancel_revision_leaves_without_a_new_version(study):
+    at = open_page("pages/annotate.py", "Dr A")
+    submit(at, study, CHEST, [rect(60, 60, 80, 50, "consolidation")])
+    picker(at, study).select(0).run()
+    button(at, "Revise my reading").click().run()
+    at.session_state[revise_canvas_key(study, CHEST)] = {"drawing": {"raw": {"objects": []}}, "backgroundFit": None}
+    at.run()
+    button(at, "Cancel revision").click().run()
+    assert [v[0] for v in history_of(study, CHEST)] == [1] and draft_of(study, CHEST) is None
+    assert button(at, "Revise my reading")
+    assert canvas_data(at)["initialDrawing"]["objects"][0]["left"] == 60
+
+
+def test_when_a_film_was_first_shown_is_recorded_for_every_version(study):
+    at = open_page("pages/annotate.py", "Dr A")
+
+    def starts():
+        with study.db().begin() as s:
+            rows = s.scalars(select(storage.ReadingStart).where(storage.ReadingStart.image_sha == study.shas[CHEST]))
+            return sorted((r.version, r.shown_at) for r in rows)
+
+    (shown,) = starts()
+    assert shown[0] == 1
+    at.run()
+    assert starts() == [shown]  # reruns keep the first time
+    submit(at, study, CHEST, [])
+    assert history_of(study, CHEST)[0][6] == shown[1]  # the server copied it into the reading
+    picker(at, study).select(0).run()
+    assert len(starts()) == 1  # looking back at a submitted film starts no new version
+    button(at, "Revise my reading").click().run()
+    assert [v for v, _ in starts()] == [1, 2]
+
+
+def test_zoom_shows_the_marks_in_the_view_and_stores_them_in_full_frame_pixels(study):
+    at = open_page("pages/annotate.py", "Dr A")
+    assert at.radio(key=ua.ANNOTATE_ZOOM).options == ["1x", "2x", "4x"]
+    assert "upper left" in at.selectbox(key=ua.ANNOTATE_REGION).options and at.checkbox(key=ua.ANNOTATE_INVERT)
+    size, shape = canvas_size(at), (419, 512)
+    full = [rect(100, 100, 60, 40, "consolidation")]
+    draw(at, study, CHEST, full, picture_fit(at))
+    at.run()
+    at.radio(key=ua.ANNOTATE_ZOOM).set_value(2)
+    at.selectbox(key=ua.ANNOTATE_REGION).select("upper left").run()
+    view = View.at(2, "upper left")
+    # The canvas is remounted with the full-frame mark moved into the view; the draft is unchanged.
+    assert canvas_data(at)["initialDrawing"]["objects"] == to_view(full, view, *size, film_shape=shape)
+    assert draft_of(study, CHEST).canvas_json["objects"] == full
+    # A mark drawn at 2x is stored in the full frame: where from_view puts it, and measured as such.
+    (canvas,) = canvases(at)
+    zoomed = [*to_view(full, view, *size, film_shape=shape), rect(200, 160, 80, 60, "effusion")]
+    at.session_state[canvas.key] = {"drawing": {"raw": {"objects": zoomed}}, "backgroundFit": None}
+    at.run()
+    stored = draft_of(study, CHEST)
+    expected = from_view(zoomed, view, *size, film_shape=shape)
+    assert [o["left"] for o in stored.canvas_json["objects"]] == pytest.approx([o["left"] for o in expected])
+    assert stored.canvas_json["objects"][0]["left"] == pytest.approx(100)
+    assert stored.background_fit == pytest.approx(frame_fit(shape, *size))
+    (m_full, m_zoom) = region_masks(stored.canvas_json, image_shape=shape, background_fit=stored.background_fit)
+    s = frame_fit(shape, *size)["scale_x"]
+    assert m_zoom.area == pytest.approx((80 / 2) * (60 / 2) / s**2, rel=0.05)  # half the size at 2x, not 4x the area
+    # Back to 1x: the canvas shows both marks in full-frame pixels, nothing lost.
+    at.radio(key=ua.ANNOTATE_ZOOM).set_value(1).run()
+    assert [o["left"] for o in canvas_data(at)["initialDrawing"]["objects"]] == pytest.approx(
+        [o["left"] for o in expected])
+    assert len(draft_of(study, CHEST).canvas_json["objects"]) == 2
