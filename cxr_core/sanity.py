@@ -17,6 +17,17 @@ with a mean and a bootstrap 95% interval over films.
 Spearman correlation and the upper end of its 95% interval are both below 0.5; it fails when the
 mean is at or above 0.5; in between it is inconclusive (too few films or too much spread). See
 :data:`THRESHOLD_REASON` for why.
+
+The record (``sanity --json FILE``, ``--record`` -> ``weights/NAME/sanity.json``), schema ``cxr-sanity/1``::
+
+    model, model_sha256, data, films[], n_films, predicted{class: n}, seconds
+    settings{heatmap_side, faithfulness_steps, n_boot, seed, substrate, probability, target, blocks[]}
+    threshold{measure, value, rule, why}
+    methods{gradcam|gradcam++: {verdict: pass|fail|inconclusive, reason, films_compared, films_left_out,
+        cascade[row], independent[row], faithfulness{deletion|insertion: {auc, fractions[], mean_curve[]}}}}
+    random_baseline{faithfulness{...as above}}
+    row = {step, block, layers[], spearman, spearman_abs, ssim, blank_maps}; spearman, spearman_abs, ssim and
+    auc are {mean, ci95: [lo, hi]} over films
 """
 
 from __future__ import annotations

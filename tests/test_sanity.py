@@ -314,3 +314,17 @@ def test_models_page_says_when_a_record_is_unreadable_or_stale(tmp_path, monkeyp
     warnings = [w.value for w in at.warning]
     assert any(w.startswith("The stored sanity check cannot be read") and "broken-record" in w for w in warnings)
     assert any("different model file" in w for w in warnings)
+
+
+def test_unlabelled_folder_films_are_spread_over_the_names(tmp_path):
+    from cxr_core.commands.sanity import film_paths
+    from cxr_core.errors import DataError
+
+    for name in ("a1", "a2", "a3", "b1", "b2", "b3", "c1", "c2", "c3"):
+        (tmp_path / f"{name}.png").write_bytes(b"")
+    (tmp_path / "notes.md").write_text("not a film")
+    assert [p.stem for p in film_paths(tmp_path, 3)] == ["a1", "b2", "c3"]
+    assert len(film_paths(tmp_path, 50)) == 9
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        film_paths(tmp_path / "empty", 3)

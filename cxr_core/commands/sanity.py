@@ -34,7 +34,8 @@ def register(sub) -> None:
 
 
 def film_paths(data: Path, limit: int) -> list[Path]:
-    """Up to ``limit`` image files of ``data``, taken in turn from each class (or in name order when unlabelled)."""
+    """Up to ``limit`` image files of ``data``, taken in turn from each class (evenly spaced in name order when
+    the folder has no labels)."""
     from cxr_core.dataset import IMAGE_SUFFIXES, load_records
 
     if limit < 1:
@@ -50,7 +51,9 @@ def film_paths(data: Path, limit: int) -> list[Path]:
         files = sorted(p for p in data.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{data} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no class folders")
-        groups = {"": files}
+        k = min(limit, len(files))
+        spread = sorted({round(i * (len(files) - 1) / max(k - 1, 1)) for i in range(k)})
+        groups = {"": [files[i] for i in spread]}  # evenly spaced in name order, not just the first names
     picked: list[Path] = []
     queues = [list(v) for v in groups.values()]
     while len(picked) < limit and any(queues):
