@@ -69,7 +69,7 @@ def busy_error(wait_s: float, *, reading: bool) -> StorageBusyError:
         )
     return StorageBusyError(
         f"the annotation database is busy (another save held it for more than {wait_s:g} s); "
-        "nothing was saved yet - press the button again in a moment"
+        "nothing was saved yet - try again in a moment"
     )
 
 
