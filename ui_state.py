@@ -596,6 +596,7 @@ AGREEMENT_TOP = "agreement_top"
 AGREEMENT_RULE = "agreement_rule"
 AGREEMENT_CLASSES = "agreement_classes"
 AGREEMENT_READERS = "agreement_readers"
+AGREEMENT_CONSENSUS = "agreement_consensus"  # consensus pseudo-readers scored as extra readers (none by default)
 AGREEMENT_METRIC = "agreement_metric"  # metric of the distribution chart
 AGREEMENT_GALLERY_MODEL = "agreement_gallery_model"
 AGREEMENT_SORT = "agreement_sort"
@@ -829,12 +830,11 @@ def agreement_filter_key(kind: str, session_name: str, options) -> str:
 def agreement_export(fmt: str, data, pairsets, scores, rule: str) -> str:
     """The page's download in ``fmt`` (csv, json, html, coco) of exactly the scores it shows."""
     from cxr_core import reports
-    from cxr_core.session_report import build_report, coco_annotations
+    from cxr_core.session_report import build_report, to_coco
 
-    if fmt == "csv":
-        return reports.to_csv(scores)
     if fmt == "coco":
-        return reports.to_coco(coco_annotations(data, pairsets, scores),
-                               description=f"CXR Review session {data.name}: expert and heatmap masks")
-    report = build_report(data, pairsets, scores, pixels=agreement_pixels, rule=rule)
+        return to_coco(data, pairsets, scores)
+    report = build_report(data, pairsets, scores, pixels=None if fmt == "csv" else agreement_pixels, rule=rule)
+    if fmt == "csv":
+        return reports.to_csv(report.scores, report.excluded)
     return reports.to_json(report) if fmt == "json" else reports.to_html(report)

@@ -23,6 +23,10 @@ import numpy as np
 
 from cxr_core.errors import CXRError
 
+#: The consensus pseudo-readers' names, as reports and pages show them (see :mod:`cxr_core.session_scores`).
+MAJORITY_READER = "Consensus (majority)"
+STAPLE_READER = "Consensus (STAPLE, p>=0.5)"
+READERS = (MAJORITY_READER, STAPLE_READER)
 #: Probabilities kept this far from 0 and 1 in the E-step, so a perfect reader's log-likelihood stays finite.
 _EPS = 1e-12
 
@@ -66,6 +70,21 @@ def majority_vote(masks) -> np.ndarray:
     """
     arr = _stack(masks)
     return 2 * arr.sum(axis=0) > arr.shape[0]
+
+
+def majority_label(labels, *, tie: str) -> str:
+    """The label more than half of the readers gave, or ``tie`` when none has a strict majority.
+
+    >>> majority_label(["COVID-19", "COVID-19", "Normal"], tie="uncertain")
+    'COVID-19'
+    >>> majority_label(["COVID-19", "Normal"], tie="uncertain")
+    'uncertain'
+    """
+    labels = list(labels)
+    if not labels:
+        raise ConsensusError("no labels to take a majority of; expected at least one reader's")
+    best = max(set(labels), key=labels.count)
+    return best if 2 * labels.count(best) > len(labels) else tie
 
 
 @dataclass(frozen=True)
@@ -162,4 +181,5 @@ def staple(masks, *, max_iter: int = 100, tol: float = 1e-6, prior: float | None
     return StapleResult(w.reshape(shape), sens, spec, f, it, converged)
 
 
-__all__ = ["ConsensusError", "StapleResult", "majority_vote", "staple"]
+__all__ = ["MAJORITY_READER", "READERS", "STAPLE_READER", "ConsensusError", "StapleResult", "majority_label",
+           "majority_vote", "staple"]

@@ -25,12 +25,13 @@ import cv2
 import numpy as np
 
 import cxr_core
+from cxr_core.consensus import READERS as CONSENSUS_READERS
 from cxr_core.agreement import DiagnosisAgreement, GroupSummary, ImageScore, ReaderPair
 from cxr_core.errors import CXRError
 
 EXPERT_RGB = (0, 114, 178)  # Okabe-Ito blue: the expert's outline
 HEATMAP_RGB = (230, 159, 0)  # Okabe-Ito orange: the binarised heatmap's outline
-CSV_FIELDS = tuple(f.name for f in fields(ImageScore))
+CSV_FIELDS = (*(f.name for f in fields(ImageScore)), "excluded")
 FORMAT = "cxr-review-agreement/1"
 _SUMMARY = (("iou", "IoU"), ("dice", "Dice"), ("hit", "Hit rate"), ("mass", "Relevance mass"),
             ("rank", "Relevance rank"), ("auc", "Pixel AUC"))
@@ -68,6 +69,8 @@ class Report:
     meta: Mapping[str, Any] = field(default_factory=dict)
     #: Inputs a model refused to score (:mod:`cxr_core.screening`): ``{"image_id", "model", "reasons"}`` each.
     refused: Sequence[Mapping[str, Any]] = ()
+    #: Readings whose reader excluded the film (in no number): ``{"image_id", "reader", "reason"}`` each.
+    excluded: Sequence[Mapping[str, Any]] = ()
 
 
 def versions() -> dict[str, str]:
@@ -93,14 +96,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def to_csv(scores: Sequence[ImageScore]) -> str:
-    """One row per image × model × reader; undefined metrics are empty cells."""
+def to_csv(scores: Sequence[ImageScore], excluded: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One row per image × model × reader; undefined metrics are empty cells.
+
+    Each reading its reader excluded (``{"image_id", "reader", "reason"}``, see :attr:`Report.excluded`)
+    follows as a row with only ``image_id``, ``reader``, ``session`` and ``excluded`` (the reason)
+    filled, so the file says what it leaves out; scored rows have an empty ``excluded`` cell.
+    """
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n", restval="")
     writer.writeheader()
     for s in scores:
         writer.writerow({k: ("" if v is None else v) for k, v in _clean(s.to_dict()).items()})
+    session = next((s.session for s in scores), "")
+    for e in excluded:
+        writer.writerow({"image_id": e.get("image_id", ""), "reader": e.get("reader", ""),
+                         "session": e.get("session", session), "excluded": e.get("reason") or "excluded"})
     return buf.getvalue()
+
+
+def excluded_text(excluded: Sequence[Mapping[str, Any]]) -> str:
+    """"N readings excluded by readers (reason counts)" for a report's excluded readings."""
+    from collections import Counter
+
+    counts = Counter(str(e.get("reason")) for e in excluded)
+    n = len(excluded)
+    return (f"{n} reading{'s' if n != 1 else ''} excluded by readers "
+            f"({', '.join(f'{k} {r}' for r, k in sorted(counts.items()))}): left out of every number.")
 
 
 def conventions(scores: Sequence[ImageScore]) -> list[str]:
@@ -125,6 +147,11 @@ def conventions(scores: Sequence[ImageScore]) -> list[str]:
         "expert mask is empty). Threshold-free: relevance mass = share of the heatmap's sum inside the mask; "
         "relevance rank = share of the top-|E| pixels inside the mask (ties counted by expected share); pixel "
         "AUC = ROC AUC of heatmap values with the mask as label.",
+        *(["Consensus pseudo-readers, on films two or more experts read: 'Consensus (majority)' marks pixels more "
+           "than half of the readers marked (a tie is left out); 'Consensus (STAPLE, p>=0.5)' keeps pixels whose "
+           "STAPLE truth probability (Warfield et al. 2004) is at least 0.5. Their diagnosis is the readers' "
+           "majority (uncertain on a tie). Readers are never compared with their own consensus."]
+          if any(s.reader in CONSENSUS_READERS for s in scores) else []),
         "Images whose class is Normal have no lesion to localise: they are reported in their own table, never "
         "averaged into the localisation means.",
         "Intervals are 95% percentile bootstrap intervals from 1000 replicates over images (seeded, so a "
@@ -138,7 +165,7 @@ def conventions(scores: Sequence[ImageScore]) -> list[str]:
 def to_json(report: Report) -> str:
     """Everything: per-image scores, groups, reader and diagnosis agreement, method, versions, checksums.
 
-    ``checksums.scores_csv_sha256`` is the SHA-256 of :func:`to_csv` of the same scores, so a CSV
+    ``checksums.scores_csv_sha256`` is the SHA-256 of :func:`to_csv` of the same scores and exclusions, so a CSV
     can be matched to its JSON; checksums the caller knows (weights, images) go in ``meta``.
     """
     payload = {
@@ -149,7 +176,8 @@ def to_json(report: Report) -> str:
                    "rules": sorted({s.rule for s in report.scores}),
                    "conventions": conventions(report.scores)},
         "versions": versions(),
-        "checksums": {"scores_csv_sha256": hashlib.sha256(to_csv(report.scores).encode()).hexdigest()},
+        "checksums": {"scores_csv_sha256": hashlib.sha256(to_csv(report.scores, report.excluded).encode())
+                      .hexdigest()},
         "meta": report.meta,
         "scores": [s.to_dict() for s in report.scores],
         "groups": [g.to_dict() for g in report.groups],
@@ -157,6 +185,8 @@ def to_json(report: Report) -> str:
         "diagnosis": report.diagnosis.to_dict() if report.diagnosis else None,
         "refused": [{"image_id": r.get("image_id"), "model": r.get("model"), "reasons": list(r.get("reasons", ()))}
                     for r in report.refused],
+        "excluded": {"n": len(report.excluded), "note": excluded_text(report.excluded) if report.excluded else None,
+                     "readings": [dict(e) for e in report.excluded]},
         "gallery": [{"kind": c.kind, "image_id": c.score.image_id, "model": c.score.model,
                      "reader": c.score.reader, "iou": c.score.iou} for c in report.gallery],
     }
@@ -303,6 +333,8 @@ def to_html(report: Report) -> str:
         f"<h1>{html.escape(report.title)}</h1>",
         "<p class='note'>These numbers describe where model heatmaps agree with expert marks. "
         "Model scores are not diagnoses.</p>",
+        *([f"<p class='note' id='excluded'>{html.escape(excluded_text(report.excluded))}</p>"]
+          if report.excluded else []),
         "<h2>Summary (mean [95% CI])</h2>", _groups_table(groups),
         "<h2>Normal images (reported apart)</h2>", _groups_table(normal),
     ]
@@ -374,7 +406,12 @@ def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CocoAnnotation:
-    """One mask to export: an expert's marks (``source="expert"``) or a binarised heatmap."""
+    """One mask to export: an expert's drawn region (``source="expert"``), a consensus or a binarised heatmap.
+
+    ``polygon`` (COCO ``[x1, y1, x2, y2, ...]`` in image pixels, pixel edges at integers) is written
+    instead of RLE when the region was drawn with straight edges; ``mask`` is then its rasterisation
+    (area and box come from it).
+    """
 
     image_id: str
     file_name: str
@@ -383,19 +420,34 @@ class CocoAnnotation:
     reader: str = ""
     source: str = "expert"
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    polygon: Sequence[float] | None = None
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    """An image to list whether or not it has a mask (a Normal or excluded reading), with its attributes."""
+
+    image_id: str
+    file_name: str
+    height: int
+    width: int
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 def to_coco(annotations: Sequence[CocoAnnotation], *, categories: Sequence[str] | None = None,
-            description: str = "CXR Review annotations") -> str:
-    """COCO JSON with RLE masks (``iscrowd: 1``) that CVAT and Label Studio import.
+            images: Sequence[CocoImage] = (), description: str = "CXR Review annotations") -> str:
+    """COCO JSON that pycocotools, CVAT and Label Studio read: polygons (``iscrowd: 0``) or RLE (``iscrowd: 1``).
 
-    Images are numbered from 1 in order of first appearance, categories in the order given (or
-    sorted). Empty masks list their image but add no annotation. Our own ids, reader and source
-    are kept in each annotation's ``attributes``.
+    ``images`` are listed first, then images met in annotations, numbered from 1; categories in the
+    order given (or sorted). Empty masks list their image but add no annotation. Our own ids,
+    reader and source are kept in each annotation's ``attributes``.
     """
     names = list(categories) if categories is not None else sorted({a.category for a in annotations})
     cat_ids = {name: i + 1 for i, name in enumerate(names)}
-    images: dict[str, dict] = {}
+    listed: dict[str, dict] = {}
+    for im in images:
+        listed[im.image_id] = {"id": len(listed) + 1, "file_name": im.file_name, "height": int(im.height),
+                               "width": int(im.width), "attributes": _clean(dict(im.attributes))}
     out = []
     for a in annotations:
         if a.category not in cat_ids:
@@ -403,7 +455,7 @@ def to_coco(annotations: Sequence[CocoAnnotation], *, categories: Sequence[str] 
         mask = np.asarray(a.mask).astype(bool)
         if mask.ndim != 2:
             raise ReportError(f"annotation for {a.image_id!r}: mask must be 2-D; got shape {mask.shape}")
-        entry = images.setdefault(a.image_id, {"id": len(images) + 1, "file_name": a.file_name,
+        entry = listed.setdefault(a.image_id, {"id": len(listed) + 1, "file_name": a.file_name,
                                                "height": int(mask.shape[0]), "width": int(mask.shape[1])})
         if (entry["height"], entry["width"]) != mask.shape:
             raise ReportError(
@@ -413,16 +465,17 @@ def to_coco(annotations: Sequence[CocoAnnotation], *, categories: Sequence[str] 
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         out.append({
             "id": len(out) + 1, "image_id": entry["id"], "category_id": cat_ids[a.category],
-            "segmentation": rle_encode(mask), "area": int(mask.sum()),
+            "segmentation": rle_encode(mask) if a.polygon is None else [[round(float(v), 3) for v in a.polygon]],
+            "area": int(mask.sum()),
             "bbox": [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)],
-            "iscrowd": 1,
+            "iscrowd": 1 if a.polygon is None else 0,
             "attributes": _clean({"image_key": a.image_id, "reader": a.reader, "source": a.source, **a.attributes}),
         })
     payload = {
         "info": {"description": description, "version": cxr_core.__version__,
                  "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "licenses": [],
-        "images": list(images.values()),
+        "images": list(listed.values()),
         "annotations": out,
         "categories": [{"id": i, "name": n, "supercategory": ""} for n, i in cat_ids.items()],
     }

@@ -17,6 +17,19 @@ The glue between :mod:`cxr_core.storage` and :mod:`cxr_core.agreement` / :mod:`c
    :mod:`cxr_core.session_report` turns the scores into a report (aggregates, reader-versus-reader
    IoU, diagnosis kappa, gallery, provenance).
 
+Consensus: on every film two or more readers read (excluded readings left out), :func:`read_session`
+adds the readings of two pseudo-readers, :data:`CONSENSUS_MAJORITY` (pixels marked by strictly more
+than half the readers) and :data:`CONSENSUS_STAPLE` (STAPLE's probability >= 0.5; see
+:mod:`cxr_core.consensus`), so heatmaps are scored against consensus as CheXlocalize does. Their
+diagnosis is the readers' majority diagnosis (uncertain on a tie). They flow through pairing,
+scoring and reports like any reader (``Reading.consensus`` / ``PairKey.consensus`` mark them), but
+reader-versus-reader agreement never compares a reader with a consensus, and :func:`diagnosis`
+(kappa) leaves them out: their diagnoses are the readers' own, counted again.
+
+Excluded readings (a reader answered "not a chest film" / "not readable" instead of a diagnosis)
+are in no number: :func:`read_session` lists them in ``SessionData.excluded`` and
+:func:`excluded_note` says how many, for pages and reports.
+
 Which class a heatmap explains: with ``cam_target="expert"`` (default) the class the expert gave,
 as CheXlocalize explains each pathology against its own segmentation; when the model has no such
 class (or the expert was uncertain) the model's top class. ``"predicted"``: always the top class.
@@ -32,11 +45,16 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cxr_core import agreement, storage
+from cxr_core import agreement, consensus, storage
 from cxr_core.errors import CXRError
 
 BASELINE = "random"
 CAM_TARGETS = ("expert", "predicted")
+#: Pseudo-readers added on every film two or more readers read (see module docstring).
+CONSENSUS_MAJORITY, CONSENSUS_STAPLE = consensus.MAJORITY_READER, consensus.STAPLE_READER
+CONSENSUS_READERS = consensus.READERS
+#: The diagnosis a reader stores when they exclude the film (storage.EXCLUDED once that lands everywhere).
+EXCLUDED = getattr(storage, "EXCLUDED", "excluded")
 
 
 class SessionScoresError(CXRError):
@@ -69,9 +87,26 @@ class Reading:
     image_id: str  # the name reports show (file name, made unique within the session)
     reader: str
     diagnosis: str
+    annotation_id: int | None  # None for a consensus
+    version: int  # 0 for a consensus
+    mask: np.ndarray  # (H, W) bool at the image's stored size
+    consensus: bool = False  # a pseudo-reader's reading, made from the readers' readings of the film
+    confidence: int | None = None
+    regions: tuple = ()  # the stored regions: {"index", "type", "label", "area_px"} each
+    canvas: Mapping | None = None  # the stored canvas JSON (per-region masks for COCO)
+    background_fit: Mapping | None = None
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A reading in which the reader excluded the film instead of giving a diagnosis."""
+
+    image_sha: str
+    image_id: str
+    reader: str
+    reason: str
     annotation_id: int
     version: int
-    mask: np.ndarray  # (H, W) bool at the image's stored size
 
 
 @dataclass(frozen=True)
@@ -85,10 +120,44 @@ class SessionData:
     readings: tuple[Reading, ...]
     hidden: tuple[str, ...]  # session images left out (still pending in a blind reading)
     unread: tuple[str, ...]  # visible session images nobody has submitted yet
+    excluded: tuple[Exclusion, ...] = ()  # latest readings that exclude the film: in no number
 
     @property
     def readers(self) -> list[str]:
-        return sorted({r.reader for r in self.readings})
+        """The real readers with a scored reading (consensus pseudo-readers not included)."""
+        return sorted({r.reader for r in self.readings if not r.consensus})
+
+    @property
+    def consensus_readers(self) -> list[str]:
+        """The consensus pseudo-readers present (on films two or more readers read)."""
+        return [c for c in CONSENSUS_READERS if any(r.reader == c for r in self.readings)]
+
+
+def excluded_note(excluded: Sequence[Exclusion]) -> str:
+    """"N readings excluded by readers (count per reason): left out of every number", or that none was."""
+    from dataclasses import asdict
+
+    from cxr_core.reports import excluded_text
+
+    return excluded_text([asdict(e) for e in excluded]) if excluded else "No reading was excluded by its reader."
+
+
+def consensus_readings(readings: Sequence[Reading]) -> list[Reading]:
+    """Majority and STAPLE readings of every film two or more of ``readings`` (real readers) read."""
+    by_image: dict[str, list[Reading]] = {}
+    for r in readings:
+        if not r.consensus:
+            by_image.setdefault(r.image_sha, []).append(r)
+    out = []
+    for rows in by_image.values():
+        if len(rows) < 2:
+            continue
+        masks = np.stack([r.mask for r in rows])
+        label = consensus.majority_label([r.diagnosis for r in rows], tie=storage.UNCERTAIN)
+        for name, mask in ((CONSENSUS_MAJORITY, consensus.majority_vote(masks)),
+                           (CONSENSUS_STAPLE, consensus.staple(masks).mask(0.5))):
+            out.append(Reading(rows[0].image_sha, rows[0].image_id, name, label, None, 0, mask, consensus=True))
+    return out
 
 
 def _unique_ids(rows: Sequence[tuple[str, str | None]]) -> dict[str, str]:
@@ -100,8 +169,9 @@ def _unique_ids(rows: Sequence[tuple[str, str | None]]) -> dict[str, str]:
     return {sha: name if counts[name] == 1 else f"{name}#{sha[:8]}" for sha, name in names.items()}
 
 
-def read_session(s: Session, name: str, *, hidden: Collection[str] = ()) -> SessionData:
-    """The session called ``name`` with every visible reading's mask (see module docstring)."""
+def read_session(s: Session, name: str, *, hidden: Collection[str] = (), with_consensus: bool = True) -> SessionData:
+    """The session called ``name`` with every visible reading's mask and, where two or more readers read a
+    film, the consensus pseudo-readers' (unless ``with_consensus=False``); see module docstring."""
     session = storage.get_session(s, name)
     if session is None:
         known = [x.name for x in storage.list_sessions(s)]
@@ -119,15 +189,25 @@ def read_session(s: Session, name: str, *, hidden: Collection[str] = ()) -> Sess
                          "reference_label": r.reference_label} for r in rows if r.sha256 not in hidden_set}
     names = {r.id: r.name for r in storage.session_readers(s, session.id)}
     order = {sha: i for i, sha in enumerate(images)}
-    readings = tuple(sorted((
-        Reading(a.image_sha, ids[a.image_sha], names.get(a.reader_id, f"reader {a.reader_id}"), a.diagnosis, a.id,
-                a.version, storage.annotation_mask(a))
-        for a in storage.latest_annotations(s, session_id=session.id) if a.image_sha in images
-    ), key=lambda r: (order[r.image_sha], r.reader)))  # session order, then reader
-    read = {r.image_sha for r in readings}
-    return SessionData(session.name, session.id, bool(session.blind), images, readings,
+    latest = [a for a in storage.latest_annotations(s, session_id=session.id) if a.image_sha in images]
+    reader_of = lambda a: names.get(a.reader_id, f"reader {a.reader_id}")  # noqa: E731
+    is_excluded = lambda a: getattr(a, "exclusion", None) is not None or a.diagnosis == EXCLUDED  # noqa: E731
+    readings = [Reading(a.image_sha, ids[a.image_sha], reader_of(a), a.diagnosis, a.id, a.version,
+                        storage.annotation_mask(a), confidence=a.confidence, regions=tuple(a.regions or ()),
+                        canvas=a.canvas_json, background_fit=a.background_fit)
+                for a in latest if not is_excluded(a)]
+    if with_consensus:
+        readings += consensus_readings(readings)
+    excluded = sorted((Exclusion(a.image_sha, ids[a.image_sha], reader_of(a),
+                                 getattr(a, "exclusion", None) or "reason not recorded", a.id, a.version)
+                       for a in latest if is_excluded(a)), key=lambda e: (order[e.image_sha], e.reader))
+    read = {a.image_sha for a in latest}
+    return SessionData(session.name, session.id, bool(session.blind), images,
+                       tuple(sorted(readings, key=lambda r: (order[r.image_sha], r.consensus,  # readers, then consensus
+                                                             r.reader if not r.consensus else "",
+                                                             CONSENSUS_READERS.index(r.reader) if r.consensus else 0))),
                        tuple(r.sha256 for r in rows if r.sha256 in hidden_set),
-                       tuple(sha for sha in images if sha not in read))
+                       tuple(sha for sha in images if sha not in read), tuple(excluded))
 
 
 def fingerprint(s: Session, session_id: int) -> str:
@@ -242,6 +322,7 @@ class PairKey:
     target: str  # the expert's class
     explained: str  # the class the heatmap explains
     predicted: str  # the model's top class
+    consensus: bool = False  # the reading is a consensus pseudo-reader's
 
 
 @dataclass(frozen=True)
@@ -278,7 +359,7 @@ def load_pairs(s: Session, data: SessionData, model: ModelRef, method: str, *,
             continue
         predicted = max(model.classes, key=lambda c: found.probabilities.get(c, -1.0))
         keys.append(PairKey(reading.image_sha, reading.image_id, reading.reader, reading.diagnosis, found.target,
-                            predicted))
+                            predicted, reading.consensus))
         maps.append(heatmap)
         masks.append(reading.mask)
     shapes: dict[tuple, list[int]] = {}
@@ -326,8 +407,11 @@ def score_pairs(pairs: PairSet, threshold: str = "otsu", rule: str = "true_posit
 
 def diagnosis(pairs: PairSet, keep: Callable[[PairKey], bool] = lambda k: True, *, n_boot: int = 1000,
               seed: int = 0) -> agreement.DiagnosisAgreement | None:
-    """Expert's class versus the model's top class over the readings (uncertain ones left out); None if none."""
-    keys = [k for k in pairs.keys if keep(k) and k.target != storage.UNCERTAIN]
+    """Expert's class versus the model's top class over the readings (uncertain ones left out); None if none.
+
+    Consensus pseudo-readers are left out: their diagnoses are the readers' own, counted again.
+    """
+    keys = [k for k in pairs.keys if keep(k) and not k.consensus and k.target != storage.UNCERTAIN]
     if not keys:
         return None
     labels = list(dict.fromkeys([*pairs.model.classes, *sorted({k.target for k in keys})]))
@@ -337,10 +421,10 @@ def diagnosis(pairs: PairSet, keep: Callable[[PairKey], bool] = lambda k: True, 
 
 def reader_pairs(data: SessionData, readers: Collection[str] | None = None, *,
                  rule: str = "true_positive_only") -> list[agreement.ReaderPair]:
-    """Reader-versus-reader IoU on every image two or more (of ``readers``) marked."""
+    """Reader-versus-reader IoU on every image two or more (of ``readers``) marked; consensus never compared."""
     masks: dict[str, dict[str, np.ndarray]] = {}
     for r in data.readings:
-        if readers is None or r.reader in readers:
+        if not r.consensus and (readers is None or r.reader in readers):
             masks.setdefault(r.image_id, {})[r.reader] = r.mask
     return agreement.reader_agreement(masks, rule=rule)
 
@@ -360,7 +444,8 @@ def hidden_for(s: Session, reader: str | None) -> set[str]:
 
 
 __all__ = [
-    "BASELINE", "CAM_TARGETS", "ModelRef", "PairKey", "PairSet", "Reading", "SessionData", "SessionScoresError",
-    "check_options", "compute_missing", "diagnosis", "fingerprint", "hidden_for", "load_pairs", "missing_jobs",
-    "read_session", "reader_pairs", "score_pairs", "threshold_free",
+    "BASELINE", "CAM_TARGETS", "CONSENSUS_MAJORITY", "CONSENSUS_READERS", "CONSENSUS_STAPLE", "EXCLUDED", "Exclusion",
+    "ModelRef", "PairKey", "PairSet", "Reading", "SessionData", "SessionScoresError", "check_options",
+    "compute_missing", "consensus_readings", "diagnosis", "excluded_note", "fingerprint", "hidden_for", "load_pairs",
+    "missing_jobs", "read_session", "reader_pairs", "score_pairs", "threshold_free",
 ]

@@ -7,7 +7,7 @@ import streamlit as st
 import ui_state as ui
 from cxr_core import agreement, reports
 from cxr_core.errors import CXRError
-from cxr_core.session_scores import BASELINE, SessionScoresError, diagnosis
+from cxr_core.session_scores import BASELINE, CONSENSUS_READERS, SessionScoresError, diagnosis, excluded_note
 
 st.title("Heatmap agreement")
 st.caption(
@@ -55,6 +55,8 @@ if not chosen:
     st.stop()
 
 data = ui.agreement_data(session_name, view)
+if data.excluded:
+    st.info(excluded_note(data.excluded), icon=":material/block:")
 if not data.readings:
     st.info("No submitted reading to compare with yet in this session (or none you may see).")
     st.stop()
@@ -98,18 +100,30 @@ if not all_scores:
     st.info("No heatmap is computed for these readings yet: compute them above.")
     st.stop()
 classes = sorted({s.target for s in all_scores})
-readers = sorted({s.reader for s in all_scores})
+readers = sorted({s.reader for s in all_scores} - set(CONSENSUS_READERS))
+pseudo = [c for c in CONSENSUS_READERS if any(s.reader == c for s in all_scores)]
 with controls[3]:
     pick_classes = st.multiselect("Expert's class", classes, default=classes,
                                   key=ui.agreement_filter_key(ui.AGREEMENT_CLASSES, session_name, classes))
     pick_readers = st.multiselect("Reader", readers, default=readers,
                                   key=ui.agreement_filter_key(ui.AGREEMENT_READERS, session_name, readers))
-scores = [s for s in all_scores if s.target in pick_classes and s.reader in pick_readers]
+    pick_consensus = st.multiselect(
+        "Consensus of the readers", pseudo, default=[], key=ui.agreement_filter_key(ui.AGREEMENT_CONSENSUS,
+                                                                                    session_name, pseudo),
+        disabled=not pseudo, placeholder="none" if pseudo else "needs a film read by two or more readers",
+        help="Score the heatmaps against a consensus of the readers of each film two or more read, as an extra "
+             "reader: majority vote (pixels more than half of them marked; a tie is left out) or STAPLE "
+             "(probability >= 0.5). Not chosen by default, so the numbers do not count each reader twice. "
+             "Readers are never compared with their own consensus, and diagnosis kappa leaves it out.")
+chosen_readers = {*pick_readers, *pick_consensus}
+scores = [s for s in all_scores if s.target in pick_classes and s.reader in chosen_readers]
 if not scores:
     st.info("No scores for this choice of classes and readers.")
     st.stop()
 n_images = len({s.image_id for s in scores})
-st.caption(f"{n_images} image(s), {len(pick_readers)} reader(s); threshold **{threshold}**, rule **{rule}**. "
+st.caption(f"{n_images} image(s), {len(pick_readers)} reader(s)"
+           f"{' and ' + ', '.join(pick_consensus) if pick_consensus else ''}; "
+           f"threshold **{threshold}**, rule **{rule}**. "
            f"{len(data.unread)} visible image(s) have no submitted reading yet.")
 
 
@@ -209,6 +223,6 @@ for col, (fmt, label, suffix, mime) in zip(exports, (
         ("csv", "CSV (one row per image × model × reader)", "csv", "text/csv"),
         ("json", "JSON (everything)", "json", "application/json"),
         ("html", "HTML report (opens offline)", "html", "text/html"),
-        ("coco", "COCO masks (expert and heatmap)", "coco.json", "application/json"))):
+        ("coco", "COCO (each drawn region, consensus and heatmap masks)", "coco.json", "application/json"))):
     col.download_button(label, lambda fmt=fmt: ui.agreement_export(fmt, data, pairsets, scores, rule),
                         f"{stem}.{suffix}", mime, on_click="ignore", icon=":material/download:")

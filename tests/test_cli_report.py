@@ -23,7 +23,7 @@ from conftest import REPO
 from cxr_core import agreement, reports
 from cxr_core import session_scores as ss
 from cxr_core.cli import main
-from test_session_scores import READINGS, build_study, model_refs
+from test_session_scores import READINGS, boundary, build_study, model_refs
 
 
 @pytest.fixture
@@ -51,13 +51,14 @@ class Images(HTMLParser):
 
 
 def test_report_computes_heatmaps_and_matches_agree_on_each_pair(study, use_registry, tmp_path, capsys):
-    code, text = report(tmp_path, "csv", "--reader", "Researcher", "--threshold", "0.5")
+    code, text = report(tmp_path, "csv", "--reader", "Researcher", "--threshold", "0.5", "--no-consensus")
     assert code == 0
     out = capsys.readouterr()
-    assert "wrote csv report of session 'Blind 1'" in out.out and "readers Dr A, Dr B" in out.out
+    assert "wrote csv report of session 'Blind 1'" in out.out and "readers Dr A, Dr B," in out.out
     assert "heatmaps computed" in out.err  # progress of the missing ones
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 2 * len(READINGS)  # Grad-CAM and random baseline for every reading
+    assert {r["reader"] for r in rows} == {"Dr A", "Dr B"}  # --no-consensus
     assert {r["method"] for r in rows} == {"gradcam", "random"} and {r["threshold"] for r in rows} == {"0.5"}
 
     with study.factory().begin() as s:
@@ -82,7 +83,7 @@ def test_report_computes_heatmaps_and_matches_agree_on_each_pair(study, use_regi
     env = {**os.environ, "CXR_WEIGHTS_DIR": str(use_registry), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-m", "cxr_core", "report", "--session", "Blind 1", "--format", "csv",
                            "--out", str(tmp_path / "again.csv"), "--model", "tiny-effnet", "--reader", "Researcher",
-                           "--threshold", "0.5", "--no-compute", "--allow-ood"], cwd=REPO, env=env, capture_output=True, text=True,
+                           "--threshold", "0.5", "--no-compute", "--allow-ood", "--no-consensus"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "again.csv").read_text() == text
@@ -94,7 +95,9 @@ def test_json_html_and_coco_parse_back(study, use_registry, tmp_path):
     assert code == 0
     payload = json.loads(text)
     assert payload["meta"]["session"] == "Blind 1" and payload["method"]["rules"] == ["full"]
-    assert len(payload["scores"]) == 2 * len(READINGS) and payload["diagnosis"]["n"] == len(READINGS)
+    assert len(payload["scores"]) == 2 * 2 * len(READINGS) and payload["diagnosis"]["n"] == len(READINGS)
+    assert {s["reader"] for s in payload["scores"]} == {"Dr A", "Dr B", *ss.CONSENSUS_READERS}
+    assert payload["meta"]["consensus_readers"] == list(ss.CONSENSUS_READERS) and payload["excluded"]["n"] == 0
     assert payload["meta"]["models"][0]["sha256"] == model_refs(use_registry)["tiny-effnet"].checksum
     assert {g["method"] for g in payload["groups"]} == {"gradcam", "random"}
 
@@ -115,13 +118,22 @@ def test_json_html_and_coco_parse_back(study, use_registry, tmp_path):
     coco = json.loads(text)
     experts = [a for a in coco["annotations"] if a["attributes"]["source"] == "expert"]
     heat = [a for a in coco["annotations"] if a["attributes"]["source"] == "model"]
-    assert len(experts) == len(READINGS) - 1  # Dr A's Normal reading marked nothing
+    assert len(experts) == sum(len(rects) for *_, rects in READINGS)  # one per drawn rectangle
     assert heat and {a["attributes"]["method"] for a in heat} == {"gradcam"}
     with study.factory().begin() as s:
         masks = {(r.image_id, r.reader): r.mask for r in ss.read_session(s, "Blind 1").readings}
-    for a in experts:
-        assert np.array_equal(reports.rle_decode(a["segmentation"]),
-                              masks[(a["attributes"]["image_key"], a["attributes"]["reader"])])
+    union = {}
+    for a in experts:  # pycocotools fills each rectangle's polygon; edges lie on half pixels (the stroke's)
+        from pycocotools import mask as mask_utils
+
+        key = (a["attributes"]["image_key"], a["attributes"]["reader"])
+        h, w = masks[key].shape
+        region = mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w))[..., 0].astype(bool)
+        union[key] = union.get(key, np.zeros((h, w), bool)) | region
+    assert union.keys() == {k for k, m in masks.items() if m.any() and not k[1].startswith("Consensus")}
+    for key, m in union.items():  # so the fills may differ on the edge, and nowhere else
+        assert not ((m ^ masks[key]) & ~boundary(masks[key])).any()
+        assert (m & masks[key]).sum() / (m | masks[key]).sum() > 0.85
     assert [im["file_name"] for im in coco["images"]] == ["img0.png", "img1.png", "img2.png"]
 
 
@@ -137,7 +149,7 @@ def test_images_pending_blind_reading_are_left_out(study, tmp_path, capsys):
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(text)))
     assert {r["image_id"] for r in rows} == {"img0.png", "img1.png"}  # img2 visible to Dr A, not yet computed
-    assert "4 reading x model pairs have no stored heatmap" in capsys.readouterr().err
+    assert "8 reading x model pairs have no stored heatmap" in capsys.readouterr().err  # 2 readers, 2 consensus
 
 
 @pytest.mark.parametrize("args, message", [
@@ -190,3 +202,24 @@ def test_images_that_do_not_look_like_chest_films_are_not_analysed(study, tmp_pa
     assert doc["refused"][0]["model"] == "tiny-effnet" and doc["refused"][0]["reasons"]
     assert doc["scores"] == []
     assert "not analysed by tiny-effnet: noise.png does not look like a frontal chest X-ray" in capsys.readouterr().err
+
+
+def test_excluded_readings_are_left_out_and_counted(study, tmp_path, capsys):
+    from cxr_core import storage
+
+    with study.factory().begin() as s:
+        first = storage.latest_annotation(s, reader_id=study.readers["Dr B"], image_sha=study.shas[1],
+                                          session_id=study.session_id)
+        storage.revise_annotation(s, first.id, exclusion="not readable")
+    code, text = report(tmp_path, "csv", "--reader", "Researcher", "--threshold", "top10%")
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "note: 1 reading excluded by readers (1 not readable): left out of every number." in err
+    rows = list(csv.DictReader(io.StringIO(text)))
+    scored = [r for r in rows if not r["excluded"]]
+    assert ("img1.png", "Dr B") not in {(r["image_id"], r["reader"]) for r in scored}
+    assert {r["reader"] for r in scored if r["image_id"] == "img1.png"} == {"Dr A"}  # one reader left: no consensus
+    assert [(r["image_id"], r["reader"], r["excluded"]) for r in rows if r["excluded"]] == [
+        ("img1.png", "Dr B", "not readable")]
+    code, text = report(tmp_path, "html", "--reader", "Researcher", "--no-compute", "--gallery", "0")
+    assert code == 0 and "1 reading excluded by readers (1 not readable)" in text

@@ -59,15 +59,15 @@ def gallery(at: AppTest) -> list[str]:
 
 
 def expected(url: str, registry, threshold: str = "otsu", rule: str = "true_positive_only", reader="Researcher",
-             method: str = "gradcam") -> dict[str, agreement.Interval]:
-    """The library's pooled non-Normal means for tiny-effnet, as the cards should show them."""
+             method: str = "gradcam", readers=("Dr A", "Dr B")) -> dict[str, agreement.Interval]:
+    """The library's pooled non-Normal means for tiny-effnet over ``readers``, as the cards should show them."""
     from cxr_core import storage
 
     factory = storage.session_factory(storage.make_engine(url))
     with factory.begin() as s:
         data = ss.read_session(s, "Blind 1", hidden=ss.hidden_for(s, reader))
         pairs = ss.load_pairs(s, data, model_refs(registry)["tiny-effnet"], method)
-    scores = ss.score_pairs(pairs, threshold, rule)
+    scores = [x for x in ss.score_pairs(pairs, threshold, rule) if x.reader in readers]
     (group,) = [g for g in agreement.aggregate(scores, by=("model", "method")) if not g.normal]
     kappa = ss.diagnosis(pairs)
     return {**group.metrics, "kappa": agreement.Interval(kappa.kappa, kappa.kappa_lo, kappa.kappa_hi, kappa.n)}
@@ -85,7 +85,8 @@ def test_missing_heatmaps_are_computed_on_request(tmp_path, use_registry, monkey
     caption = at.caption[0].value
     assert "agrees with where the experts marked" in caption and "not diagnoses" in caption
     assert "Viewing as **Researcher** (reviewer)." in [c.value for c in at.caption]
-    assert any("10 heatmap(s) are not computed yet (tiny-effnet: 10)" in w.value for w in at.warning)
+    # 10 for the readers; 4 more (Grad-CAM and baseline of the top class) where the consensus is uncertain
+    assert any("14 heatmap(s) are not computed yet (tiny-effnet: 14)" in w.value for w in at.warning)
     assert not at.metric and not gallery(at)
     at.button(key="agreement_compute").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -133,7 +134,7 @@ def test_gallery_sorts_by_iou_and_follows_the_filters(db_url, use_registry):
     readers.set_value(["Dr A"]).run()
     assert gallery(at) and all(" · Dr A (" in c for c in gallery(at))
     classes = at.multiselect(key=ui.agreement_filter_key(
-        ui.AGREEMENT_CLASSES, "Blind 1", ["COVID-19", "Normal", "Pneumonia", "Tuberculosis"]))
+        ui.AGREEMENT_CLASSES, "Blind 1", ["COVID-19", "Normal", "Pneumonia", "Tuberculosis", "uncertain"]))
     classes.set_value(["COVID-19"]).run()
     assert [c.split(" · ")[:2] for c in gallery(at)] == [["img0.png", "Dr A (COVID-19)"]]
     assert any("1 image(s), 1 reader(s)" in c.value for c in at.caption)
@@ -198,3 +199,36 @@ def test_downloads_hold_the_scores_shown(db_url, use_registry):
     parser = Images()
     parser.feed(html)
     assert parser.alts == [g["image_id"] for g in payload["gallery"]]  # every gallery image is in the page
+
+
+def test_consensus_is_a_separate_filter_chosen_by_nobody_by_default(db_url, use_registry):
+    at = open_page()
+    majority, staple = ss.CONSENSUS_READERS
+    readers = at.multiselect(key=ui.agreement_filter_key(ui.AGREEMENT_READERS, "Blind 1", ["Dr A", "Dr B"]))
+    pseudo = at.multiselect(key=ui.agreement_filter_key(ui.AGREEMENT_CONSENSUS, "Blind 1", [majority, staple]))
+    assert readers.options == ["Dr A", "Dr B"] and pseudo.options == [majority, staple] and pseudo.value == []
+    assert len(gallery(at)) == 6 and not any("Consensus" in c for c in gallery(at))
+    pseudo.set_value([majority]).run()
+    readers.set_value([]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(gallery(at)) == 3 and all(f" · {majority} (" in c for c in gallery(at))  # one per film
+    want = expected(db_url, use_registry, readers=(majority,))
+    assert cards(at)["mIoU"] == shown(want["iou"]) and cards(at)["Relevance mass"] == shown(want["mass"])
+    assert cards(at)["Diagnosis kappa"] == "–"  # kappa leaves the consensus out: it repeats the readers
+    assert any(f"0 reader(s) and {majority}" in c.value for c in at.caption)
+
+
+def test_readings_excluded_by_their_readers_are_counted(tmp_path, use_registry, monkeypatch):
+    from cxr_core import storage
+
+    url = f"sqlite:///{tmp_path / 'annotations.db'}"
+    monkeypatch.setenv("CXR_DATABASE_URL", url)
+    study = build_study(url)
+    with study.factory().begin() as s:
+        first = storage.latest_annotation(s, reader_id=study.readers["Dr B"], image_sha=study.shas[1],
+                                          session_id=study.session_id)
+        storage.revise_annotation(s, first.id, exclusion="not a chest film")
+    at = open_page()
+    assert "1 reading excluded by readers (1 not a chest film): left out of every number." in [
+        i.value for i in at.info]
+    assert any("heatmap(s) are not computed yet" in w.value for w in at.warning)

@@ -20,6 +20,7 @@ from cxr_core.reports import (
     EXPERT_RGB,
     HEATMAP_RGB,
     CocoAnnotation,
+    CocoImage,
     GalleryCase,
     Report,
     ReportError,
@@ -197,3 +198,47 @@ def test_refused_images_are_listed_with_their_reasons(session):
     assert "<h2>Not analysed</h2>" in page and "<td>holiday.jpg</td>" in page and "strong colour" in page
     assert "Not analysed" not in to_html(Report("Session s1", scores))
     assert json.loads(to_json(Report("Session s1", scores)))["refused"] == []
+
+
+EXCLUDED = [{"image_id": "img3", "reader": "dr2", "reason": "not readable"},
+            {"image_id": "img4", "reader": "dr1", "reason": "not a chest film"},
+            {"image_id": "img5", "reader": "dr1", "reason": "not readable"}]
+
+
+def test_excluded_readings_are_counted_in_every_export(session):
+    scores, _, _ = session
+    rows = list(csv.DictReader(io.StringIO(to_csv(scores, EXCLUDED))))
+    assert len(rows) == len(scores) + 3 and all(r["excluded"] == "" for r in rows[:len(scores)])
+    assert [(r["image_id"], r["reader"], r["session"], r["excluded"], r["iou"], r["model"]) for r in rows[-3:]] == [
+        ("img3", "dr2", "s1", "not readable", "", ""), ("img4", "dr1", "s1", "not a chest film", "", ""),
+        ("img5", "dr1", "s1", "not readable", "", "")]
+    report = Report("Session s1", scores, excluded=EXCLUDED)
+    doc = json.loads(to_json(report))
+    note = "3 readings excluded by readers (1 not a chest film, 2 not readable): left out of every number."
+    assert doc["excluded"] == {"n": 3, "note": note, "readings": EXCLUDED}
+    assert doc["checksums"]["scores_csv_sha256"] == hashlib.sha256(to_csv(scores, EXCLUDED).encode()).hexdigest()
+    assert note in to_html(report)
+    assert "excluded by readers" not in to_html(Report("Session s1", scores))
+    assert json.loads(to_json(Report("Session s1", scores)))["excluded"]["n"] == 0
+
+
+def test_coco_writes_polygons_and_lists_images_without_masks():
+    from pycocotools import mask as mask_utils
+
+    square = np.zeros((20, 30), bool)
+    square[4:10, 5:15] = True  # pixels 5..14 x 4..9: the polygon's edges on whole pixels
+    polygon = [5, 4, 15, 4, 15, 10, 5, 10]
+    doc = json.loads(to_coco(
+        [CocoAnnotation("a", "a.png", "nodule/mass", square, reader="dr1", polygon=polygon),
+         CocoAnnotation("a", "a.png", "effusion", square, reader="dr2")],
+        categories=["nodule/mass", "effusion"],
+        images=[CocoImage("b", "b.png", 20, 30, {"readings": [{"reader": "dr1", "exclusion": "not readable"}]}),
+                CocoImage("a", "a.png", 20, 30)]))
+    assert [(im["id"], im["file_name"]) for im in doc["images"]] == [(1, "b.png"), (2, "a.png")]
+    assert doc["images"][0]["attributes"]["readings"][0]["exclusion"] == "not readable"
+    poly, rle = doc["annotations"]
+    assert (poly["segmentation"], poly["iscrowd"], poly["image_id"], poly["category_id"]) == ([polygon], 0, 2, 1)
+    assert rle["iscrowd"] == 1 and rle["category_id"] == 2
+    assert poly["area"] == rle["area"] == 60 and poly["bbox"] == rle["bbox"] == [5, 4, 10, 6]
+    decoded = mask_utils.decode(mask_utils.frPyObjects([polygon], 20, 30))[..., 0].astype(bool)
+    np.testing.assert_array_equal(decoded, square)  # pycocotools fills the polygon to the same pixels

@@ -19,8 +19,10 @@ def register(sub) -> None:
     p.add_argument("--allow-ood", action="store_true",
                    help="also score images a model refuses as not a frontal chest X-ray (expert override; logged)")
     p.add_argument("--format", required=True, choices=FORMATS,
-                   help="csv: one row per image x model x reader; json: everything with method, versions and "
-                        "checksums; html: self-contained report; coco: expert and heatmap masks as COCO RLE")
+                   help="csv: one row per image x model x reader (and one per reading a reader excluded); json: "
+                        "everything with method, versions and checksums; html: self-contained report; coco: one "
+                        "annotation per drawn region (polygon or RLE, category = finding), consensus and heatmap "
+                        "masks, readings' diagnoses as attributes")
     p.add_argument("--out", required=True, type=Path, help="file to write")
     p.add_argument("--model", action="append", default=None, metavar="NAME",
                    help="registered model to score (repeat for several; default: every ready model)")
@@ -37,6 +39,9 @@ def register(sub) -> None:
                    help="report as this reader sees it: images pending in their blind readings are left out "
                         "(default: nobody, so images pending for anyone are left out)")
     p.add_argument("--gallery", type=int, default=3, help="worst and best cases each in the HTML gallery (default 3)")
+    p.add_argument("--no-consensus", action="store_true",
+                   help="leave out the consensus pseudo-readers (majority vote and STAPLE of the readers of each film "
+                        "two or more read), scored by default as extra readers")
     p.add_argument("--no-compute", action="store_true",
                    help="use stored heatmaps only; readings without one are left out")
     p.set_defaults(func=run)
@@ -102,7 +107,7 @@ def run(args) -> int:
 
     from cxr_core import reports
     from cxr_core.session_report import session_report
-    from cxr_core.session_scores import SessionScoresError
+    from cxr_core.session_scores import SessionScoresError, excluded_note
     from cxr_core.storage import make_engine, session_factory
 
     if args.gallery < 0:
@@ -116,6 +121,7 @@ def run(args) -> int:
     result = session_report(factory, args.session, models, method=args.method, threshold=args.threshold,
                             rule=args.rule, cam_target=args.cam_target, reader=args.reader,
                             compute=not args.no_compute, gallery=args.gallery, progress=progress,
+                            with_consensus=not args.no_consensus,
                             screeners=None if args.allow_ood else _screeners([m.name for m, _ in models]))
     if args.allow_ood:
         import logging
@@ -123,7 +129,7 @@ def run(args) -> int:
         logging.getLogger("cxr_core.screening").warning(
             "report for session %r: out-of-distribution refusal overridden (--allow-ood)", args.session)
     report = result.report
-    text = {"csv": lambda: reports.to_csv(report.scores), "json": lambda: reports.to_json(report),
+    text = {"csv": lambda: reports.to_csv(report.scores, report.excluded), "json": lambda: reports.to_json(report),
             "html": lambda: reports.to_html(report), "coco": result.coco}[args.format]()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
@@ -132,13 +138,16 @@ def run(args) -> int:
         print(f"not analysed by {r['model']}: {r['image_id']} does not look like a frontal chest X-ray "
               f"({'; '.join(r['reasons'])})", file=sys.stderr)
     print(f"wrote {args.format} report of session {data.name!r} to {args.out}: {len(report.scores)} scores, "
-          f"{len({s.image_id for s in report.scores})} images, readers {', '.join(data.readers)}, "
+          f"{len({s.image_id for s in report.scores})} images, readers {', '.join(data.readers)}"
+          f"{' and ' + ', '.join(data.consensus_readers) if data.consensus_readers else ''}, "
           f"models {', '.join(m.name for m, _ in models)} ({args.method} and random baseline), "
           f"threshold {report.scores[0].threshold if report.scores else args.threshold}, rule {args.rule}")
     if data.hidden:
         print(f"note: {len(data.hidden)} image(s) left out: still pending in a blind reading"
               + (f" of {args.reader}" if args.reader else " (no --reader given, so pending for anyone)"),
               file=sys.stderr)
+    if data.excluded:
+        print(f"note: {excluded_note(data.excluded)}", file=sys.stderr)
     missing = sum(p.missing for p in result.pairsets)
     if missing:
         print(f"note: {missing} reading x model pairs have no stored heatmap and were left out", file=sys.stderr)
