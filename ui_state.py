@@ -773,24 +773,11 @@ def format_interval(iv, digits: int = 3) -> str:
 
 
 def distribution_figure(scores, metric: str):
-    """Box plots of one metric per class (x) for each model × method; the random baseline in grey."""
-    import math
+    """Box plots of one metric per class for each model × method, the random baseline apart in grey (as the
+    HTML report: :func:`cxr_core.reports.distribution_figure`)."""
+    from cxr_core.reports import distribution_figure as figure
 
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for model, method in sorted({(s.model, s.method) for s in scores}, key=lambda mm: (mm[0], mm[1] == "random")):
-        rows = [s for s in scores if (s.model, s.method) == (model, method) and math.isfinite(getattr(s, metric))]
-        baseline = method == "random"
-        fig.add_trace(go.Box(
-            x=[s.target for s in rows], y=[getattr(s, metric) for s in rows], boxpoints="all", jitter=0.3,
-            name=f"{model} · {'random baseline' if baseline else AGREEMENT_METHODS.get(method, method)}",
-            marker_color="#999999" if baseline else None))
-    fig.update_layout(boxmode="group", yaxis_title=METRIC_LABELS[metric], yaxis_range=[0, 1.02], height=380,
-                      xaxis_title="expert's class", margin=dict(l=50, r=20, t=30, b=40),
-                      title=f"{METRIC_LABELS[metric]} per class and model",
-                      legend=dict(orientation="h", y=-0.25))
-    return fig
+    return figure(scores, metric)
 
 
 def format_ci(iv, digits: int = 3) -> str:

@@ -282,21 +282,47 @@ def _groups_table(groups: Sequence[GroupSummary]) -> str:
     return _table([*keys, "images", *(label for _, label in _SUMMARY)], rows)
 
 
-def _charts(scores: Sequence[ImageScore]) -> str:
-    """IoU and relevance-mass distributions per class and model; plotly.js inlined once."""
+#: How charts and tables name a heatmap method; the random baseline is always named as a baseline.
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "random": "random baseline"}
+BASELINE_GREY = "#999999"
+_METRIC_LABELS = {"iou": "IoU", "dice": "Dice", "hit": "Hit (pointing game)", "mass": "Relevance mass",
+                  "rank": "Relevance rank", "auc": "Pixel AUC"}
+
+
+def series_name(model: str, method: str) -> str:
+    """A chart series' name: ``"model · Grad-CAM"`` or ``"model · random baseline"``."""
+    return f"{model} · {METHOD_LABELS.get(method, method)}"
+
+
+def distribution_figure(scores: Sequence[ImageScore], metric: str, *, height: int = 380):
+    """Box plots of ``metric`` per expert's class (x), one labelled series per model × method.
+
+    The random baseline is its own grey series after its model's CAM method, never pooled with it;
+    the agreement page and the HTML report draw the same figure.
+    """
     import plotly.graph_objects as go
 
+    label = _METRIC_LABELS.get(metric, metric)
+    fig = go.Figure()
+    for model, method in sorted({(s.model, s.method) for s in scores}, key=lambda mm: (mm[0], mm[1] == "random")):
+        rows = [s for s in scores if (s.model, s.method) == (model, method) and math.isfinite(getattr(s, metric))]
+        baseline = method == "random"
+        fig.add_trace(go.Box(x=[s.target for s in rows], y=[float(getattr(s, metric)) for s in rows],
+                             boxpoints="all", jitter=0.3, name=series_name(model, method),
+                             marker_color=BASELINE_GREY if baseline else None))
+    fig.update_layout(boxmode="group", yaxis_title=label, yaxis_range=[0, 1.02], height=height,
+                      xaxis_title="expert's class", margin=dict(l=50, r=20, t=30, b=40),
+                      title=f"{label} per class and model", legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def _charts(scores: Sequence[ImageScore]) -> str:
+    """IoU and relevance-mass distributions per class, model and method (baseline apart); plotly.js inlined once."""
     if not scores:
         return "<p>No scores to chart.</p>"
     parts = []
-    for i, (metric, label) in enumerate((("iou", "IoU"), ("mass", "Relevance mass"))):
-        fig = go.Figure()
-        for model in sorted({s.model for s in scores}):
-            rows = [s for s in scores if s.model == model and math.isfinite(getattr(s, metric))]
-            fig.add_trace(go.Box(x=[s.target for s in rows], y=[getattr(s, metric) for s in rows],
-                                 name=model, boxpoints="all", jitter=0.3))
-        fig.update_layout(title=f"{label} per class and model", boxmode="group", yaxis_title=label,
-                          yaxis_range=[0, 1], height=420, margin=dict(l=50, r=20, t=50, b=40))
+    for i, metric in enumerate(("iou", "mass")):
+        fig = distribution_figure(scores, metric, height=420)
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"chart-{metric}"))
     return "\n".join(parts)
 

@@ -242,3 +242,40 @@ def test_coco_writes_polygons_and_lists_images_without_masks():
     assert poly["area"] == rle["area"] == 60 and poly["bbox"] == rle["bbox"] == [5, 4, 10, 6]
     decoded = mask_utils.decode(mask_utils.frPyObjects([polygon], 20, 30))[..., 0].astype(bool)
     np.testing.assert_array_equal(decoded, square)  # pycocotools fills the polygon to the same pixels
+
+
+def _plot_traces(page: str, div_id: str) -> list[dict]:
+    """The data list of the plotly figure drawn into ``div_id`` (as the page's inline script passes it)."""
+    import re
+
+    match = re.search(r'Plotly\.newPlot\(\s*"' + re.escape(div_id) + r'",\s*', page)
+    assert match, f"no figure drawn into {div_id}"
+    traces, _ = json.JSONDecoder().raw_decode(page, match.end())
+    return traces
+
+
+def _values(trace: dict, key: str) -> list:
+    """A trace's x or y values, whether plotly wrote a plain list or a typed array (base64 ``bdata``)."""
+    import base64
+
+    value = trace[key]
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).tolist()
+    return list(value)
+
+
+def test_html_charts_keep_the_cam_method_and_the_random_baseline_apart(session):
+    scores, gts, heatmaps = session
+    baseline = score_records(heatmaps["vgg16"][::-1], gts, image_ids=["img0", "img1", "img2"], model="resnet50",
+                             method="random", target=["COVID-19", "COVID-19", "Normal"], reader="dr1", session="s1")
+    mixed = [s for s in scores if s.model == "resnet50"] + baseline
+    page = to_html(Report("Session s1", mixed))
+    for metric in ("iou", "mass"):
+        traces = {t["name"]: t for t in _plot_traces(page, f"chart-{metric}")}
+        assert list(traces) == ["resnet50 · Grad-CAM", "resnet50 · random baseline"]
+        for name, method in (("resnet50 · Grad-CAM", "gradcam"), ("resnet50 · random baseline", "random")):
+            want = [s for s in mixed if s.method == method and math.isfinite(getattr(s, metric))]
+            assert _values(traces[name], "y") == pytest.approx([getattr(s, metric) for s in want])
+            assert _values(traces[name], "x") == [s.target for s in want]
+        assert traces["resnet50 · random baseline"]["marker"]["color"] == "#999999"
+        assert _values(traces["resnet50 · Grad-CAM"], "y") != _values(traces["resnet50 · random baseline"], "y")
