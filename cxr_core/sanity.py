@@ -115,7 +115,7 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, sigma: float 
     vx, vy, vxy = blur(x * x) - ux * ux, blur(y * y) - uy * uy, blur(x * y) - ux * uy
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    return float(s[pad:-pad, pad:-pad].mean())
+    return float(s[pad:s.shape[0] - pad, pad:s.shape[1] - pad].mean())
 
 
 def edge_maps(films: np.ndarray) -> np.ndarray:
