@@ -2,14 +2,18 @@
 
 Two kinds of evidence, both on plain arrays:
 
-- ``image_checks``: cheap pixel and DICOM-header checks (colour, shape, blank, noise, histogram,
-  the chest's left-right intensity layout, modality and body part). Each failed check is a
-  sentence a user can read. Limits were set from measurements on 520 real chest films
-  (``bench/ood_sets.py``) with a wide margin beyond the worst real film, so that they refuse
-  only what is plainly not a chest film.
-- ``FeatureOOD``: distance of a model's penultimate features to the training set
-  (class-conditional Mahalanobis with a shared Ledoit-Wolf covariance [1]_, or k-th nearest
-  neighbour on L2-normalised features [2]_), thresholded at a high percentile of held-out
+- ``image_findings`` / ``image_checks``: cheap pixel and DICOM-header checks (colour, blank, noise,
+  histogram, the chest's left-right intensity layout, modality, body part and view). Each failed
+  check is a :class:`Finding`: a short sentence a radiologist can read (``reason``) and the measured
+  figures (``details``). The pixel limits are not set by hand: :func:`derive_limits` puts each one
+  beyond the worst of real chest films, by half the distance from their median to that worst film
+  (on a log scale for positive measures), and :data:`REAL_FILM_LIMITS` is that rule applied to the
+  520 real films of ``cxr-real`` (``bench/bench_ood.py`` recomputes it and the patient-held-out
+  false refusals of every check). The shape of the image is not a check: wide pediatric films are
+  real chest films, and the feature detector sees every film squeezed to a square anyway.
+- ``FeatureOOD``: distance of a model's (or the lung model's) features to the training set
+  (k-th nearest neighbour on L2-normalised features [2]_, or class-conditional Mahalanobis with a
+  shared Ledoit-Wolf covariance [1]_), thresholded at a high percentile of held-out
   in-distribution scores so that few real films are refused.
 
 References
@@ -17,10 +21,12 @@ References
 .. [1] Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and
    Adversarial Attacks", NeurIPS 2018.
 .. [2] Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022.
+.. [3] Hasler and Suesstrunk, "Measuring colourfulness in natural images", Proc. SPIE 5007, 2003.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,26 +39,68 @@ CHEST_BODY_PARTS = ("CHEST", "THORAX", "TORAX", "LUNG")
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL"})
 _WORK_SIDE = 256  # images are block-averaged to at most this side before measuring
 _BINS = 32
-
-
+#: The feature detector's defaults (one home: ``screening`` and ``calibrate`` use these).
+#: k = 1 and the 99.5th percentile: ``bench/bench_ood.py`` measured at most 1 % of real films of new
+#: patients refused with at least 99 % of its non-chest inputs refused.
+DEFAULT_METHOD = "knn"
+DEFAULT_K = 1
+DEFAULT_PERCENTILE = 99.5
+#: Plain-language sentence of every refusal by the feature detector.
+DETECTOR_REASON = ("This does not look like a frontal chest film: it is unlike every chest film the model "
+                   "was trained on.")
 class OODError(CXRError):
     """Input to an out-of-distribution check or detector has the wrong shape or content."""
 
 
 @dataclass(frozen=True)
 class CheckLimits:
-    """Limits of ``image_checks``; the comments give the range measured on 520 real films.
+    """Limits of the pixel checks. Defaults: :data:`REAL_FILM_LIMITS` (derived from real films).
 
-    Colourfulness is Hasler-Suesstrunk on RGB in [0, 1] (15/255 is "slightly colourful").
+    ``max_colorfulness`` cannot be learnt from grey films (theirs is 0); 0.06 (15/255) is the
+    "slightly colourful" step of Hasler and Suesstrunk's scale [3]_.
     """
 
-    max_colorfulness: float = 0.06  # grayscale films: 0
-    max_aspect: float = 1.6  # real: 1.00 .. 1.35
-    min_std: float = 0.02  # real: 0.053 .. 0.31
-    max_high_freq: float = 0.15  # real: 0.003 .. 0.059; white noise: 1.0
-    max_dominant_grey: float = 0.45  # real: 0.05 .. 0.34 of pixels in one of 32 grey bins
-    min_grey_entropy: float = 0.35  # real: 0.48 .. 0.98 (normalised, 32 bins)
-    min_layout: float = -0.35  # real: -0.05 .. 1.69; rotated or inverted films: mostly < -0.5
+    max_colorfulness: float = 0.06
+    min_std: float = 0.0267  # real films: 0.053 .. 0.31 (median 0.21)
+    max_high_freq: float = 0.151  # real: 0.003 .. 0.059 (median 0.009); white noise: 1.0
+    max_dominant_grey: float = 0.65  # real: 0.05 .. 0.34 (median 0.09) of pixels in one of 32 grey bins
+    min_grey_entropy: float = 0.357  # real: 0.48 .. 0.98 (median 0.88), normalised, 32 bins
+    min_layout: float = -0.533  # real: -0.05 .. 1.69 (median 0.93); inverted or rotated films: mostly < -0.5
+
+
+#: Which way each limit points and on which scale it is derived: (feature, "max" or "min", log scale).
+LIMIT_RULES = {
+    "min_std": ("std", "min", True),
+    "max_high_freq": ("high_freq", "max", True),
+    "max_dominant_grey": ("dominant_grey", "max", True),
+    "min_grey_entropy": ("grey_entropy", "min", True),
+    "min_layout": ("layout", "min", False),
+}
+LIMIT_MARGIN = 0.5
+
+
+def derive_limits(features: Sequence["ImageFeatures"], margin: float = LIMIT_MARGIN) -> CheckLimits:
+    """Limits beyond the worst of ``features`` (real chest films) by ``margin`` x its distance from their median.
+
+    On a log scale for positive measures (contrast, noise, histogram), so a limit never crosses 0;
+    linearly for the signed layout. With ``margin`` 0.5 the 520 real films of ``cxr-real`` give
+    :data:`REAL_FILM_LIMITS`, the defaults of :class:`CheckLimits`.
+    """
+    if len(features) < 2:
+        raise OODError(f"deriving limits needs the features of at least 2 real films, got {len(features)}")
+    out = {}
+    for name, (attr, side, log) in LIMIT_RULES.items():
+        v = np.array([getattr(f, attr) for f in features], dtype=np.float64)
+        if log:
+            v = np.log(np.maximum(v, 1e-12))
+        worst = v.min() if side == "min" else v.max()
+        limit = worst + margin * (worst - float(np.median(v)))
+        out[name] = float(np.exp(limit) if log else limit)
+    return CheckLimits(**out)
+
+
+#: :func:`derive_limits` of the 520 real films of ``cxr-real`` (rounded outward); checked by ``bench/bench_ood.py``.
+REAL_FILM_LIMITS = CheckLimits()
 
 
 @dataclass(frozen=True)
@@ -67,14 +115,41 @@ class ImageFeatures:
     layout: float
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One failed check: which, a sentence a radiologist can read, and the measured figures."""
+
+    check: str  # colour, blank, noise, background, grey_levels, layout, modality, body_part, view, detector
+    reason: str
+    details: str
+
+
 @dataclass
 class OODDecision:
-    """Whether an input may be scored, and why not when it may not."""
+    """Whether an input may be scored, and why not when it may not.
+
+    ``reasons`` are plain sentences; ``details[i]`` holds the figures behind ``reasons[i]`` and
+    ``checks[i]`` names the check (empty lists when a caller built the decision from reasons alone).
+    """
 
     ok: bool
     reasons: list[str] = field(default_factory=list)
     score: float | None = None
     threshold: float | None = None
+    details: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, findings: Sequence[Finding], score: float | None = None,
+           threshold: float | None = None) -> "OODDecision":
+        """Decision from findings (refused when there is any)."""
+        return cls(not findings, [f.reason for f in findings], score, threshold,
+                   [f.details for f in findings], [f.check for f in findings])
+
+    @property
+    def details_text(self) -> str:
+        """All measured figures in one line (empty when accepted)."""
+        return "; ".join(d for d in self.details if d)
 
 
 def colorfulness(rgb: np.ndarray) -> float:
@@ -165,35 +240,40 @@ def _meta(metadata: dict, *names: str) -> str:
     return ""
 
 
-def metadata_checks(metadata: dict | None) -> list[str]:
-    """Reasons from DICOM header fields (any key spelling: ``Modality`` or ``modality``)."""
+def metadata_findings(metadata: dict | None) -> list[Finding]:
+    """Findings from DICOM header fields (any key spelling: ``Modality`` or ``modality``)."""
     if not metadata:
         return []
-    reasons = []
+    out = []
     modality = _meta(metadata, "modality")
     if modality and modality not in ACCEPTED_MODALITIES:
-        reasons.append(
-            f"DICOM modality is {modality}, not a radiograph "
-            f"({'/'.join(sorted(ACCEPTED_MODALITIES))})"
-        )
+        out.append(Finding("modality", f"The file says this is a {modality} image, not a plain X-ray.",
+                           f"DICOM Modality {modality}; accepted: {', '.join(sorted(ACCEPTED_MODALITIES))}"))
     part = _meta(metadata, "bodypartexamined", "bodypart")
     if part and not any(p in part for p in CHEST_BODY_PARTS):
-        reasons.append(f"DICOM body part is {part}, not CHEST")
+        out.append(Finding("body_part", f"The file says this shows the {part.lower()}, not the chest.",
+                           f"DICOM BodyPartExamined {part}; accepted: {', '.join(CHEST_BODY_PARTS)}"))
     view = _meta(metadata, "viewposition", "view")
     if view in LATERAL_VIEWS:
-        reasons.append(f"DICOM view position is {view}, a lateral view, not frontal (PA/AP)")
-    return reasons
+        out.append(Finding("view", "The file says this is a lateral film; the model reads frontal (PA or AP) films.",
+                           f"DICOM ViewPosition {view}"))
+    return out
 
 
-def image_checks(
+def metadata_checks(metadata: dict | None) -> list[str]:
+    """Sentences of :func:`metadata_findings`."""
+    return [f.reason for f in metadata_findings(metadata)]
+
+
+def image_findings(
     pixels: np.ndarray,
     *,
     was_color: bool = False,
     colorfulness: float | None = None,
     metadata: dict | None = None,
     limits: CheckLimits = CheckLimits(),
-) -> list[str]:
-    """Reasons why an image does not look like a frontal chest radiograph; empty if none.
+) -> list[Finding]:
+    """Why an image does not look like a frontal chest radiograph; empty if nothing is wrong.
 
     Parameters
     ----------
@@ -209,46 +289,53 @@ def image_checks(
 
     Returns
     -------
-    reasons : list of str
-        One sentence per failed check, with the measured value and the limit.
+    findings : list of Finding
+        One per failed check: a plain sentence and the measured value with its limit.
+    """
+    out = []
+    if was_color and colorfulness is not None and colorfulness > limits.max_colorfulness:
+        out.append(Finding("colour", "This is a colour picture (a photograph or a figure), not an X-ray.",
+                           f"colourfulness {colorfulness:.2f}, limit {limits.max_colorfulness:.2f}"))
+    f = image_features(pixels)
+    if f.std < limits.min_std:
+        out.append(Finding("blank", "The image is blank: almost no contrast.",
+                           f"grey-level spread {f.std:.3f}, limit {limits.min_std:.3f}"))
+        return out + metadata_findings(metadata)
+    if f.high_freq > limits.max_high_freq:
+        out.append(Finding("noise", "The image looks like noise, text or a fine texture, not an X-ray.",
+                           f"high-frequency energy {f.high_freq:.2f}, limit {limits.max_high_freq:.2f}"))
+    if f.dominant_grey > limits.max_dominant_grey:
+        out.append(Finding("background", "Most of the image is one flat grey, unlike a chest film.",
+                           f"{f.dominant_grey:.0%} of pixels in one of {_BINS} grey levels, "
+                           f"limit {limits.max_dominant_grey:.0%}"))
+    if f.grey_entropy < limits.min_grey_entropy:
+        out.append(Finding("grey_levels", "The image has too few shades of grey, like a drawing or text.",
+                           f"grey-level entropy {f.grey_entropy:.2f}, limit {limits.min_grey_entropy:.2f}"))
+    if f.layout < limits.min_layout:
+        out.append(Finding("layout", "This does not look like a frontal chest film: there is no bright spine "
+                           "between two darker lungs (it may be rotated, inverted or another body part).",
+                           f"layout {f.layout:.2f} (centre-column minus centre-row brightness), "
+                           f"limit {limits.min_layout:.2f}"))
+    return out + metadata_findings(metadata)
+
+
+def image_checks(
+    pixels: np.ndarray,
+    *,
+    was_color: bool = False,
+    colorfulness: float | None = None,
+    metadata: dict | None = None,
+    limits: CheckLimits = CheckLimits(),
+) -> list[str]:
+    """The sentences of :func:`image_findings` (same arguments).
 
     Examples
     --------
     >>> image_checks(np.zeros((300, 300), np.float32))
-    ['nearly constant (blank) image: contrast 0.000 < 0.02']
+    ['The image is blank: almost no contrast.']
     """
-    reasons = []
-    if was_color and colorfulness is not None and colorfulness > limits.max_colorfulness:
-        reasons.append(
-            f"strong colour (colourfulness {colorfulness:.2f} > {limits.max_colorfulness}): "
-            "a photograph or figure, not a radiograph"
-        )
-    f = image_features(pixels)
-    if f.aspect > limits.max_aspect:
-        reasons.append(f"extreme aspect ratio {f.aspect:.2f} (chest films: at most {limits.max_aspect})")
-    if f.std < limits.min_std:
-        reasons.append(f"nearly constant (blank) image: contrast {f.std:.3f} < {limits.min_std}")
-        return reasons + metadata_checks(metadata)
-    if f.high_freq > limits.max_high_freq:
-        reasons.append(
-            f"noise-like texture: high-frequency energy {f.high_freq:.2f} > {limits.max_high_freq}"
-        )
-    if f.dominant_grey > limits.max_dominant_grey:
-        reasons.append(
-            f"{f.dominant_grey:.0%} of the image is one grey level (a large empty background), "
-            f"chest films have at most {limits.max_dominant_grey:.0%}"
-        )
-    if f.grey_entropy < limits.min_grey_entropy:
-        reasons.append(
-            f"too few grey levels (histogram entropy {f.grey_entropy:.2f} < "
-            f"{limits.min_grey_entropy}): line art or a binary image"
-        )
-    if f.layout < limits.min_layout:
-        reasons.append(
-            f"no bright central band between darker lungs (layout {f.layout:.2f} < "
-            f"{limits.min_layout}): rotated, inverted or not a frontal chest film"
-        )
-    return reasons + metadata_checks(metadata)
+    return [f.reason for f in image_findings(pixels, was_color=was_color, colorfulness=colorfulness,
+                                             metadata=metadata, limits=limits)]
 
 
 def _check_features(features: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -288,9 +375,9 @@ class FeatureOOD:
         features: np.ndarray,
         labels: np.ndarray | None = None,
         *,
-        method: str = "mahalanobis",
-        k: int = 10,
-        percentile: float = 99.5,
+        method: str = DEFAULT_METHOD,
+        k: int = DEFAULT_K,
+        percentile: float = DEFAULT_PERCENTILE,
         holdout: float = 0.2,
         seed: int = 0,
     ) -> FeatureOOD:
@@ -359,7 +446,7 @@ class FeatureOOD:
                 out[s : s + batch] = np.sqrt(np.maximum(np.min(d2, axis=0), 0.0))
         return out
 
-    def set_threshold(self, in_features: np.ndarray, percentile: float = 99.5) -> float:
+    def set_threshold(self, in_features: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> float:
         """Set the threshold to a percentile of scores of held-out in-distribution features."""
         if not 0 < percentile <= 100:
             raise OODError(f"percentile must be in (0, 100], got {percentile}")
@@ -367,18 +454,23 @@ class FeatureOOD:
         self.percentile = float(percentile)
         return self.threshold
 
-    def decide(self, features: np.ndarray, reasons: list[str] | None = None) -> list[OODDecision]:
-        """One decision per row, adding a reason when the score exceeds the threshold."""
-        decisions = []
+    def finding(self, score: float) -> Finding | None:
+        """The detector's finding for one score, or None when it is within the threshold."""
+        if not score > self.threshold:
+            return None
+        return Finding("detector", DETECTOR_REASON,
+                       f"distance to the nearest training films {score:.3f}, threshold {self.threshold:.3f} "
+                       f"({self.method}{f' k={self.k}' if self.method == 'knn' else ''})")
+
+    def decide(self, features: np.ndarray, reasons: list[str] | None = None,
+               findings: Sequence[Finding] = ()) -> list[OODDecision]:
+        """One decision per row: ``findings`` (or bare ``reasons``) plus the detector's finding when over threshold."""
+        base = list(findings) + [Finding("image", r, "") for r in reasons or []]
+        out = []
         for s in self.score(features):
-            why = list(reasons or [])
-            if s > self.threshold:
-                why.append(
-                    f"model features unlike the training chest films "
-                    f"(OOD score {s:.3g} > threshold {self.threshold:.3g})"
-                )
-            decisions.append(OODDecision(not why, why, float(s), self.threshold))
-        return decisions
+            extra = self.finding(float(s))
+            out.append(OODDecision.of(base + ([extra] if extra else []), float(s), self.threshold))
+        return out
 
     def summary(self) -> dict:
         """Small JSON-ready description for a model card."""
@@ -405,8 +497,8 @@ class FeatureOOD:
 
 
 def image_decision(reasons: list[str]) -> OODDecision:
-    """Decision from image checks alone (used when no feature detector is available)."""
-    return OODDecision(not reasons, list(reasons))
+    """Decision from image-check sentences alone (used when no feature detector is available)."""
+    return OODDecision(not reasons, list(reasons), details=[""] * len(reasons), checks=["image"] * len(reasons))
 
 
 def evaluate_detector(

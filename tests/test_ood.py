@@ -1,5 +1,6 @@
-"""Out-of-distribution checks: real chest films pass, other inputs are refused with a reason;
-the feature-space detector separates shifted features and keeps its false-refusal rate."""
+"""Out-of-distribution checks: real chest films (wide ones too) pass, other inputs are refused with a plain
+reason and its figures; limits come from real films; the feature-space detector separates shifted features
+and keeps its false-refusal rate."""
 
 from __future__ import annotations
 
@@ -14,15 +15,25 @@ from pydicom.data import get_testdata_file
 
 from cxr_core.imaging import load_xray
 from cxr_core.ood import (
+    DEFAULT_K,
+    DEFAULT_METHOD,
+    DEFAULT_PERCENTILE,
+    DETECTOR_REASON,
+    REAL_FILM_LIMITS,
+    CheckLimits,
     FeatureOOD,
+    Finding,
     OODDecision,
     OODError,
     colorfulness,
+    derive_limits,
     evaluate_detector,
     image_checks,
     image_decision,
     image_features,
+    image_findings,
     metadata_checks,
+    metadata_findings,
 )
 
 CHEST_FILMS = sorted((Path(__file__).parent / "fixtures" / "ood").glob("*.png"))
@@ -34,6 +45,10 @@ def gray(rgb: np.ndarray) -> np.ndarray:
 
 def one_reason(reasons: list[str], words: str) -> None:
     assert any(words in r for r in reasons), reasons
+
+
+def checks_of(findings: list[Finding]) -> list[str]:
+    return [f.check for f in findings]
 
 
 def test_fixture_folder_holds_real_films():
@@ -54,13 +69,47 @@ def test_rotating_or_inverting_a_film_negates_its_layout(path):
     layout = image_features(pixels).layout
     for changed in (np.rot90(pixels), np.rot90(pixels, 3), 1.0 - pixels):
         assert image_features(changed).layout == pytest.approx(-layout, abs=0.05)
-        if layout > 0.35:  # all but the most off-centre real film: refused for the flipped layout
-            one_reason(image_checks(changed), "no bright central band")
+        if layout > -REAL_FILM_LIMITS.min_layout:  # a clear layout: refused once flipped
+            found = [f for f in image_findings(changed) if f.check == "layout"]
+            assert found and found[0].reason.startswith("This does not look like a frontal chest film")
+            assert found[0].details.endswith("(centre-column minus centre-row brightness), limit -0.53")
 
 
 def test_most_fixture_films_have_a_clear_layout():
     layouts = [image_features(load_xray(p).pixels).layout for p in CHEST_FILMS]
-    assert sum(v > 0.35 for v in layouts) == 5 and min(layouts) > -0.1
+    assert sum(v > -REAL_FILM_LIMITS.min_layout for v in layouts) >= 4 and min(layouts) > -0.1
+
+
+@pytest.mark.parametrize("aspect", [1.64, 1.74, 2.0])
+def test_wide_films_are_not_refused_for_their_shape(aspect):
+    """Wide pediatric originals are chest films: the shape is no longer a check."""
+    pixels = load_xray(CHEST_FILMS[0]).pixels
+    h = pixels.shape[0]
+    wide = np.asarray(Image.fromarray(pixels).resize((int(h * aspect), h), Image.BICUBIC)).clip(0, 1)
+    assert image_features(wide).aspect == pytest.approx(aspect, abs=0.01)
+    assert image_findings(wide) == []
+
+
+def test_limits_are_derived_from_real_films():
+    feats = [image_features(load_xray(p).pixels) for p in CHEST_FILMS]
+    limits = derive_limits(feats, margin=0.5)
+    stds = sorted(f.std for f in feats)
+    assert limits.min_std == pytest.approx(stds[0] * (stds[0] / np.exp(np.median(np.log(stds)))) ** 0.5)  # log scale
+    layouts = [f.layout for f in feats]
+    assert limits.min_layout == pytest.approx(min(layouts) - 0.5 * (np.median(layouts) - min(layouts)))
+    assert limits.max_high_freq > max(f.high_freq for f in feats)  # every fitting film passes its own limits
+    assert all(image_findings(load_xray(p).pixels, limits=limits) == [] for p in CHEST_FILMS)
+    assert derive_limits(feats, margin=1.0).min_layout < limits.min_layout  # a wider margin refuses less
+    with pytest.raises(OODError, match="at least 2 real films"):
+        derive_limits(feats[:1])
+
+
+def test_shipped_limits_are_the_rule_on_real_films_rounded_outward():
+    """The defaults are ``derive_limits`` of cxr-real's 520 films (values printed by bench/bench_ood.py)."""
+    assert CheckLimits() == REAL_FILM_LIMITS
+    assert 0.02 < REAL_FILM_LIMITS.min_std < 0.053 and 0.059 < REAL_FILM_LIMITS.max_high_freq < 0.2
+    assert -0.6 < REAL_FILM_LIMITS.min_layout < -0.05 and 0.34 < REAL_FILM_LIMITS.max_dominant_grey
+    assert not hasattr(REAL_FILM_LIMITS, "max_aspect")
 
 
 def test_real_chest_cr_dicom_passes_with_its_header():
@@ -71,14 +120,18 @@ def test_real_chest_cr_dicom_passes_with_its_header():
 
 def test_colour_photographs_are_refused_for_colour():
     for rgb in (skimage.data.astronaut(), skimage.data.coffee()):
-        reasons = image_checks(gray(rgb), was_color=True, colorfulness=colorfulness(rgb / 255.0))
-        one_reason(reasons, "strong colour")
+        cf = colorfulness(rgb / 255.0)
+        found = image_findings(gray(rgb), was_color=True, colorfulness=cf)
+        assert found[0] == Finding("colour", "This is a colour picture (a photograph or a figure), not an X-ray.",
+                                   f"colourfulness {cf:.2f}, limit 0.06")
+        assert image_checks(gray(rgb), was_color=True, colorfulness=cf)[0] == found[0].reason
 
 
 def test_document_scan_is_refused():
-    reasons = image_checks(skimage.data.page() / 255.0)
-    one_reason(reasons, "extreme aspect ratio")
-    one_reason(reasons, "noise-like texture")
+    found = image_findings(skimage.data.page() / 255.0)
+    assert "noise" in checks_of(found)
+    one_reason([f.reason for f in found], "looks like noise, text or a fine texture")
+    one_reason([f.details for f in found], "high-frequency energy 0.17, limit 0.15")
 
 
 def test_portrait_text_page_is_refused_though_its_aspect_is_film_like():
@@ -89,31 +142,41 @@ def test_portrait_text_page_is_refused_though_its_aspect_is_film_like():
                   font=ImageFont.load_default(size=18))
     pixels = np.asarray(page, np.float32) / 255
     assert image_features(pixels).aspect < 1.6
-    reasons = image_checks(pixels)
-    one_reason(reasons, "one grey level")
+    assert checks_of(image_findings(pixels)) == ["noise"]  # sharp black text on white: fine texture
+
+
+def test_a_mostly_flat_image_is_refused_for_its_background():
+    pixels = np.random.default_rng(2).random((300, 300)) * 0.6  # a textured frame around ...
+    pixels[25:275, 25:275] = 0.9  # ... one flat grey over 69 % of the image
+    found = [f for f in image_findings(pixels) if f.check == "background"]
+    assert found and found[0].reason == "Most of the image is one flat grey, unlike a chest film."
+    assert found[0].details.endswith("of pixels in one of 32 grey levels, limit 65%")
 
 
 def test_knee_radiograph_is_refused_by_its_body_part():
     xray = load_xray(get_testdata_file("RG3_UNCR.dcm", download=False))
-    assert image_checks(xray.pixels, metadata=xray.metadata) == ["DICOM body part is EXTREMITY, not CHEST"]
+    assert image_findings(xray.pixels, metadata=xray.metadata) == [
+        Finding("body_part", "The file says this shows the extremity, not the chest.",
+                "DICOM BodyPartExamined EXTREMITY; accepted: CHEST, THORAX, TORAX, LUNG")]
 
 
 def test_ct_slice_is_refused_by_its_modality():
     xray = load_xray(get_testdata_file("CT_small.dcm", download=False))
-    one_reason(image_checks(xray.pixels, metadata=xray.metadata), "DICOM modality is CT")
+    one_reason(image_checks(xray.pixels, metadata=xray.metadata), "The file says this is a CT image, not a plain X-ray")
 
 
 @pytest.mark.parametrize("kind", ["uniform", "gaussian"])
 def test_pure_noise_is_refused(kind):
     rng = np.random.default_rng(0)
     noise = rng.random((300, 400)) if kind == "uniform" else np.clip(rng.normal(0.5, 0.15, (300, 400)), 0, 1)
-    one_reason(image_checks(noise), "noise-like texture")
+    assert "noise" in checks_of(image_findings(noise))
 
 
 @pytest.mark.parametrize("level", [0.0, 0.5, 1.0])
 def test_blank_images_are_refused(level):
     blank = np.full((256, 256), level) + np.random.default_rng(1).normal(0, 0.004, (256, 256))
-    assert image_checks(blank) == [f"nearly constant (blank) image: contrast {blank.std():.3f} < 0.02"]
+    assert image_findings(blank) == [Finding("blank", "The image is blank: almost no contrast.",
+                                             f"grey-level spread {blank.std():.3f}, limit 0.027")]
 
 
 def test_metadata_checks_accept_chest_radiographs_in_any_key_spelling():
@@ -124,12 +187,16 @@ def test_metadata_checks_accept_chest_radiographs_in_any_key_spelling():
 
 
 def test_metadata_checks_refuse_other_modalities_parts_and_lateral_views():
-    reasons = metadata_checks({"Modality": "MR", "BodyPartExamined": "KNEE", "ViewPosition": "LL"})
-    assert reasons == [
-        "DICOM modality is MR, not a radiograph (CR/DR/DX/RG)",
-        "DICOM body part is KNEE, not CHEST",
-        "DICOM view position is LL, a lateral view, not frontal (PA/AP)",
+    found = metadata_findings({"Modality": "MR", "BodyPartExamined": "KNEE", "ViewPosition": "LL"})
+    assert [(f.check, f.reason, f.details) for f in found] == [
+        ("modality", "The file says this is a MR image, not a plain X-ray.",
+         "DICOM Modality MR; accepted: CR, DR, DX, RG"),
+        ("body_part", "The file says this shows the knee, not the chest.",
+         "DICOM BodyPartExamined KNEE; accepted: CHEST, THORAX, TORAX, LUNG"),
+        ("view", "The file says this is a lateral film; the model reads frontal (PA or AP) films.",
+         "DICOM ViewPosition LL"),
     ]
+    assert metadata_checks({"Modality": "MR"}) == ["The file says this is a MR image, not a plain X-ray."]
 
 
 def test_colorfulness_is_zero_for_gray_and_high_for_a_photograph():
@@ -185,8 +252,8 @@ def test_class_conditional_mahalanobis_refuses_the_gap_between_classes():
     train, labels = gaussian_features(1500, seed=5)
     means = np.stack([train[labels == c].mean(axis=0) for c in range(3)])
     gap = means.mean(axis=0, keepdims=True)
-    per_class = FeatureOOD.fit(train, labels)
-    pooled = FeatureOOD.fit(train)  # one Gaussian: the gap looks typical
+    per_class = FeatureOOD.fit(train, labels, method="mahalanobis")
+    pooled = FeatureOOD.fit(train, method="mahalanobis")  # one Gaussian: the gap looks typical
     assert per_class.score(gap)[0] > per_class.threshold
     assert pooled.score(gap)[0] < pooled.threshold
     assert np.all(per_class.score(means) < per_class.threshold)
@@ -211,16 +278,25 @@ def test_save_and_load_give_identical_scores(method, tmp_path):
     assert json.loads(json.dumps(back.summary()))["method"] == method
 
 
-def test_decide_explains_refusals_and_keeps_image_reasons():
+def test_decide_explains_refusals_in_plain_words_with_figures_and_keeps_image_findings():
     train, labels = gaussian_features(600, seed=10)
     det = FeatureOOD.fit(train, labels)
-    near, far = det.decide(np.stack([train[0], train[0] + 50.0]))
-    assert near.ok and near.reasons == [] and near.threshold == det.threshold
-    assert not far.ok and "unlike the training chest films" in far.reasons[0] and far.score > det.threshold
-    flagged = det.decide(train[:1], reasons=["strong colour"])[0]
-    assert not flagged.ok and flagged.reasons == ["strong colour"]
+    assert (det.method, det.k, det.percentile) == (DEFAULT_METHOD, DEFAULT_K, DEFAULT_PERCENTILE)
+    near, far = det.decide(np.stack([train[0], -train[0]]))
+    assert near.ok and near.reasons == near.details == [] and near.threshold == det.threshold
+    assert not far.ok and far.score > det.threshold
+    assert far.reasons == [DETECTOR_REASON] and far.checks == ["detector"]
+    assert far.details == [f"distance to the nearest training films {far.score:.3f}, threshold {det.threshold:.3f} "
+                           f"(knn k={DEFAULT_K})"]
+    assert far.details_text == far.details[0]
+    colour = Finding("colour", "This is a colour picture.", "colourfulness 0.31, limit 0.06")
+    flagged = det.decide(train[:1], findings=[colour])[0]
+    assert not flagged.ok and flagged.reasons == [colour.reason] and flagged.details == [colour.details]
+    bare = det.decide(train[:1], reasons=["strong colour"])[0]
+    assert not bare.ok and bare.reasons == ["strong colour"] and bare.details == [""]
     assert image_decision([]) == OODDecision(True, [])
     assert not image_decision(["blank"]).ok
+    assert OODDecision(False, ["old record"]).details_text == ""  # decisions built from reasons alone still work
 
 
 def test_set_threshold_on_validation_features_after_fitting_without_holdout():

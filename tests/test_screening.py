@@ -1,6 +1,7 @@
 """Model-aware refusal: real chest films pass; a photograph, a document, a knee film, noise and a
-blank image are refused with a reason by the library, the CLI (exit 2, other files still scored) and
-the review page (no chart, no heatmap); the expert override shows the scores and is logged."""
+blank image are refused with a plain reason and its figures by the library, the CLI (exit 2, other files
+still scored) and the review page (no chart, no heatmap); the expert override shows the scores and is
+logged; the shipped demo detector is the one its card and the defaults describe."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from cxr_core.cli import main
 from cxr_core.errors import ChecksumError, ModelError
 from cxr_core.imaging import load_xray
 from cxr_core.manifest import load_model, read_card, write_card
-from cxr_core.ood import FeatureOOD
+from cxr_core.ood import DETECTOR_REASON, FeatureOOD
 from cxr_core.screening import (
     DETECTOR_FILE,
     LUNG_FEATURES,
@@ -33,7 +34,9 @@ from cxr_core.screening import (
     fit_model_detector,
     grouped_cv_scores,
     lung_features,
+    decision_record,
     override_record,
+    refusal_lines,
     refusal_message,
     screen,
 )
@@ -42,11 +45,19 @@ CHEST_FILMS = sorted((FIXTURES / "cxr").glob("*.png")) + sorted((FIXTURES / "ood
 CHEST = FIXTURES / "cxr" / "covid_hannover_b343e657.png"
 #: Non-chest inputs and words their refusal must contain.
 REFUSED = {
-    "photo.png": "strong colour",
-    "document.png": "extreme aspect ratio",
-    "noise.png": "noise-like texture",
-    "blank.png": "nearly constant (blank) image",
-    "knee.dcm": "DICOM body part is EXTREMITY",
+    "photo.png": "This is a colour picture",
+    "document.png": "looks like noise, text or a fine texture",
+    "noise.png": "looks like noise",
+    "blank.png": "The image is blank",
+    "knee.dcm": "shows the extremity, not the chest",
+}
+#: ... and words of the figures behind it (``details``).
+DETAILS = {
+    "photo.png": "colourfulness 0.",
+    "document.png": "high-frequency energy 0.17, limit 0.15",
+    "noise.png": "high-frequency energy 1.",
+    "blank.png": "grey-level spread 0.000, limit 0.027",
+    "knee.dcm": "DICOM BodyPartExamined EXTREMITY",
 }
 
 
@@ -92,8 +103,36 @@ def test_non_chest_inputs_are_refused_with_a_reason(tiny, non_chest, name):
     decision = screen(tiny, load_xray(non_chest[name]))
     assert not decision.ok
     assert any(REFUSED[name] in r for r in decision.reasons), decision.reasons
+    assert len(decision.details) == len(decision.reasons) == len(decision.checks)
+    assert any(DETAILS[name] in d for d in decision.details), decision.details
+    assert not any(any(ch.isdigit() for ch in r) for r in decision.reasons)  # figures live in details only
     message = refusal_message(decision)
-    assert message.startswith(REFUSAL + " (") and REFUSED[name] in message
+    assert message.startswith(REFUSAL + " (") and REFUSED[name] in message and DETAILS[name] in message
+    record = decision_record(decision)
+    assert record["details"] == decision.details and record["reasons"] == decision.reasons
+    assert refusal_lines(decision) == list(zip(decision.reasons, decision.details))
+
+
+def test_decisions_built_from_reasons_alone_still_phrase_and_record():
+    from cxr_core.ood import OODDecision
+
+    old = OODDecision(False, ["could not be screened (bad file)"])
+    assert refusal_lines(old) == [("could not be screened (bad file)", "")]
+    assert refusal_message(old) == f"{REFUSAL} (could not be screened (bad file))"
+    assert decision_record(old)["details"] == [""]
+
+
+def test_the_shipped_demo_detector_is_the_one_its_card_and_the_defaults_describe():
+    from cxr_core.manifest import file_sha256
+    from cxr_core.ood import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
+
+    folder = FIXTURES.parent.parent / "weights" / "demo-efficientnetv2b0"
+    entry = json.loads((folder / "card.json").read_text())["ood"]
+    det = FeatureOOD.load(folder / DETECTOR_FILE)
+    assert entry["sha256"] == file_sha256(folder / DETECTOR_FILE)
+    assert (det.method, det.k, det.percentile) == (entry["method"], entry["k"], entry["percentile"])
+    assert (det.method, det.k, det.percentile) == (DEFAULT_METHOD, DEFAULT_K, DEFAULT_PERCENTILE)
+    assert det.threshold == pytest.approx(entry["threshold"]) and len(det.bank) == entry["n_fit"]
 
 
 def test_features_are_the_pool_output_and_batching_does_not_change_them(tiny):
@@ -188,7 +227,9 @@ def test_a_detector_beside_the_model_adds_its_score_and_a_feature_reason(own_cop
     screener = Screener.from_loaded(loaded)
     screener.detector.threshold = -1.0  # every film now lies beyond the threshold
     refused = screener.screen([load_xray(val[0])])[0]
-    assert not refused.ok and refused.reasons[0].startswith("model features unlike the training chest films")
+    assert not refused.ok and refused.reasons == [DETECTOR_REASON] and refused.checks == ["detector"]
+    figures = f"distance to the nearest training films {refused.score:.3f}, threshold -1.000"
+    assert refused.details[0].startswith(figures)
     screener.detector.threshold = np.inf
     assert screener.screen([load_xray(val[0])])[0].ok
 
@@ -259,7 +300,8 @@ def test_cli_allow_ood_scores_a_refused_file_and_logs_the_override(use_registry,
     captured = capsys.readouterr()
     record = json.loads(captured.out)
     assert set(record["probabilities"]) == {"COVID-19", "Normal", "Pneumonia", "Tuberculosis"}
-    assert record["ood"]["overridden"] is True and "noise-like texture" in record["ood"]["reasons"][0]
+    assert record["ood"]["overridden"] is True and REFUSED["noise.png"] in record["ood"]["reasons"][0]
+    assert "high-frequency energy" in record["ood"]["details"][0]
     assert "expert override (--allow-ood)" in captured.err
     assert any("expert override" in m and "cli --allow-ood" in m for m in caplog.messages)
 
@@ -288,7 +330,7 @@ def test_page_refuses_non_chest_uploads_without_chart_or_heatmap(use_registry, n
         assert not charts(at)
         assert f"{name} (not analysed)" in captions(at)
         assert not any("overlay" in c or "Grad-CAM" in c for c in captions(at))
-        assert not at.get("download_button")
+        assert not [b for b in at.get("download_button") if b.proto.label != "Download summary (CSV)"]
         assert at.checkbox(key=f"review_ood_override::{at.radio(key='review_selected').value}").value is False
     at.radio(key="review_selected").set_value(at.radio(key="review_selected").options[-1]).run()
     assert main_chart(at) and not any("does not look like" in e for e in texts(at, "error"))
