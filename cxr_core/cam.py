@@ -5,6 +5,10 @@ the gradients of the target class's **pre-softmax** score, asks a small per-meth
 for the channel weights, and forms ``ReLU(sum_c w_c A_c)``. Probabilities and the CAM come out
 of the same ``tf.function`` call (no second forward pass), traced once per engine and method.
 
+The pre-softmax score is the input of the model's final softmax: the file's own logits for models
+imported as ``logits`` (the softmax was appended at import), and ``z`` / ``-z`` for class 1 / class 0 of
+a model imported as one ``sigmoid`` unit (:mod:`cxr_core.model_outputs`).
+
 Heatmaps are min-max normalised **within each image**: colours are relative to that image's
 own strongest evidence and cannot be compared across images or models.
 
@@ -25,6 +29,7 @@ import numpy as np
 from cxr_core.binarize import normalize, upsample
 from cxr_core.errors import CXRError, ModelError
 from cxr_core.imaging import XRay, pixel_sha256
+from cxr_core.model_outputs import output_layer, score_function
 from cxr_core.predict import Prediction, scale_temperature
 from cxr_core.preprocess import prepare_batch
 from cxr_core.zoo import ModelSpec
@@ -128,31 +133,6 @@ def random_channel_weights(sha256: str, channels: int) -> np.ndarray:
 
 # --- the model's forward pass as (activations, pre-softmax input, probabilities) -----------------
 
-def _output_layer(model):
-    """The layer that produces the model's (single) output, and the index of that call's node."""
-    history = getattr(model.outputs[0], "_keras_history", None)
-    return (history[0], history[1]) if history is not None else (model.layers[-1], 0)
-
-
-def _score_function(final) -> Callable:
-    """Map the final layer's input to pre-softmax scores, or say why that is impossible."""
-    import keras
-
-    activation = getattr(final, "activation", None)
-    is_softmax = getattr(activation, "__name__", "") == "softmax"
-    if isinstance(final, keras.layers.Softmax) or (isinstance(final, keras.layers.Activation) and is_softmax):
-        return lambda h: h
-    if isinstance(final, keras.layers.Dense) and is_softmax:
-        def dense_logits(h):
-            z = keras.ops.matmul(h, keras.ops.cast(final.kernel, h.dtype))
-            return z if final.bias is None else z + keras.ops.cast(final.bias, h.dtype)
-        return dense_logits
-    raise CamUnavailableError(
-        f"its last layer {final.name!r} ({type(final).__name__}) is not a softmax, so the pre-softmax "
-        "class scores Grad-CAM needs cannot be read"
-    )
-
-
 def _find_base(model, layer_name: str, base_name: str):
     """The nested model layer (one level deep) that contains ``layer_name``."""
     import keras
@@ -165,12 +145,18 @@ def _find_base(model, layer_name: str, base_name: str):
     raise CamUnavailableError(f"no layer named {layer_name!r} in the model or in a base nested one level deep")
 
 
-def _make_forward(model, layer_name: str, base_name: str = "") -> tuple[Callable, Callable, int]:
+def _make_forward(model, layer_name: str, base_name: str = "", outputs: str = "probabilities"
+                  ) -> tuple[Callable, Callable, int]:
     """``forward(x) -> (activations, final-layer input, probabilities)``, the score function, channels."""
     import keras
 
-    final, node_index = _output_layer(model)
-    score = _score_function(final)
+    final, node_index = output_layer(model)
+    score = score_function(final, outputs)
+    if score is None:
+        raise CamUnavailableError(
+            f"its last layer {final.name!r} ({type(final).__name__}) is not a softmax, so the pre-softmax "
+            "class scores Grad-CAM needs cannot be read"
+        )
     names = {lyr.name for lyr in model.layers}
     if layer_name in names:  # flat: every tensor is on the model's own graph (pattern A)
         acts = model.get_layer(layer_name).output
@@ -239,7 +225,8 @@ class CamEngine:
         self.classes = tuple(classes)
         self.temperature = float(temperature)
         try:
-            self._forward, self._score, self.channels = _make_forward(model, spec.last_conv_layer, spec.base_name)
+            self._forward, self._score, self.channels = _make_forward(model, spec.last_conv_layer, spec.base_name,
+                                                                      spec.outputs)
         except CamUnavailableError:
             raise
         except Exception as exc:  # Keras raises many types for graphs it cannot split

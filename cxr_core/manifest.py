@@ -15,7 +15,7 @@ from typing import Any
 
 from cxr_core.config import get_settings
 from cxr_core.errors import ChecksumError, ModelError, ModelNotFoundError
-from cxr_core.zoo import PREPROCESSING_MODES, SPECS, HeadSpec, ModelSpec, get_spec
+from cxr_core.zoo import OUTPUT_KINDS, PREPROCESSING_MODES, SPECS, HeadSpec, ModelSpec, get_spec
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -44,6 +44,7 @@ class ModelCard:
     intended_use: str = "research review of chest X-ray classifiers; model scores are not diagnoses"
     demo: bool = False
     mask_markers: bool = False
+    outputs: str = "probabilities"  # what the imported file's last layer gave (zoo.OUTPUT_KINDS)
     notes: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -65,6 +66,9 @@ class ModelCard:
         """The :class:`ModelSpec` this model runs with: the zoo's, overridden by the card."""
         if self.preprocessing not in PREPROCESSING_MODES:
             raise ModelError(f"card of {self.name} has preprocessing {self.preprocessing!r}; expected one of {PREPROCESSING_MODES}")
+        if self.outputs not in OUTPUT_KINDS:
+            raise ModelError(f"card of {self.name} has outputs {self.outputs!r}; "
+                             f"expected one of {', '.join(OUTPUT_KINDS)}")
         base = get_spec(self.architecture) if self.architecture.lower() in SPECS else ModelSpec(
             self.architecture, self.architecture, "", self.input_size, self.preprocessing, self.last_conv_layer
         )
@@ -72,6 +76,7 @@ class ModelCard:
         return base.with_overrides(
             input_size=self.input_size, preprocessing=self.preprocessing, last_conv_layer=self.last_conv_layer,
             base_name=self.base_name or None, head=head, mask_markers=self.mask_markers or None,
+            outputs=self.outputs,
         )
 
 
@@ -262,24 +267,42 @@ def import_model(
     *,
     last_conv_layer: str | None = None,
     preprocessing: str | None = None,
+    outputs: str | None = None,
     weights_dir: Path | str | None = None,
     **card_fields: Any,
 ) -> LoadedModel:
     """Register a ``.keras`` model trained elsewhere (flat or with a nested base).
 
-    Checks that it loads, takes a square 3-channel image, has the named (or a detected) last
-    convolutional layer, and returns probabilities of ``len(classes)`` that sum to 1.
+    Checks that it loads, takes a square 3-channel image and has the named (or a detected) last
+    convolutional layer. Its last layer may give probabilities, logits or one sigmoid unit
+    (:mod:`cxr_core.model_outputs`; detected from the layer, or ``outputs`` when given); the registered
+    model always returns probabilities of ``len(classes)`` that sum to 1, and the card records ``outputs``.
     """
     import numpy as np
+
+    from cxr_core.model_outputs import detect_outputs, output_layer, probability_model
 
     path = Path(file)
     if not path.is_file():
         raise ModelNotFoundError(f"model file {path} does not exist")
-    model = _load_keras(path)
-    _check_outputs(model, list(classes), name)
-    shape = model.input_shape
+    original = _load_keras(path)
+    shape = original.input_shape
     if isinstance(shape, list) or len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
         raise ModelError(f"model input shape is {shape}; CXR Review needs a square 3-channel image input (None, S, S, 3)")
+    detected = detect_outputs(original)
+    kind = outputs or detected
+    final = output_layer(original)[0]
+    if kind is None:
+        raise ModelError(f"cannot tell what its last layer {final.name!r} ({type(final).__name__}) gives; pass "
+                         f"--outputs {'|'.join(OUTPUT_KINDS)}")
+    if outputs and detected == "probabilities" and outputs != detected:
+        raise ModelError(f"--outputs {outputs}, but its last layer {final.name!r} applies a softmax: "
+                         "its outputs are probabilities already")
+    if kind == "sigmoid" and len(classes) != 2:
+        raise ModelError(f"a single sigmoid unit gives two classes (1 - p, then p); got {len(classes)}: "
+                         f"{', '.join(classes)}")
+    model = probability_model(original, kind)
+    _check_outputs(model, list(classes), name)
     zoo_spec = get_spec(arch) if arch.lower() in SPECS else None
     layer = last_conv_layer or (zoo_spec.last_conv_layer if zoo_spec and has_layer(model, zoo_spec.last_conv_layer) else None)
     layer = layer or find_last_conv_layer(model)
@@ -288,17 +311,34 @@ def import_model(
     mode = preprocessing or (zoo_spec.preprocessing if zoo_spec else "unit")
     probs = np.asarray(model(np.zeros((1, shape[1], shape[2], 3), np.float32), training=False))
     if not np.isfinite(probs).all() or abs(float(probs.sum()) - 1.0) > 1e-3 or probs.min() < 0:
-        raise ModelError(f"model output sums to {float(probs.sum()):.4f}, not 1: it must end in a softmax over the classes")
+        raise ModelError(f"model output sums to {float(probs.sum()):.4f}, not 1: it must end in a softmax over the "
+                         "classes (or pass --outputs logits)")
     base_name = next((lyr.name for lyr in model.layers if hasattr(lyr, "layers") and has_layer(lyr, layer)), "")
     card = ModelCard(
         name=name, architecture=zoo_spec.arch if zoo_spec else arch, classes=list(classes), input_size=int(shape[1]),
-        preprocessing=mode, last_conv_layer=layer, base_name=base_name, **card_fields,
+        preprocessing=mode, last_conv_layer=layer, base_name=base_name, outputs=kind, **card_fields,
     )
+    if kind != "probabilities":
+        card.notes = [*card.notes, _OUTPUT_NOTES[kind].format(layer=final.name, file=path.name,
+                                                              sha=file_sha256(path))]
     folder = _weights_dir(weights_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
-    import shutil
+    if model is original:  # the user's file, byte for byte
+        import shutil
 
-    shutil.copyfile(path, folder / MODEL_FILE)
+        shutil.copyfile(path, folder / MODEL_FILE)
+    else:
+        tmp = folder / ("tmp-" + MODEL_FILE)
+        model.save(tmp)
+        os.replace(tmp, folder / MODEL_FILE)
     card.sha256 = file_sha256(folder / MODEL_FILE)
     write_card(folder, card)
     return load_model(name, weights_dir)
+
+
+_OUTPUT_NOTES = {
+    "logits": "imported from {file} (SHA-256 {sha}), whose last layer {layer!r} gives logits: a softmax layer was "
+              "appended, and Grad-CAM differentiates the logits",
+    "sigmoid": "imported from {file} (SHA-256 {sha}), whose last layer {layer!r} is one sigmoid unit: it became a "
+               "two-class softmax (1 - p, p) over the same logit z; Grad-CAM explains class 1 by z and class 0 by -z",
+}

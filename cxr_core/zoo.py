@@ -26,6 +26,10 @@ CLASS_ALIASES: dict[str, tuple[str, ...]] = {
 #: Preprocessing modes: what the network expects after the X-ray is scaled to 0..255 RGB.
 PREPROCESSING_MODES = ("caffe", "tf", "raw", "unit")
 
+#: What an imported file's last layer gives: class probabilities (a softmax), unnormalised class scores
+#: (logits; CXR Review appends the softmax) or one sigmoid unit (two classes: 1 - p, p).
+OUTPUT_KINDS = ("probabilities", "logits", "sigmoid")
+
 
 @dataclass(frozen=True)
 class HeadSpec:
@@ -56,6 +60,9 @@ class ModelSpec:
     base_name : the base's layer name when it is nested inside an imported model.
     mask_markers : inpaint burned-in markers and black out the border before the network sees the
         film (``--mask-markers``); a model trained that way must be run that way.
+    outputs : what the imported file's last layer gave (:data:`OUTPUT_KINDS`). The registered model
+        always outputs probabilities; for ``"sigmoid"`` Grad-CAM explains class 1 by the unit's logit
+        ``z`` and class 0 by ``-z``.
     """
 
     arch: str
@@ -69,6 +76,7 @@ class ModelSpec:
     imagenet_file: str = ""
     base_name: str = ""
     mask_markers: bool = False
+    outputs: str = "probabilities"
 
     def with_overrides(self, **changes: Any) -> "ModelSpec":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -128,7 +128,8 @@ def test_import_model_registers_and_refuses_a_class_mismatch(tmp_path, monkeypat
     monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path / "w"))
     args = ["import-model", str(tmp_path / "outside.keras"), "--name", "outside", "--arch", "custom"]
     assert main([*args, "--classes", "Normal", "Pneumonia", "COVID-19"]) == 0
-    assert capsys.readouterr().out.strip() == "registered outside: custom, 3 classes, input 32, Grad-CAM layer conv"
+    assert capsys.readouterr().out.strip() == ("registered outside: custom, 3 classes, input 32, Grad-CAM layer conv, "
+                                               "outputs probabilities (detected)")
     card = json.loads((tmp_path / "w" / "outside" / "card.json").read_text())
     assert card["classes"] == ["Normal", "Pneumonia", "COVID-19"] and len(card["sha256"]) == 64
     assert main([*args, "--classes", "Normal", "Pneumonia"]) == 2

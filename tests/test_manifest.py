@@ -242,9 +242,12 @@ def test_import_refuses_wrong_class_count_and_leaves_no_entry(tmp_path):
 
 
 def test_import_refuses_outputs_that_are_not_probabilities(tmp_path):
+    # a linear last Dense is detected as logits (tests/test_import_outputs.py); told otherwise, import checks
     tiny_model(3, softmax=False).save(tmp_path / "logits.keras")
     with pytest.raises(ModelError, match=r"model output sums to .*, not 1: it must end in a softmax"):
-        import_model(tmp_path / "logits.keras", "raw", "custom", ["A", "B", "C"], weights_dir=tmp_path / "w")
+        import_model(tmp_path / "logits.keras", "raw", "custom", ["A", "B", "C"], outputs="probabilities",
+                     weights_dir=tmp_path / "w")
+    assert not (tmp_path / "w" / "raw").exists()
 
 
 def test_import_refuses_non_square_input_missing_file_and_unknown_layer(tmp_path):

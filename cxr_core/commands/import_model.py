@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cxr_core.manifest import import_model
-from cxr_core.zoo import DEFAULT_CLASSES, PREPROCESSING_MODES
+from cxr_core.zoo import DEFAULT_CLASSES, OUTPUT_KINDS, PREPROCESSING_MODES
 
 
 def register(sub) -> None:
@@ -14,6 +14,10 @@ def register(sub) -> None:
     p.add_argument("--classes", nargs="+", default=list(DEFAULT_CLASSES), help="output classes in order")
     p.add_argument("--last-conv-layer", help="layer for Grad-CAM (default: the zoo's, else the last 4-D layer)")
     p.add_argument("--preprocessing", choices=PREPROCESSING_MODES, help="input scaling (default: the zoo's, else unit)")
+    p.add_argument("--outputs", choices=OUTPUT_KINDS,
+                   help="what the last layer gives (default: detected): a softmax's probabilities; logits (a "
+                        "softmax is applied); or one sigmoid unit, which becomes two classes (1 - p, p) in "
+                        "--classes order")
     p.set_defaults(func=run)
 
 
@@ -23,9 +27,11 @@ def run(args) -> int:
     import_tensorflow_quietly()
     loaded = import_model(
         args.file, args.name, args.arch, args.classes,
-        last_conv_layer=args.last_conv_layer, preprocessing=args.preprocessing,
+        last_conv_layer=args.last_conv_layer, preprocessing=args.preprocessing, outputs=args.outputs,
     )
     card = loaded.card
+    how = {"probabilities": "probabilities", "logits": "logits (softmax applied)",
+           "sigmoid": "one sigmoid unit (two classes: 1 - p, p)"}[card.outputs]
     print(f"registered {card.name}: {card.architecture}, {len(card.classes)} classes, input {card.input_size}, "
-          f"Grad-CAM layer {card.last_conv_layer}")
+          f"Grad-CAM layer {card.last_conv_layer}, outputs {how}" + ("" if args.outputs else " (detected)"))
     return 0
