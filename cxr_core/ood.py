@@ -247,7 +247,8 @@ def metadata_findings(metadata: dict | None) -> list[Finding]:
     out = []
     modality = _meta(metadata, "modality")
     if modality and modality not in ACCEPTED_MODALITIES:
-        out.append(Finding("modality", f"The file says this is a {modality} image, not a plain X-ray.",
+        article = "an" if modality[0] in "AEFHILMNORSX" else "a"  # as spoken: an MR, an NM, a CT, a US
+        out.append(Finding("modality", f"The file says this is {article} {modality} image, not a plain X-ray.",
                            f"DICOM Modality {modality}; accepted: {', '.join(sorted(ACCEPTED_MODALITIES))}"))
     part = _meta(metadata, "bodypartexamined", "bodypart")
     if part and not any(p in part for p in CHEST_BODY_PARTS):

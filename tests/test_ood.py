@@ -189,14 +189,15 @@ def test_metadata_checks_accept_chest_radiographs_in_any_key_spelling():
 def test_metadata_checks_refuse_other_modalities_parts_and_lateral_views():
     found = metadata_findings({"Modality": "MR", "BodyPartExamined": "KNEE", "ViewPosition": "LL"})
     assert [(f.check, f.reason, f.details) for f in found] == [
-        ("modality", "The file says this is a MR image, not a plain X-ray.",
+        ("modality", "The file says this is an MR image, not a plain X-ray.",
          "DICOM Modality MR; accepted: CR, DR, DX, RG"),
         ("body_part", "The file says this shows the knee, not the chest.",
          "DICOM BodyPartExamined KNEE; accepted: CHEST, THORAX, TORAX, LUNG"),
         ("view", "The file says this is a lateral film; the model reads frontal (PA or AP) films.",
          "DICOM ViewPosition LL"),
     ]
-    assert metadata_checks({"Modality": "MR"}) == ["The file says this is a MR image, not a plain X-ray."]
+    assert metadata_checks({"Modality": "MR"}) == ["The file says this is an MR image, not a plain X-ray."]
+    assert metadata_checks({"Modality": "US"}) == ["The file says this is a US image, not a plain X-ray."]
 
 
 def test_colorfulness_is_zero_for_gray_and_high_for_a_photograph():
