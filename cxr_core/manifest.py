@@ -268,6 +268,7 @@ def import_model(
     last_conv_layer: str | None = None,
     preprocessing: str | None = None,
     outputs: str | None = None,
+    replace: bool = False,
     weights_dir: Path | str | None = None,
     **card_fields: Any,
 ) -> LoadedModel:
@@ -277,6 +278,7 @@ def import_model(
     convolutional layer. Its last layer may give probabilities, logits or one sigmoid unit
     (:mod:`cxr_core.model_outputs`; detected from the layer, or ``outputs`` when given); the registered
     model always returns probabilities of ``len(classes)`` that sum to 1, and the card records ``outputs``.
+    A model already registered under ``name`` is overwritten only with ``replace=True``.
     """
     import numpy as np
 
@@ -322,6 +324,9 @@ def import_model(
         card.notes = [*card.notes, _OUTPUT_NOTES[kind].format(layer=final.name, file=path.name,
                                                               sha=file_sha256(path))]
     folder = _weights_dir(weights_dir) / name
+    if not replace and ((folder / CARD_FILE).exists() or (folder / MODEL_FILE).exists()):
+        raise ModelError(f"a model named {name!r} is already registered in {folder}; choose another name, "
+                         "or replace it (--replace)")
     folder.mkdir(parents=True, exist_ok=True)
     if model is original:  # the user's file, byte for byte
         import shutil

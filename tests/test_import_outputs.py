@@ -230,6 +230,15 @@ def test_cli_outputs_flag_overrides_what_the_last_layer_does_not_say(tmp_path, m
     logits = np.asarray(original(prepare_batch(images, loaded.spec), training=False), np.float64)
     np.testing.assert_allclose(predict_arrays(loaded.model, loaded.spec, images), softmax(logits), atol=1e-6)
 
+    registered = {p.name: p.read_bytes() for p in (tmp_path / "w" / "opaque").iterdir()}
+    nested("softmax").save(tmp_path / "other.keras")  # a different model under the same name
+    again = ["import-model", str(tmp_path / "other.keras"), *args[2:]]
+    assert main(again) == 2
+    assert "a model named 'opaque' is already registered" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "w" / "opaque").iterdir()} == registered
+    assert main([*again, "--replace"]) == 0
+    assert read_card(tmp_path / "w" / "opaque").outputs == "probabilities"
+
 
 def test_cli_import_and_predict_cam_on_a_nested_efficientnet_ending_in_logits(tmp_path, monkeypatch, capsys):
     import keras

@@ -18,6 +18,7 @@ def register(sub) -> None:
                    help="what the last layer gives (default: detected): a softmax's probabilities; logits (a "
                         "softmax is applied); or one sigmoid unit, which becomes two classes (1 - p, p) in "
                         "--classes order")
+    p.add_argument("--replace", action="store_true", help="overwrite a model already registered under --name")
     p.set_defaults(func=run)
 
 
@@ -28,6 +29,7 @@ def run(args) -> int:
     loaded = import_model(
         args.file, args.name, args.arch, args.classes,
         last_conv_layer=args.last_conv_layer, preprocessing=args.preprocessing, outputs=args.outputs,
+        replace=args.replace,
     )
     card = loaded.card
     how = {"probabilities": "probabilities", "logits": "logits (softmax applied)",
