@@ -136,37 +136,57 @@ class CanvasPen:
         self.page = page
         self.canvas = page.locator(selector).first
 
-    def box(self) -> dict:
-        self.canvas.wait_for()
-        box = self.canvas.bounding_box()
-        assert box is not None, "the drawing canvas is not on screen"
-        return box
+    def box(self, timeout: float = 180) -> dict:
+        """The canvas's bounding box on the page, once it is laid out (a rerun can briefly remount it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.canvas.wait_for(timeout=timeout * 1000)
+            box = self.canvas.bounding_box()
+            if box is not None and box["width"] > 0:
+                return box
+            if time.monotonic() > deadline:
+                pytest.fail(f"the drawing canvas was not laid out on the page within {timeout:.0f} s")
+            time.sleep(0.2)
 
-    def _at(self, box: dict, x: float, y: float) -> tuple[float, float]:
-        return box["x"] + x, box["y"] + y
+    def _at(self, box: dict, x: float, y: float) -> tuple[int, int]:
+        """The page pixel for canvas point (x, y): whole pixels, as the browser reports mouse positions."""
+        return round(box["x"] + x), round(box["y"] + y)
 
-    def polygon(self, points) -> None:
-        """Polygon tool: click each corner, then the first corner again (its handle) to close the shape."""
+    def _drawn(self, box: dict, pages) -> list[tuple[float, float]]:
+        return [(px - box["x"], py - box["y"]) for px, py in pages]
+
+    def polygon(self, points) -> list[tuple[float, float]]:
+        """Polygon tool: click each corner, then the first corner again (its handle) to close the shape.
+
+        Returns the corners where the mouse clicked, in CSS pixels from the canvas's corner (within
+        half a pixel of ``points``: the mouse moves by whole page pixels); the same for every tool.
+        """
         box = self.box()
-        for x, y in [*points, points[0]]:
-            self.page.mouse.click(*self._at(box, x, y))
+        pages = [self._at(box, x, y) for x, y in points]
+        for px, py in [*pages, pages[0]]:
+            self.page.mouse.click(px, py)
+        return self._drawn(box, pages)
 
-    def drag(self, start, end, steps: int = 12) -> None:
+    def drag(self, start, end, steps: int = 12) -> list[tuple[float, float]]:
         """Rectangle tool (corner to corner) or circle tool (diameter from press to release): one drag."""
         box = self.box()
-        self.page.mouse.move(*self._at(box, *start))
+        pages = [self._at(box, *start), self._at(box, *end)]
+        self.page.mouse.move(*pages[0])
         self.page.mouse.down()
-        self.page.mouse.move(*self._at(box, *end), steps=steps)
+        self.page.mouse.move(*pages[1], steps=steps)
         self.page.mouse.up()
+        return self._drawn(box, pages)
 
-    def freehand(self, points) -> None:
+    def freehand(self, points) -> list[tuple[float, float]]:
         """Freehand tool: press at the first point, pass through every point in turn, release at the last."""
         box = self.box()
-        self.page.mouse.move(*self._at(box, *points[0]))
+        pages = [self._at(box, x, y) for x, y in points]
+        self.page.mouse.move(*pages[0])
         self.page.mouse.down()
-        for x, y in points[1:]:
-            self.page.mouse.move(*self._at(box, x, y))
+        for px, py in pages[1:]:
+            self.page.mouse.move(px, py)
         self.page.mouse.up()
+        return self._drawn(box, pages)
 
     def colours(self, points, radius: int = 3) -> list[list[tuple[int, int, int]]]:
         """RGB of the marks layer (transparent black where nothing is drawn) around each point (CSS pixels).
