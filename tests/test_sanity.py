@@ -328,3 +328,24 @@ def test_unlabelled_folder_films_are_spread_over_the_names(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images"):
         film_paths(tmp_path / "empty", 3)
+
+
+def test_a_nested_base_is_randomised_inside_its_copy_and_the_original_kept():
+    """Imported models may nest their base as one layer; its inner blocks are still randomised, on the copy."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    b_in = keras.Input((SIDE, SIDE, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="block1_conv")(b_in)
+    base = keras.Model(b_in, keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="top_conv")(x),
+                       name="base")
+    inp = keras.Input((SIDE, SIDE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(base(inp))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="logits")(pooled))
+    before = [w.copy() for w in model.get_weights()]
+    films, _ = blob_films(4, seed=3)
+    result = run_sanity(model, ModelSpec("nested", "Nested", "", SIDE, "tf", "top_conv", base_name="base"), CLASSES,
+                        list(films), methods=("gradcam",), n_boot=50, steps=2)
+    assert result["settings"]["blocks"] == ["logits", "top", "block1"]
+    assert [r["block"] for r in result["methods"]["gradcam"]["cascade"]] == ["logits", "top", "block1"]
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
