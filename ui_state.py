@@ -130,6 +130,10 @@ REVIEW_COLORMAP = "review_colormap"
 REVIEW_VIEW = "review_view"
 REVIEW_COMPARE = "review_compare"
 REVIEW_DECODED = "review_decoded"  # session LRU of decoded X-rays
+REVIEW_OUTLINE = "review_outline"  # checkbox: draw the Otsu outline over the overlay
+REVIEW_ZOOM = "review_zoom"  # 1, 2 or 4 (cxr_core.overlay.ZOOMS)
+REVIEW_ZOOM_ROW = "review_zoom_row"  # zoom centre, percent of the height from the top
+REVIEW_ZOOM_COL = "review_zoom_col"  # zoom centre, percent of the width from the left
 
 
 def review_target_key(model_name: str) -> str:
@@ -138,7 +142,7 @@ def review_target_key(model_name: str) -> str:
 
 
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
-VIEWS = ("Overlay", "Side by side", "Otsu outline", "Original")
+VIEWS = ("Overlay", "Side by side", "Original")
 PREDICTED = "__predicted__"  # target picker value: explain the model's top class
 DECODED_LRU = 16
 #: Chest films are roughly square (real ones measured 1.00 to 1.36); past this, warn.
@@ -254,27 +258,50 @@ def film(item: Item) -> np.ndarray:
     return (np.clip(item.display, 0, 1) * 255).astype(np.uint8)
 
 
-def overlay_image(item: Item, analysis: Analysis, view: str, colormap: str, opacity: float) -> np.ndarray:
-    """The display-size picture for one view: the film alone, or with the heatmap blended in."""
-    from cxr_core.overlay import overlay
+def overlay_image(item: Item, analysis: Analysis | None, view: str, colormap: str, opacity: float, *,
+                  outline: bool = False, zoom: int = 1, centre: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+    """The display-size picture for one view: the film alone ("Original", or no heatmap), or with the heatmap.
 
-    if view == "Original" or analysis.cam is None or analysis.cam.all_zero:
+    ``zoom`` > 1 cuts a 1/zoom window around ``centre`` (row, column fractions) from the full-size
+    film (:func:`cxr_core.overlay.zoom_view`), so a zoom shows the film's own detail.
+    """
+    from cxr_core.overlay import overlay, zoom_view
+
+    cam = analysis.cam if analysis is not None else None
+    heatmap = None if view == "Original" or cam is None or cam.all_zero else cam.heatmap
+    if zoom != 1:
+        return zoom_view(item.xray.pixels, heatmap, zoom=zoom, centre=centre, max_side=DISPLAY_SIDE,
+                         colormap=colormap, opacity=opacity, outline=outline)
+    if heatmap is None:
         return film(item)
-    if view == "Otsu outline":
-        return overlay(item.display, analysis.cam.heatmap, colormap=colormap, opacity=opacity, outline=True)
-    return overlay(item.display, analysis.cam.heatmap, colormap=colormap, opacity=opacity)
+    return overlay(film(item), heatmap, colormap=colormap, opacity=opacity, outline=outline)
 
 
-def full_size_overlay_png(item: Item, analysis: Analysis, colormap: str, opacity: float, outline: bool):
-    """A no-argument callable making the overlay PNG at the X-ray's original size (run on download)."""
-    pixels, grid = item.xray.pixels, analysis.cam.grid
+def overlay_caption(model: str, method: str, target: str) -> str:
+    """What made a heatmap, as the downloaded overlay's footer says it: "<model> · <method> · target <class>"."""
+    return f"{model} · {METHOD_LABELS.get(method, method)} · target {target}"
+
+
+def full_size_overlay_png(item: Item, analysis: Analysis, colormap: str, opacity: float, outline: bool, *,
+                          model: str):
+    """A no-argument callable making the overlay PNG at the X-ray's original size (run on download).
+
+    Under the film: a footer band with the legend ("low" / "high", relative within this film) and
+    :func:`overlay_caption`; the same facts go in the PNG's text chunks (Model, Method, Target...).
+    """
+    pixels, cam = item.xray.pixels, analysis.cam
+    caption = overlay_caption(model, cam.method, cam.target)
+    text = {"Title": f"Heatmap overlay: {caption}", "Model": model, "Method": METHOD_LABELS.get(cam.method, cam.method),
+            "Target": cam.target, "Colormap": colormap, "Legend": "low to high, relative within this film",
+            "Image SHA-256": item.xray.sha256, "Comment": "model scores and heatmaps are not diagnoses"}
 
     def make() -> bytes:
         from cxr_core.binarize import normalize, upsample
-        from cxr_core.overlay import overlay, to_png_bytes
+        from cxr_core.overlay import overlay, to_png_bytes, with_legend
 
-        return to_png_bytes(overlay(pixels, normalize(upsample(grid, pixels.shape)), colormap=colormap,
-                                    opacity=opacity, outline=outline))
+        blended = overlay(pixels, normalize(upsample(cam.grid, pixels.shape)), colormap=colormap, opacity=opacity,
+                          outline=outline)
+        return to_png_bytes(with_legend(blended, colormap=colormap, caption=caption), text=text)
 
     return make
 
@@ -356,6 +383,82 @@ def review_warnings(item: Item, entry: ModelEntry) -> list[str]:
         notes.append("The file was in colour and has been converted to grey; X-rays are normally grayscale.")
     notes.extend(xray.warnings)
     return notes
+
+
+@st.cache_data(max_entries=256, show_spinner="Scoring the films...")
+def _predict(weights_dir: str, name: str, sha256: str, image_sha: str, _xray):
+    from cxr_core.predict import predict_loaded
+
+    return predict_loaded(_loaded_model(weights_dir, name, sha256), [_xray])[0]
+
+
+def film_label(item: Item) -> str:
+    """A film's name in exports: ``film-`` and the first 8 hex digits of its pixel SHA-256.
+
+    Never the file name: upload names often carry a patient's name or record number.
+    """
+    return f"film-{item.xray.sha256[:8]}"
+
+
+def plain_text(note: str) -> str:
+    """A page note without its Markdown emphasis, for a table cell or CSV."""
+    return note.replace("**", "")
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One film of a batch, as the review page's summary table and its CSV show it.
+
+    ``refused`` is "yes" (screened out as not a frontal chest X-ray), "no", or "not checked"
+    (model output hidden, or the model could not run); ``reason`` says why.
+    """
+
+    film: str  # film_label(item): the only film name that leaves the page
+    name: str  # the file name, shown on the page only
+    top_class: str = ""
+    score: float | None = None  # top model score in [0, 1]
+    refused: str = "no"
+    reason: str = ""
+    warnings: tuple[str, ...] = ()
+
+    def page_row(self) -> dict:
+        return {"Film": self.film, "File": self.name, "Top model score": self.top_class,
+                "Score (%)": None if self.score is None else round(100 * self.score, 1), "Refused": self.refused,
+                "Reason": self.reason, "Warnings": len(self.warnings), "Warning details": " | ".join(self.warnings)}
+
+    def csv_row(self, model: str) -> dict:
+        return {"film": self.film, "model": model, "top_class": self.top_class,
+                "top_score_percent": "" if self.score is None else f"{100 * self.score:.1f}",
+                "refused": self.refused, "reason": self.reason, "warnings_count": len(self.warnings),
+                "warnings": " | ".join(self.warnings)}
+
+
+def review_summary(items: list[Item], entry: ModelEntry) -> list[SummaryRow]:
+    """Each readable film's top model score, refusal and warnings under ``entry``'s model (cached per film).
+
+    Follows the page's own path: the blinding gate first, then screening, then scores; a film the
+    gate hides or the screen refuses gets no score.
+    """
+    rows = []
+    for item in items:
+        base = {"film": film_label(item), "name": item.name,
+                "warnings": tuple(plain_text(n) for n in review_warnings(item, entry))}
+        allowed, reason = model_output_allowed(item.xray.sha256)
+        if not allowed:
+            rows.append(SummaryRow(**base, refused="not checked", reason=reason))
+            continue
+        try:
+            decision = screen_item(entry, item)
+            if not decision.ok:
+                rows.append(SummaryRow(**base, refused="yes", reason="does not look like a frontal chest X-ray: "
+                                       + "; ".join(decision.reasons)))
+                continue
+            pred = _predict(_weights_key(), entry.name, entry.card.sha256, item.xray.sha256, item.xray)
+        except CXRError as exc:
+            rows.append(SummaryRow(**base, refused="not checked", reason=f"{entry.name} could not be run: {exc}"))
+            continue
+        rows.append(SummaryRow(**base, top_class=pred.predicted, score=float(pred.confidence)))
+    return rows
 
 
 DICOM_FIELDS = (

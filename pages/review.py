@@ -6,8 +6,9 @@ from pathlib import Path
 import streamlit as st
 
 import ui_state as ui
+from cxr_core.csv_safe import dict_rows_csv
 from cxr_core.errors import CXRError
-from cxr_core.overlay import COLORMAPS, legend_image
+from cxr_core.overlay import COLORMAPS, ZOOMS, legend_band
 from cxr_core.screening import decision_record
 from ui_figures import score_bars
 
@@ -15,7 +16,8 @@ st.title("Review X-rays")
 st.caption(
     "This page shows, for each chest X-ray you upload, the scores a classifier gives to each class and a "
     "Grad-CAM heatmap of the regions that raised the score of one class. Images that do not look like a frontal "
-    "chest X-ray are not analysed, and the page says why. Model scores are not diagnoses."
+    "chest X-ray are not analysed, and the page says why. Several films at once get a summary table, one row a "
+    "film. Model scores are not diagnoses."
 )
 
 # --- the images -----------------------------------------------------------------------------------
@@ -54,14 +56,6 @@ for item in items:
 if not good:
     st.stop()
 
-keys = [i.key for i in good]
-if st.session_state.get(ui.REVIEW_SELECTED) not in keys:
-    st.session_state[ui.REVIEW_SELECTED] = keys[0]
-by_key = {i.key: i for i in good}
-selected = st.radio("Image to review", keys, key=ui.REVIEW_SELECTED, format_func=lambda k: by_key[k].name,
-                    horizontal=True)
-item = by_key[selected]
-
 # --- the model ------------------------------------------------------------------------------------
 entries = ui.registry()
 ready = ui.ready_models(entries)
@@ -93,13 +87,46 @@ entry = by_name[model_col.selectbox("Model", list(by_name), key=ui.REVIEW_MODEL,
                                    format_func=_model_label)]
 card = entry.card
 
+# --- a batch: one row a film ----------------------------------------------------------------------
+if len(good) > 1:
+    st.subheader(f"All {len(good)} films, read by {entry.name}")
+    rows = ui.review_summary(good, entry)
+    st.dataframe(
+        [r.page_row() for r in rows], hide_index=True, width="stretch", key="review_summary_table",
+        column_config={"Score (%)": st.column_config.NumberColumn(format="%.1f%%"),
+                       "Warning details": st.column_config.TextColumn(width="large")},
+    )
+    st.download_button(
+        "Download summary (CSV)", dict_rows_csv([r.csv_row(entry.name) for r in rows]),
+        f"review-summary.{entry.name}.csv", "text/csv", on_click="ignore", icon=":material/download:",
+    )
+    st.caption("Top model score per film: not a diagnosis. Refused: screened out as not looking like a frontal "
+               "chest X-ray, so no score (an expert override on the film's own view below is not carried here); "
+               "not checked: the model's output is hidden for this film or the model could not run. The CSV names "
+               "each film by a code made from its pixels (film-…, the first column here), never by its file name, "
+               "which may identify a patient.")
+    skipped = len(items) - len(good)
+    if skipped:
+        st.caption(f"{skipped} file{'s' if skipped > 1 else ''} could not be read (see above) and "
+                   f"{'are' if skipped > 1 else 'is'} not in this table.")
+
+keys = [i.key for i in good]
+if st.session_state.get(ui.REVIEW_SELECTED) not in keys:
+    st.session_state[ui.REVIEW_SELECTED] = keys[0]
+by_key = {i.key: i for i in good}
+selected = st.radio("Image to review", keys, key=ui.REVIEW_SELECTED, format_func=lambda k: by_key[k].name,
+                    horizontal=True)
+item = by_key[selected]
+
 # --- this image, this model -----------------------------------------------------------------------
 st.divider()
 st.subheader(f"{item.name}, read by {entry.name}")
-for note in ui.review_warnings(item, entry):
-    st.warning(note, icon=":material/warning:")
+notes = ui.review_warnings(item, entry)
+if notes:
+    with st.expander(f"Warnings ({len(notes)})", icon=":material/warning:"):
+        st.markdown("\n".join(f"- {note}" for note in notes))
 
-view_col, side_col = st.columns([3, 2], gap="large")
+view_col, side_col = st.columns([5, 2], gap="medium")
 with side_col:
     scores_box = st.container()
     st.markdown("**Heatmap settings**")
@@ -111,10 +138,16 @@ with side_col:
     )
     method = st.radio("Method", list(ui.METHOD_LABELS), key=ui.REVIEW_METHOD, persist_state="session",
                       format_func=ui.METHOD_LABELS.get, horizontal=True)
-    view = st.radio("View", ui.VIEWS, key=ui.REVIEW_VIEW, persist_state="session", horizontal=True,
-                    help="Otsu outline: the edge of the heatmap's hot region (Otsu threshold) drawn over the "
-                         "overlay; set the opacity to 0 to see it on the plain film.")
-    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=ui.REVIEW_OPACITY, persist_state="session")
+    if st.session_state.get(ui.REVIEW_VIEW) not in ui.VIEWS:
+        st.session_state[ui.REVIEW_VIEW] = ui.VIEWS[0]
+    view = st.radio("View", ui.VIEWS, key=ui.REVIEW_VIEW, persist_state="session", horizontal=True)
+    outline = view != "Original" and st.checkbox(
+        "Outline the hot region (Otsu)", key=ui.REVIEW_OUTLINE, persist_state="session",
+        help="Draws the edge of the region Otsu's threshold cuts from the heatmap, the region the agreement "
+             "page compares with expert marks. Set the opacity to 0 to see it on the plain film.")
+    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=ui.REVIEW_OPACITY, persist_state="session",
+                        help="How strongly the hottest region is tinted; where the heatmap is low the film "
+                             "is never tinted.")
     colormap = st.selectbox("Colour map", COLORMAPS, key=ui.REVIEW_COLORMAP, persist_state="session")
 
 allowed, reason = ui.model_output_allowed(item.xray.sha256)
@@ -161,29 +194,51 @@ with scores_box:
                        "the model is right on its test set; they are still not probabilities of disease.")
 
 with view_col:
+    zoom_col, across_col, down_col = st.columns(3)
+    zoom = zoom_col.segmented_control("Zoom", ZOOMS, key=ui.REVIEW_ZOOM, default=1, required=True,
+                                      persist_state="session",
+                                      format_func=lambda z: "Whole film" if z == 1 else f"{z}x",
+                                      help="Zoom shows a part of the film at its own resolution.") or 1
+    centre = (0.5, 0.5)
+    if zoom != 1:
+        across = across_col.slider("Zoom centre, across (%)", 0, 100, 50, 5, key=ui.REVIEW_ZOOM_COL,
+                                   help="0 is the film's left edge as displayed.")
+        down = down_col.slider("Zoom centre, down (%)", 0, 100, 50, 5, key=ui.REVIEW_ZOOM_ROW,
+                               help="0 is the film's top edge.")
+        centre = (down / 100, across / 100)
+    zoomed = "" if zoom == 1 else f", {zoom}x zoom"
+
+    def picture(shown_view: str, with_outline: bool = False):
+        return ui.overlay_image(item, analysis, shown_view, colormap, opacity, outline=with_outline, zoom=zoom,
+                                centre=centre)
+
     cam = analysis.cam if analysis is not None else None
     if analysis is None:
-        st.image(ui.film(item), caption=f"{item.name} (" + ("not analysed" if refused else "model output hidden") + ")")
+        st.image(picture("Original"), width="stretch",
+                 caption=f"{item.name} (" + ("not analysed" if refused else "model output hidden") + f"){zoomed}")
     elif cam is None:
         st.warning(analysis.cam_error, icon=":material/block:")
-        st.image(ui.film(item), caption=f"{item.name} (no heatmap)")
+        st.image(picture("Original"), caption=f"{item.name} (no heatmap){zoomed}", width="stretch")
     elif cam.all_zero:
         st.info(f"No positive evidence for {cam.target}: the {ui.METHOD_LABELS[method]} map is empty for this image, "
                 "so there is no heatmap to show.", icon=":material/blur_off:")
-        st.image(ui.film(item), caption=f"{item.name} (no heatmap)")
+        st.image(picture("Original"), caption=f"{item.name} (no heatmap){zoomed}", width="stretch")
     else:
         label = f"{ui.METHOD_LABELS[method]} for {cam.target}"
+        shown = f"{label} overlay" + (" with the Otsu outline" if outline else "") + zoomed
         if view == "Side by side":
             left, right = st.columns(2)
-            left.image(ui.film(item), caption=item.name)
-            right.image(ui.overlay_image(item, analysis, "Overlay", colormap, opacity), caption=f"{label} overlay")
+            left.image(picture("Original"), caption=item.name + zoomed, width="stretch")
+            right.image(picture("Overlay", outline), caption=shown, width="stretch")
+        elif view == "Overlay":
+            st.image(picture("Overlay", outline), caption=shown, width="stretch")
         else:
-            caption = {"Overlay": f"{label} overlay", "Otsu outline": f"{label}: outline of the Otsu region",
-                       "Original": f"{item.name} (heatmap hidden)"}[view]
-            st.image(ui.overlay_image(item, analysis, view, colormap, opacity), caption=caption)
-        st.image(legend_image(colormap=colormap, width=768, height=28), width="stretch",
-                 caption="Heatmap colours, low to high: relative within this image only. The hottest spot is always "
-                         "the top colour, however weak; do not compare colours between images or models.")
+            st.image(picture("Original"), caption=f"{item.name} (heatmap hidden){zoomed}", width="stretch")
+        if view != "Original":
+            st.image(legend_band(768, colormap=colormap), width="stretch",
+                     caption="Heatmap colours, low to high, relative within this film: the hottest spot is always the "
+                             "top colour, however weak, and the film is left untinted where the map is low. Do not "
+                             "compare colours between films or models.")
 
 with side_col:
     with st.expander("DICOM details (non-identifying)" if item.xray.source_format == "dicom" else "Image details",
@@ -198,7 +253,7 @@ with side_col:
         if cam is not None and not cam.all_zero:
             st.download_button(
                 "Download overlay (PNG, full size)",
-                ui.full_size_overlay_png(item, analysis, colormap, opacity, view == "Otsu outline"),
+                ui.full_size_overlay_png(item, analysis, colormap, opacity, outline, model=entry.name),
                 f"{stem}.{entry.name}.{method}.overlay.png", "image/png", on_click="ignore", icon=":material/download:",
             )
 

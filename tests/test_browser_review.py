@@ -1,8 +1,9 @@
 """The review page in a real browser: headless Debian chromium against ``streamlit run app.py``.
 
 Uploads a bundled sample (or a fixture film when no samples are installed), waits for the Grad-CAM
-overlay, screenshots the page into the test's temp dir, and records the seconds from upload to
-overlay (cold server: TensorFlow import, model load and CAM tracing included). No timing assertion.
+overlay and its legend, zooms in 2x, screenshots the page into the test's temp dir, and records the
+seconds from upload to overlay (cold server: TensorFlow import, model load and CAM tracing included).
+No timing assertion.
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ def test_upload_a_sample_and_see_the_overlay(tiny_registry, tmp_path, record_pro
         page.wait_for_timeout(1000)  # let plotly finish its transition before the picture
         shot = tmp_path / "review.png"
         page.screenshot(path=str(shot), full_page=True)
+        legend = page.locator("[data-testid='stImage']").filter(has=page.get_by_text("relative within this film"))
+        assert legend.locator("img").first.is_visible()
+        film_box = figure.locator("img").bounding_box()
+        chart_box = page.locator("[data-testid='stPlotlyChart']").first.bounding_box()
+        assert film_box["width"] > 2 * chart_box["width"]  # the film, not the side column, gets the width
+
+        zoom = page.locator("[data-testid='stButtonGroup']").filter(has_text="Whole film")  # the zoom control
+        zoom.get_by_text("2x", exact=True).click()
+        page.get_by_text(re.compile(r"^Grad-CAM for .+ overlay, 2x zoom$")).wait_for(timeout=120_000)
+        page.get_by_text("Zoom centre, across (%)").wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(tmp_path / "review_zoom.png"), full_page=True)
 
         page.get_by_role("link", name="Models").click()
         page.get_by_text("Checksum verified").first.wait_for(timeout=60_000)

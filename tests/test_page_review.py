@@ -15,6 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import FIXTURES, REPO
+from cxr_core.overlay import legend_band
 from dicom_factory import make_dicom
 
 TIMEOUT = 300  # first run imports TensorFlow and traces the CAM step; 2 cores are shared
@@ -50,6 +51,14 @@ def captions(at: AppTest) -> list[str]:
 
 def texts(at: AppTest, kind: str) -> list[str]:
     return [e.value for e in getattr(at, kind)]
+
+
+def warnings_box(at: AppTest) -> tuple[str, list[str]]:
+    """(label, bullet lines) of the one "Warnings (N)" expander of the film under review."""
+    found = [e for e in at.expander if e.label.startswith("Warnings (")]
+    assert len(found) == 1, [e.label for e in at.expander]
+    lines = [line[2:] for m in found[0].markdown for line in m.value.splitlines() if line.startswith("- ")]
+    return found[0].label, lines
 
 
 def png(name: str) -> tuple[str, bytes, str]:
@@ -91,7 +100,7 @@ def test_png_upload_shows_sorted_scores_and_overlay(use_registry):
     assert any(c == CHEST for c in caps)  # the thumbnail
     if not any(f"No positive evidence for {top}" in i for i in texts(at, "info")):
         assert f"Grad-CAM for {top} overlay" in caps
-        assert any("relative within this image" in c for c in caps)
+        assert any("relative within this film" in c for c in caps)  # the legend
     labels = [b.label for b in at.get("download_button")]
     assert "Download result (JSON)" in labels
 
@@ -144,7 +153,7 @@ def test_switch_model_target_method_and_view(use_registry):
     at.selectbox(key="review_model").set_value("tiny-resnet-3class").run()
     assert not at.exception
     assert set(bars(main_chart(at))) == {"COVID-19", "Normal", "Pneumonia"}
-    assert any("no output for **Tuberculosis**" in w for w in texts(at, "warning"))
+    assert any("no output for **Tuberculosis**" in w for w in warnings_box(at)[1])
     target = at.selectbox(key="review_target::tiny-resnet-3class")
     assert target.options == ["the top-scoring class", "COVID-19", "Normal", "Pneumonia"]
     hot, _ = cam_targets("tiny-resnet-3class", "gradcam++")
@@ -156,14 +165,17 @@ def test_switch_model_target_method_and_view(use_registry):
     assert f"{label} overlay" in captions(at)
     turbo = image_url(at, f"{label} overlay")
     at.selectbox(key="review_colormap").set_value("gray").run()
-    assert image_url(at, f"{label} overlay") != turbo  # the colour map is applied
-    at.radio(key="review_view").set_value("Otsu outline").run()
-    assert f"{label}: outline of the Otsu region" in captions(at)
+    gray = image_url(at, f"{label} overlay")
+    assert gray != turbo  # the colour map is applied
+    at.checkbox(key="review_outline").check().run()  # the Otsu outline is an option of the overlay
+    assert image_url(at, f"{label} overlay with the Otsu outline") != gray
     at.radio(key="review_view").set_value("Side by side").run()
-    assert CHEST in captions(at) and f"{label} overlay" in captions(at)
+    assert CHEST in captions(at) and f"{label} overlay with the Otsu outline" in captions(at)
     at.radio(key="review_view").set_value("Original").run()
     assert f"{CHEST} (heatmap hidden)" in captions(at)
-    assert not any(c.endswith("overlay") for c in captions(at))
+    assert not any("overlay" in c for c in captions(at))
+    assert "review_outline" not in [c.key for c in at.checkbox]  # no outline to draw on the plain film
+    assert not any("relative within this film" in c for c in captions(at))  # no heatmap, no legend
     assert bars(main_chart(at))  # the scores stay whatever the view
 
 
@@ -211,7 +223,7 @@ def test_odd_shape_and_missing_models_are_explained(use_registry):
     wide = io.BytesIO()
     Image.fromarray((np.random.default_rng(0).uniform(0, 255, (100, 300))).astype(np.uint8)).save(wide, "PNG")
     at = upload(start(), ("wide.png", wide.getvalue(), "image/png"))
-    assert any("oddly shaped for a chest film (aspect ratio 3.00)" in w for w in texts(at, "warning"))
+    assert any("oddly shaped for a chest film (aspect ratio 3.00)" in w for w in warnings_box(at)[1])
     other = [e for e in at.expander if e.label.startswith("Models not installed")][0]
     notes = " ".join(m.value for m in other.markdown)
     for name in ("VGG16", "Xception"):  # the tiny models are an EfficientNetV2B0 and a ResNet50
@@ -235,8 +247,11 @@ def test_demo_model_is_the_default_and_an_unavailable_heatmap_is_explained(tiny_
     at = upload(start(), png(CHEST))
     assert at.selectbox(key="review_model").value == "zz-demo-no-cam"  # demo first, whatever its name
     assert set(bars(main_chart(at))) == {"COVID-19", "Normal", "Pneumonia"}
+    label, notes = warnings_box(at)
+    assert any("**zz-demo-no-cam is a demonstration model** (demonstration of the review" in w for w in notes)
+    assert label == f"Warnings ({len(notes)})"
     warnings = texts(at, "warning")
-    assert any("**zz-demo-no-cam is a demonstration model** (demonstration of the review" in w for w in warnings)
+    assert not any("demonstration model" in w for w in warnings)  # in the expander, not a box of its own
     assert any(w.startswith("heatmap unavailable for this model:") and "no_such_layer" in w for w in warnings)
     assert not any("overlay" in c for c in captions(at))
     assert [b.label for b in at.get("download_button")] == ["Download result (JSON)"]
@@ -284,6 +299,122 @@ def test_downloads_have_the_cli_fields_and_the_original_size(use_registry):
     assert record["file"] == CHEST and record["model"] == "tiny-effnet"
     assert record["cam"]["method"] == "gradcam++" and record["cam"]["target"] == "Normal"
     assert record["image_sha256"] == xray.sha256
-    png_bytes = ui_state.full_size_overlay_png(item, analysis, "turbo", 0.4, outline=True)()
+    png_bytes = ui_state.full_size_overlay_png(item, analysis, "turbo", 0.4, outline=True, model="tiny-effnet")()
     picture = Image.open(io.BytesIO(png_bytes))
-    assert picture.mode == "RGB" and picture.size == (xray.shape[1], xray.shape[0])  # the original size
+    h, w = xray.shape
+    band = legend_band(w, colormap="turbo", caption="tiny-effnet · Grad-CAM++ · target Normal")
+    assert picture.mode == "RGB" and picture.size == (w, h + band.shape[0])  # the original size, then the legend
+    pixels = np.asarray(picture)
+    np.testing.assert_array_equal(pixels[h:], band)  # the legend with "low", "high" and the caption
+    assert not (pixels[h:] == pixels[h, 0]).all()  # not a plain band
+    text = picture.text
+    assert (text["Model"], text["Method"], text["Target"]) == ("tiny-effnet", "Grad-CAM++", "Normal")
+    assert text["Title"] == "Heatmap overlay: tiny-effnet · Grad-CAM++ · target Normal"
+    assert text["Image SHA-256"] == xray.sha256 and "not diagnoses" in text["Comment"]
+
+
+# --- the film at a glance: warnings, zoom, a batch -------------------------------------------------
+
+
+@pytest.fixture
+def media(monkeypatch):
+    """Read back what a run put in Streamlit's media store (download data, images) by the element's URL."""
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    stores = []
+
+    class Kept(MemoryMediaFileStorage):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Kept)
+    return lambda url: stores[-1].get_file(url.rsplit("/", 1)[-1]).content
+
+
+def test_warnings_are_gathered_in_one_expander(use_registry):
+    wide = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).uniform(0, 255, (70, 250))).astype(np.uint8)).save(wide, "PNG")
+    at = upload(start(review_model="tiny-resnet-3class"), ("wide.png", wide.getvalue(), "image/png"))
+    label, notes = warnings_box(at)
+    assert label == "Warnings (2)", notes  # no Tuberculosis output, oddly shaped
+    assert [n for n in notes if "no output for **Tuberculosis**" in n or "aspect ratio 3.57" in n] == notes
+    assert not any(n in w for n in notes for w in texts(at, "warning"))  # none of them is a box of its own
+
+
+def test_zoom_cuts_a_region_of_the_film(use_registry, media):
+    at = upload(start(), png(CHEST))
+    assert "review_zoom_col" not in [s.key for s in at.slider]  # no region to pick on the whole film
+    whole = [i for i in at.get("image") if i.captions and i.captions[0].endswith(("overlay", "(no heatmap)"))][0]
+    full = Image.open(io.BytesIO(media(whole.proto.imgs[0].url)))
+    at.segmented_control(key="review_zoom").set_value(2).run()
+    assert not at.exception
+    zoomed = [i for i in at.get("image") if i.captions and i.captions[0].endswith(", 2x zoom")]
+    assert len(zoomed) == 1, captions(at)
+    first = Image.open(io.BytesIO(media(zoomed[0].proto.imgs[0].url)))
+    assert abs(first.size[0] - full.size[0] / 2) <= 1 and abs(first.size[1] - full.size[1] / 2) <= 1
+    at.slider(key="review_zoom_col").set_value(0).run()  # move the window to the film's left edge
+    moved = [i for i in at.get("image") if i.captions and i.captions[0].endswith(", 2x zoom")][0]
+    assert moved.proto.imgs[0].url != zoomed[0].proto.imgs[0].url
+    shown = np.asarray(Image.open(io.BytesIO(media(moved.proto.imgs[0].url))).convert("L"), float)
+    film = np.asarray(Image.open(FIXTURES / "cxr" / CHEST).convert("L"), float)
+    h, w = film.shape
+    rows, cols = slice(round(h / 4), round(h / 4) + shown.shape[0]), slice(0, shown.shape[1])
+
+    def match(r: slice, c: slice) -> float:
+        return float(np.corrcoef(shown.ravel(), film[r, c].ravel())[0, 1])
+
+    # the film's own pixels of rows 1/4..3/4 and the left half, heatmap tint or not; not the centre window
+    assert match(rows, cols) > 0.8 and match(rows, cols) > match(rows, slice(w // 4, w // 4 + shown.shape[1])) + 0.2
+
+
+def test_batch_summary_table_and_its_csv(use_registry, media):
+    from cxr_core.imaging import load_xray
+
+    noise = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)).save(noise, "PNG")
+    other = "normal_nih14_00029719_000.png"
+    evil = "=HYPERLINK(evil)-Doe^Jane.png"  # a file name: never in the CSV
+    at = start(review_model="tiny-resnet-3class")
+    at = upload(at, png(CHEST), png(other), (evil, noise.getvalue(), "image/png"), ("broken.png", b"xx", "image/png"))
+    assert "All 3 films, read by tiny-resnet-3class" in [h.value for h in at.subheader]
+    table = at.dataframe[0].value
+    codes = {n: "film-" + load_xray(FIXTURES / "cxr" / n).sha256[:8] for n in (CHEST, other)}
+    codes[evil] = "film-" + load_xray(noise.getvalue(), evil).sha256[:8]
+    assert list(table["Film"]) == [codes[CHEST], codes[other], codes[evil]]
+    assert list(table["File"]) == [CHEST, other, evil]  # the page says which file is which
+    rows = {r["File"]: r for r in table.to_dict("records")}
+    assert rows[evil]["Refused"] == "yes" and "noise" in rows[evil]["Reason"].lower()  # the screen's own reason
+    assert rows[evil]["Top model score"] == "" and np.isnan(rows[evil]["Score (%)"])
+    for name in (CHEST, other):
+        assert rows[name]["Refused"] == "no" and rows[name]["Top model score"] in {"COVID-19", "Normal", "Pneumonia"}
+    assert all(r["Warnings"] == 1 and "no output for Tuberculosis" in r["Warning details"] for r in rows.values())
+    assert any("broken.png" in e for e in texts(at, "error"))
+    assert any("1 file could not be read" in c for c in texts(at, "caption"))
+
+    at.radio(key="review_selected").set_value(next(k for k in at.radio(key="review_selected").options
+                                                   if k.endswith(CHEST))).run()
+    top = bars(main_chart(at))
+    best = max(top, key=top.get)
+    assert rows[CHEST]["Top model score"] == best and rows[CHEST]["Score (%)"] == pytest.approx(top[best], abs=0.06)
+
+    button = [b for b in at.get("download_button") if b.proto.label == "Download summary (CSV)"][0]
+    text = media(button.proto.url).decode()
+    assert "Doe^Jane" not in text and "HYPERLINK" not in text and ".png" not in text  # no file names
+    lines = text.splitlines()
+    assert lines[0] == "film,model,top_class,top_score_percent,refused,reason,warnings_count,warnings"
+    assert [line.split(",")[0] for line in lines[1:]] == [codes[CHEST], codes[other], codes[evil]]
+    assert lines[1].startswith(f"{codes[CHEST]},tiny-resnet-3class,{best},{top[best]:.1f},no,")
+    assert f"{codes[evil]},tiny-resnet-3class,,,yes," in lines[3]
+
+
+def test_summary_csv_cells_cannot_run_as_formulas():
+    import ui_state
+    from cxr_core.csv_safe import dict_rows_csv
+
+    row = ui_state.SummaryRow(film="film-0123abcd", name="=cmd|' /C calc'!A0.png", top_class="=EVIL()", score=0.5,
+                              refused="no", warnings=("-2+3", "plain"))
+    text = dict_rows_csv([row.csv_row("@model")])  # as the page writes it
+    assert "calc" not in text  # the file name stays on the page
+    assert text.splitlines()[1] == "film-0123abcd,'@model,'=EVIL(),50.0,no,,2,'-2+3 | plain"
