@@ -41,7 +41,7 @@ DISPLAY_SIDE = 1024
 THUMB_SIDE = 160
 
 
-def model_output_allowed(image_sha: str) -> tuple[bool, str]:
+def model_output_allowed(image_sha: str, pixels: np.ndarray | None = None) -> tuple[bool, str]:
     """Whether model scores and heatmaps may be shown for this image, and if not, why.
 
     The single gate every page calls before showing ANY probability or heatmap (for one model
@@ -49,6 +49,7 @@ def model_output_allowed(image_sha: str) -> tuple[bool, str]:
     annotate page (:data:`ANNOTATE_READER`): an image pending in one of their blind sessions
     answers ``(False, reason)``; with nobody chosen, images pending for anyone stay hidden.
     If the annotation database cannot be asked, the output stays hidden (fails closed).
+    With ``pixels`` (an uploaded film), a near-copy of a pending film is hidden too.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -58,7 +59,7 @@ def model_output_allowed(image_sha: str) -> tuple[bool, str]:
     try:
         with db().begin() as s:
             reader = storage.get_reader(s, name) if name else None
-            decision = blinding.model_output_decision(s, reader.id if reader else None, image_sha)
+            decision = blinding.model_output_decision(s, reader.id if reader else None, image_sha, pixels)
     except (CXRError, SQLAlchemyError) as err:
         return False, f"Model output hidden: the annotation database could not be checked for blind readings ({err})."
     return decision.allowed, decision.reason
@@ -443,7 +444,7 @@ def review_summary(items: list[Item], entry: ModelEntry) -> list[SummaryRow]:
     for item in items:
         base = {"film": film_label(item), "name": item.name,
                 "warnings": tuple(plain_text(n) for n in review_warnings(item, entry))}
-        allowed, reason = model_output_allowed(item.xray.sha256)
+        allowed, reason = model_output_allowed(item.xray.sha256, item.xray.pixels)
         if not allowed:
             rows.append(SummaryRow(**base, refused="not checked", reason=reason))
             continue
