@@ -150,7 +150,7 @@ with side_col:
                              "is never tinted.")
     colormap = st.selectbox("Colour map", COLORMAPS, key=ui.REVIEW_COLORMAP, persist_state="session")
 
-allowed, reason = ui.model_output_allowed(item.xray.sha256)
+allowed, reason = ui.model_output_allowed(item.xray.sha256, item.xray.pixels)
 # Screening: an input that does not look like a frontal chest film gets no scores and no heatmap,
 # unless an expert overrides the refusal (logged, and recorded in the downloaded JSON).
 try:
