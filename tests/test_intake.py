@@ -56,7 +56,7 @@ def test_screening_gives_a_verdict_per_file_in_order_and_a_thumbnail_only_for_fl
     broken, chest, photo = out
     assert "JPEG" in broken.error and broken.reason == broken.error and broken.decision is None
     assert chest.reason == "" and chest.thumb is None and chest.image_sha == load_xray(CHEST).sha256
-    assert photo.reason.startswith("strong colour") and photo.thumb.dtype == np.uint8
+    assert photo.reason.startswith("This is a colour picture") and photo.thumb.dtype == np.uint8
     assert max(photo.thumb.shape) == intake.THUMB_SIDE and chest.size == load_xray(CHEST).shape[::-1]
 
 
