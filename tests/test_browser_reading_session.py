@@ -182,7 +182,8 @@ def study(tmp_path):
     with factory.begin() as s:
         admin = storage.add_reader(s, "Admin", "admin").id
         reader = storage.add_reader(s, READER, "sme").id
-        session = ann.create_session_from_xrays(s, name=SESSION, images=images, reader_ids=[reader], created_by=admin)
+        session = ann.create_session_from_xrays(s, name=SESSION, images=images, reader_ids=[reader], created_by=admin,
+                                                seed=12)  # the reader's own (shuffled) order, the same every run
         queue = storage.reader_queue(s, session.id, reader)
         shapes = {x.sha256: x.shape for x in images.xrays}
         films = [Film(e.position, e.image_sha, shapes[e.image_sha]) for e in queue.entries]
