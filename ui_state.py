@@ -341,11 +341,11 @@ def screen_item(entry: ModelEntry, item: Item):
 
 
 def refusal_text(decision) -> str:
-    """The page's refusal: the CLI's sentence, then each reason as a bullet."""
-    from cxr_core.screening import REFUSAL
+    """The page's refusal: the CLI's sentence, then each reason as a bullet with its measured figures."""
+    from cxr_core.screening import REFUSAL, refusal_lines
 
     return f"**{REFUSAL[0].upper() + REFUSAL[1:]}.** Model scores and heatmaps are not shown.\n\n" + "\n".join(
-        f"- {r}" for r in decision.reasons)
+        f"- {r}" + (f" *({d})*" if d else "") for r, d in refusal_lines(decision))
 
 
 def ood_override(entry: ModelEntry, item: Item, decision) -> dict:
