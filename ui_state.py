@@ -918,6 +918,13 @@ def agreement_filter_key(kind: str, session_name: str, options) -> str:
     return f"{kind}::{session_name}::{'|'.join(options)}"
 
 
+def agreement_times(data) -> list[dict]:
+    """Time per case of the session (median, IQR per reader and for all readers) as plain rows."""
+    from cxr_core.session_report import time_rows
+
+    return time_rows(data)
+
+
 def agreement_export(fmt: str, data, pairsets, scores, rule: str) -> str:
     """The page's download in ``fmt`` (csv, json, html, coco) of exactly the scores it shows."""
     from cxr_core import reports

@@ -71,6 +71,9 @@ class Report:
     refused: Sequence[Mapping[str, Any]] = ()
     #: Readings whose reader excluded the film (in no number): ``{"image_id", "reader", "reason"}`` each.
     excluded: Sequence[Mapping[str, Any]] = ()
+    #: Time per case: ``{"session", "reader" (None: all readers), "n", "untimed", "median_s", "q1_s", "q3_s",
+    #: "iqr_s"}`` each (:func:`cxr_core.session_report.time_rows`).
+    times: Sequence[Mapping[str, Any]] = ()
 
 
 def versions() -> dict[str, str]:
@@ -113,6 +116,36 @@ def to_csv(scores: Sequence[ImageScore], excluded: Sequence[Mapping[str, Any]] =
         writer.writerow({"image_id": e.get("image_id", ""), "reader": e.get("reader", ""),
                          "session": e.get("session", session), "excluded": e.get("reason") or "excluded"})
     return buf.getvalue()
+
+
+TIME_FIELDS = ("session", "reader", "n", "untimed", "median_s", "q1_s", "q3_s", "iqr_s")
+
+
+def times_csv(times: Sequence[Mapping[str, Any]]) -> str:
+    """Time per case as CSV: one row per reader, then ``all readers`` per session; seconds, empty when untimed."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=TIME_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in times:
+        clean = _clean(dict(row))
+        writer.writerow({**{k: ("" if clean.get(k) is None else clean[k]) for k in TIME_FIELDS},
+                         "reader": row.get("reader") or "all readers"})
+    return buf.getvalue()
+
+
+def _seconds(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def times_table(times: Sequence[Mapping[str, Any]]) -> str:
+    """The HTML table of time per case: median and interquartile range per reader and for all readers."""
+    rows = [[html.escape(str(t.get("reader") or "all readers")), str(t.get("n", 0)), str(t.get("untimed", 0)),
+             _seconds(t.get("median_s")),
+             "–" if t.get("iqr_s") is None else f"{_seconds(t.get('iqr_s'))} ({_seconds(t.get('q1_s'))} to "
+                                               f"{_seconds(t.get('q3_s'))})"] for t in times]
+    return _table(["reader", "timed readings", "untimed", "median time", "IQR (25th to 75th percentile)"], rows)
 
 
 def excluded_text(excluded: Sequence[Mapping[str, Any]]) -> str:
@@ -185,6 +218,7 @@ def to_json(report: Report) -> str:
         "diagnosis": report.diagnosis.to_dict() if report.diagnosis else None,
         "refused": [{"image_id": r.get("image_id"), "model": r.get("model"), "reasons": list(r.get("reasons", ()))}
                     for r in report.refused],
+        "reading_times": [dict(t) for t in report.times],
         "excluded": {"n": len(report.excluded), "note": excluded_text(report.excluded) if report.excluded else None,
                      "readings": [dict(e) for e in report.excluded]},
         "gallery": [{"kind": c.kind, "image_id": c.score.image_id, "model": c.score.model,
@@ -384,6 +418,11 @@ def to_html(report: Report) -> str:
         sections += ["<h2>Not analysed</h2>",
                      f"<p>{len(rows)} image(s) did not look like a frontal chest X-ray to a model and were not "
                      "scored; they are in no number above.</p>", _table(["image", "model", "reasons"], rows)]
+    if report.times:
+        sections += ["<h2>Time per case</h2>",
+                     "<p>From the film first being shown to the reading being submitted (server clock), every "
+                     "submitted version; untimed versions (no recorded start) are counted apart, never guessed.</p>",
+                     times_table(report.times)]
     sections += ["<h2>Distributions</h2>", _charts(report.scores),
                  "<h2>Gallery</h2>", _gallery(report.gallery),
                  "<h2>Method</h2>", "".join(f"<p>{html.escape(t)}</p>" for t in conventions(report.scores)),

@@ -104,10 +104,11 @@ def coco_categories(annotations: Sequence[reports.CocoAnnotation]) -> list[str]:
 
 
 def coco_images(data: SessionData, image_ids: set[str] | None = None) -> list[reports.CocoImage]:
-    """Every (or each chosen) image with each reading's diagnosis, confidence and exclusion as attributes."""
+    """Every (or each chosen, and each excluded) image with each reading's diagnosis, confidence and exclusion."""
     out = []
+    excluded = {e.image_sha for e in data.excluded}
     for sha, info in data.images.items():
-        if image_ids is not None and info["image_id"] not in image_ids:
+        if image_ids is not None and info["image_id"] not in image_ids and sha not in excluded:
             continue
         readings = [{"reader": r.reader, "diagnosis": r.diagnosis, "confidence": r.confidence, "exclusion": None,
                      "annotation_id": r.annotation_id, "version": r.version, "consensus": r.consensus}
@@ -209,6 +210,8 @@ def build_report(data: SessionData, pairsets: Sequence[PairSet], scores: Sequenc
                      if r.image_id in image_ids and r.reader in readers],
         "hidden_images": len(data.hidden), "unread_images": len(data.unread),
         "excluded_readings": len(excluded), "excluded_note": excluded_note(data.excluded),
+        "reading_times": "server-recorded time from a film first being shown to its submission, every version "
+                         "(revisions and exclusions included); median and interquartile range (numpy percentiles)",
         "diagnosis_model": next(iter(by_model), None),
         "diagnosis_by_model": {m: d.to_dict() if d else None for m, d in by_model.items()},
         **dict(extra or {}),
@@ -217,7 +220,14 @@ def build_report(data: SessionData, pairsets: Sequence[PairSet], scores: Sequenc
         title=title or f"Heatmap-versus-expert agreement: session {data.name}", scores=list(scores),
         groups=agreement.aggregate(scores), reader_pairs=[p for p in reader_pairs(data, readers, rule=rule)
                                                           if p.image_id in image_ids],
-        diagnosis=next(iter(by_model.values()), None), gallery=cases, meta=meta, excluded=tuple(excluded))
+        diagnosis=next(iter(by_model.values()), None), gallery=cases, meta=meta, excluded=tuple(excluded),
+        times=tuple(time_rows(data)))
+
+
+def time_rows(data: SessionData) -> list[dict]:
+    """Time per case of the session as plain rows (reader ``None``: all readers), for reports."""
+    return [{"session": t.session, "reader": t.reader, "n": t.n, "untimed": t.untimed, "median_s": t.median_s,
+             "q1_s": t.q1_s, "q3_s": t.q3_s, "iqr_s": t.iqr_s} for t in data.times]
 
 
 def session_report(factory: sessionmaker, name: str, models: Sequence[tuple[ModelRef, Callable[[], object]]], *,
@@ -300,4 +310,4 @@ class SessionReport:
 
 __all__ = ["CONSENSUS_CATEGORY", "HEATMAP_CATEGORY", "POLYGON_KINDS", "SessionReport", "build_report",
            "coco_annotations", "coco_categories", "coco_images", "gallery_cases", "reading_regions", "refusals",
-           "region_outline", "session_report", "to_coco"]
+           "region_outline", "session_report", "time_rows", "to_coco"]

@@ -30,6 +30,9 @@ Excluded readings (a reader answered "not a chest film" / "not readable" instead
 are in no number: :func:`read_session` lists them in ``SessionData.excluded`` and
 :func:`excluded_note` says how many, for pages and reports.
 
+Time per case: ``SessionData.times`` holds the median and interquartile range of reading time per
+reader and for the session (:mod:`cxr_core.reading_times`), for pages and reports.
+
 Which class a heatmap explains: with ``cam_target="expert"`` (default) the class the expert gave,
 as CheXlocalize explains each pathology against its own segmentation; when the model has no such
 class (or the expert was uncertain) the model's top class. ``"predicted"``: always the top class.
@@ -47,6 +50,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_core import agreement, consensus, storage
 from cxr_core.errors import CXRError
+from cxr_core.reading_times import reading_times, summarise_times
 
 BASELINE = "random"
 CAM_TARGETS = ("expert", "predicted")
@@ -121,6 +125,9 @@ class SessionData:
     hidden: tuple[str, ...]  # session images left out (still pending in a blind reading)
     unread: tuple[str, ...]  # visible session images nobody has submitted yet
     excluded: tuple[Exclusion, ...] = ()  # latest readings that exclude the film: in no number
+    #: Time per case (:func:`cxr_core.reading_times.summarise_times`) of every submitted version in the
+    #: session, revisions and exclusions included: per reader, then all readers (``reader=None``).
+    times: tuple = ()
 
     @property
     def readers(self) -> list[str]:
@@ -202,12 +209,13 @@ def read_session(s: Session, name: str, *, hidden: Collection[str] = (), with_co
                                  getattr(a, "exclusion", None) or "reason not recorded", a.id, a.version)
                        for a in latest if is_excluded(a)), key=lambda e: (order[e.image_sha], e.reader))
     read = {a.image_sha for a in latest}
+    times = tuple(summarise_times(reading_times(s, session_id=session.id)))
     return SessionData(session.name, session.id, bool(session.blind), images,
                        tuple(sorted(readings, key=lambda r: (order[r.image_sha], r.consensus,  # readers, then consensus
                                                              r.reader if not r.consensus else "",
                                                              CONSENSUS_READERS.index(r.reader) if r.consensus else 0))),
                        tuple(r.sha256 for r in rows if r.sha256 in hidden_set),
-                       tuple(sha for sha in images if sha not in read), tuple(excluded))
+                       tuple(sha for sha in images if sha not in read), tuple(excluded), times)
 
 
 def fingerprint(s: Session, session_id: int) -> str:

@@ -57,6 +57,21 @@ if not chosen:
 data = ui.agreement_data(session_name, view)
 if data.excluded:
     st.info(excluded_note(data.excluded), icon=":material/block:")
+time_rows = ui.agreement_times(data)
+timed = next((t["n"] for t in time_rows if t["reader"] is None), 0)
+with st.expander(f"Time per case ({timed} timed reading(s), every reader of the session)"):
+    st.caption("From the film first being shown to the reading being submitted (server clock), every submitted "
+               "version, revisions and exclusions included; median and interquartile range. Versions with no "
+               "recorded start are counted as untimed, never guessed.")
+    if time_rows:
+        st.dataframe([{"reader": t["reader"] or "all readers", "timed": t["n"], "untimed": t["untimed"],
+                       "median (s)": t["median_s"], "IQR (s)": t["iqr_s"], "25th percentile (s)": t["q1_s"],
+                       "75th percentile (s)": t["q3_s"]} for t in time_rows], hide_index=True)
+        st.download_button("Time per case (CSV)", lambda: reports.times_csv(time_rows),
+                           f"times-{session_name}.csv".replace(" ", "_").replace("/", "_"), "text/csv",
+                           on_click="ignore", icon=":material/download:", key="agreement_times_csv")
+    else:
+        st.caption("No submitted reading yet.")
 if not data.readings:
     st.info("No submitted reading to compare with yet in this session (or none you may see).")
     st.stop()

@@ -141,7 +141,7 @@ def test_gallery_sorts_by_iou_and_follows_the_filters(db_url, use_registry):
     at.selectbox(key=ui.AGREEMENT_GALLERY_MODEL).set_value("tiny-effnet · random baseline").run()
     assert len(gallery(at)) == 1 and not at.exception
     labels = [b.label for b in at.get("download_button")]
-    assert [label.split(" ")[0] for label in labels] == ["CSV", "JSON", "HTML", "COCO"]
+    assert [label.split(" ")[0] for label in labels] == ["Time", "CSV", "JSON", "HTML", "COCO"]  # time per case first
 
 
 @pytest.mark.parametrize("reader, note", [
@@ -232,3 +232,32 @@ def test_readings_excluded_by_their_readers_are_counted(tmp_path, use_registry, 
     assert "1 reading excluded by readers (1 not a chest film): left out of every number." in [
         i.value for i in at.info]
     assert any("heatmap(s) are not computed yet" in w.value for w in at.warning)
+
+
+def test_time_per_case_is_shown_per_reader_with_a_csv(tmp_path, use_registry, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from cxr_core import reports, storage
+    from cxr_core.session_report import time_rows
+
+    url = f"sqlite:///{tmp_path / 'annotations.db'}"
+    monkeypatch.setenv("CXR_DATABASE_URL", url)
+    study = build_study(url)
+    with study.factory().begin() as s:  # Dr A revises img0 four minutes after it was shown again
+        rid = study.readers["Dr A"]
+        storage.record_shown(s, reader_id=rid, image_sha=study.shas[0], session_id=study.session_id,
+                             now=datetime.now(timezone.utc) - timedelta(minutes=4))
+        prev = storage.latest_annotation(s, reader_id=rid, image_sha=study.shas[0], session_id=study.session_id)
+        storage.revise_annotation(s, prev.id, comment="second look")
+    at = open_page()
+    assert not at.exception, [e.value for e in at.exception]
+    (expander,) = [e for e in at.expander if e.label.startswith("Time per case")]
+    assert expander.label == "Time per case (1 timed reading(s), every reader of the session)"
+    table = expander.dataframe[0].value
+    assert list(table["reader"]) == ["Dr A", "Dr B", "all readers"]
+    assert list(table["timed"]) == [1, 0, 1] and list(table["untimed"]) == [3, 3, 6]
+    assert 240 <= table["median (s)"][0] < 300 and table["median (s)"][2] == table["median (s)"][0]
+    with study.factory().begin() as s:
+        rows = time_rows(ss.read_session(s, "Blind 1"))
+    assert reports.times_csv(rows).splitlines()[1].startswith("Blind 1,Dr A,1,3,")
+    assert [b.label for b in expander.get("download_button")] == ["Time per case (CSV)"]

@@ -434,3 +434,56 @@ def test_coco_has_one_annotation_per_drawn_region_that_decodes_back(tmp_path):
     for a in consensus:
         np.testing.assert_array_equal(api.annToMask(a).astype(bool),
                                       masks[(images[a["image_id"]]["file_name"], a["attributes"]["reader"])])
+
+
+def test_time_per_case_per_reader_and_session_in_the_reports(tmp_path):
+    """Revisions made after record_shown are timed; first versions (no recorded start) are counted as untimed."""
+    from datetime import datetime, timedelta, timezone
+    from html.parser import HTMLParser
+
+    from cxr_core.session_report import build_report, time_rows
+
+    own = build_study(f"sqlite:///{tmp_path / 'annotations.db'}")
+    took = {("Dr A", 0): 60.0, ("Dr A", 1): 120.0, ("Dr A", 2): 600.0, ("Dr B", 0): 300.0}
+    factory = own.factory()
+    for (reader, i), seconds in took.items():
+        with factory.begin() as s:
+            rid = own.readers[reader]
+            storage.record_shown(s, reader_id=rid, image_sha=own.shas[i], session_id=own.session_id,
+                                 now=datetime.now(timezone.utc) - timedelta(seconds=seconds))
+            prev = storage.latest_annotation(s, reader_id=rid, image_sha=own.shas[i], session_id=own.session_id)
+            storage.revise_annotation(s, prev.id, comment="looked again")
+    with factory.begin() as s:
+        data = ss.read_session(s, "Blind 1")
+    rows = {r["reader"]: r for r in time_rows(data)}
+    assert list(rows) == ["Dr A", "Dr B", None]  # per reader, then all readers of the session
+    slack = 30  # the submission is stamped when saved: a few seconds after the recorded start on a busy machine
+    for reader, wanted in (("Dr A", [60, 120, 600]), ("Dr B", [300]), (None, [60, 120, 600, 300])):
+        q1, median, q3 = np.percentile(wanted, [25, 50, 75])
+        row = rows[reader]
+        assert row["n"] == len(wanted) and row["untimed"] == 3 * (1 if reader else 2)  # each first version
+        assert row["median_s"] == pytest.approx(median, abs=slack) and row["q1_s"] == pytest.approx(q1, abs=slack)
+        assert row["q3_s"] == pytest.approx(q3, abs=slack)
+        assert row["iqr_s"] == pytest.approx(q3 - q1, abs=1e-9 + 2 * slack)
+    assert rows["Dr A"]["median_s"] > 100 and rows["Dr A"]["iqr_s"] > 200  # the 600 s case widens the IQR
+
+    report = build_report(data, [], [])
+    payload = json.loads(reports.to_json(report))
+    assert [(t["reader"], t["n"]) for t in payload["reading_times"]] == [("Dr A", 3), ("Dr B", 1), (None, 4)]
+    assert payload["reading_times"][0]["median_s"] == pytest.approx(rows["Dr A"]["median_s"])
+    text = list(csv.DictReader(io.StringIO(reports.times_csv(report.times))))
+    assert [(r["reader"], r["n"], r["untimed"]) for r in text] == [("Dr A", "3", "3"), ("Dr B", "1", "3"),
+                                                                   ("all readers", "4", "6")]
+    assert float(text[2]["median_s"]) == pytest.approx(rows[None]["median_s"])
+
+    cells = []
+
+    class Cells(HTMLParser):
+        def handle_data(self, d):
+            cells.append(d)
+
+    page = reports.to_html(report)
+    Cells().feed(page[page.index("<h2>Time per case</h2>"):page.index("<h2>Distributions</h2>")])
+    assert cells[cells.index("Dr A"):cells.index("Dr A") + 4] == [
+        "Dr A", "3", "3", reports._seconds(rows["Dr A"]["median_s"])]
+    assert "all readers" in cells
