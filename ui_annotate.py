@@ -33,7 +33,7 @@ ANNOTATE_INVERT = "annotate_invert"
 ANNOTATE_OPACITY = "annotate_heatmap_opacity"
 ZOOM_LABELS = {z: f"{z}x" for z in ZOOMS}
 #: Canvas space assumed until the browser reports its window (and in AppTest): a 1366 x 768 screen.
-DEFAULT_SPACE = (860, 560)
+DEFAULT_SPACE = (460, 360)
 #: A film's canvas keeps its size unless the space for it changes by more than this (CSS pixels).
 FRAME_SLACK = 40
 
@@ -251,17 +251,17 @@ def frame_for(item: ui.Item, vp: Viewport | None, current: Frame | None = None) 
     """The full frame for a film: the largest canvas of the film's shape that fits the space below the probe.
 
     ``current`` (the frame the film is open in, or its draft's) is kept while the browser has not
-    reported (a reload), and when the new size is within :data:`FRAME_SLACK` of it: a scroll bar
-    appearing or a line of text above must not resize (remount) the canvas under the reader's pen.
+    reported (a reload), and while it fits with at most :data:`FRAME_SLACK` to spare: a scroll bar
+    coming and going must not resize (remount) the canvas under the reader's pen.
     """
     rows, cols = item.xray.shape[:2]
     if vp is None and current is not None and current.film_shape == (rows, cols):
         return current
     avail_w, avail_h = vp.space_below() if vp is not None else DEFAULT_SPACE
     width, height = canvas_size(int(avail_w), int(avail_h), cols / rows, min_side=300, max_side=1400)
-    if current is not None and current.film_shape == (rows, cols) and max(
-            abs(width - current.width), abs(height - current.height)) <= FRAME_SLACK:
-        return current
+    if current is not None and current.film_shape == (rows, cols) and (
+            0 <= width - current.width <= FRAME_SLACK and 0 <= height - current.height <= FRAME_SLACK):
+        return current  # a little smaller than the space: keep it (a larger one would pass the fold)
     return Frame(width, height, (rows, cols))
 
 

@@ -184,9 +184,14 @@ class Reading:
         self.answers = replace(self.answers, **changes)
 
     def key(self) -> str:
-        """Equal keys mean nothing new to store (the comment is not part of a draft)."""
+        """Equal keys mean nothing new to store (the comment is not part of a draft).
+
+        The frame counts only when there are marks: an empty drawing is the same in any frame,
+        so opening a film in another canvas size writes no draft.
+        """
         a = self.answers
-        return drawing_key(self.drawing, a.diagnosis, a.confidence, a.exclusion, self.frame.width, self.frame.height)
+        size = (self.frame.width, self.frame.height) if canvas_objects(self.drawing) else None
+        return drawing_key(self.drawing, a.diagnosis, a.confidence, a.exclusion, size)
 
     @property
     def unsaved(self) -> bool:

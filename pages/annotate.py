@@ -53,22 +53,26 @@ for line in ua.flush_all():
 
 with ui.db().begin() as s:
     queue = storage.reader_queue(s, session.id, reader.id)
-prev_col, film_col, next_col, status_col = st.columns([1.5, 1.3, 1.5, 2.6], vertical_alignment="bottom")
 position = ua.open_film(session.id, reader.id, queue)
 entry = queue.entries[position]
 nav = (session.id, reader.id)
+# The film, and beside it everything else: nothing but the title stands above the film.
+canvas_col, side_col = st.columns([2.2, 1.8], gap="small")
+with canvas_col:
+    vp = viewport("annotate_viewport")  # the window's size and where the canvas starts
+prev_col, next_col = side_col.columns(2)
 prev_col.button("Previous film", key="annotate_previous", icon=":material/chevron_left:", width="stretch",
                 on_click=ua.go, args=(*nav, queue.total, -1), disabled=position == 0, shortcut="PageUp",
                 help="The film before this one in your order (Page Up). Your marks are kept as a draft.")
-film_col.selectbox("Film", [e.position for e in queue.entries], key=ui.annotate_image_key(*nav),
-                   format_func=lambda p: f"Film {p + 1} of {queue.total}", on_change=ua.picked, args=nav,
-                   help="Films in your own order. Whatever you drew on a film stays saved when you move on.")
 next_col.button("Next film", key="annotate_next", icon=":material/chevron_right:", width="stretch",
                 on_click=ua.go, args=(*nav, queue.total, 1), disabled=position == queue.total - 1,
                 shortcut="PageDown", help="The film after this one in your order (Page Down).")
-with status_col:
-    st.progress(queue.progress, text=f"Your progress in {session.name}: {queue.progress_text}")
-    st.markdown(f"Film {position + 1}: **{ua.entry_status(entry)}**")
+film_col, status_col = side_col.columns([1, 1.2], vertical_alignment="bottom")
+film_col.selectbox("Film", [e.position for e in queue.entries], key=ui.annotate_image_key(*nav),
+                   format_func=lambda p: f"Film {p + 1} of {queue.total}", on_change=ua.picked, args=nav,
+                   help="Films in your own order. Whatever you drew on a film stays saved when you move on.")
+status_col.markdown(f"Film {position + 1}: **{ua.entry_status(entry)}**")
+side_col.progress(queue.progress, text=f"Your progress in {session.name}: {queue.progress_text}")
 flash = st.session_state.pop(ui.ANNOTATE_FLASH, None)  # shown beside the canvas: nothing above it moves
 if queue.next_pending is None:
     flash = (flash + " " if flash else "") + (f"You have read every film of this session ({queue.total}). Thank "
@@ -159,9 +163,6 @@ def answer_text(a) -> str:
 if entry.done and reading_id not in revising:
     with ui.db().begin() as s:
         done = storage.latest_annotation(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
-    marks_col, side_col = st.columns([2.6, 1.4], gap="small")
-    with marks_col:
-        vp = viewport("annotate_viewport")  # the window's size and where the canvas starts
     frame = ua.frame_for(item, vp)
     with side_col:
         if flash:
@@ -184,8 +185,8 @@ if entry.done and reading_id not in revising:
             heatmap, heatmap_key = model_result_panel(side_col)
         _, _, level, window, invert = display_controls(side_col, with_tools=False)
     submitted = frame.bring_in(done.canvas_json, fit=done.background_fit, width=done.canvas_width,
-                                  height=done.canvas_height)
-    with marks_col:
+                               height=done.canvas_height)
+    with canvas_col:
         st_canvas(background_image=ua.picture(item, view, frame, level=level, window=window, invert=invert,
                                               heatmap=heatmap, heatmap_key=heatmap_key,
                                               opacity=st.session_state.get(ua.ANNOTATE_OPACITY, 0.5), vp=vp),
@@ -201,9 +202,6 @@ if entry.done and reading_id not in revising:
 mode = "revise" if entry.done else "read"
 rid = (mode, *reading_id)
 done = None
-canvas_col, side_col = st.columns([2.6, 1.4], gap="small")
-with canvas_col:
-    vp = viewport("annotate_viewport")  # the window's size and where the canvas starts
 if mode == "read":
     with ui.db().begin() as s:
         storage.record_shown(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
@@ -226,7 +224,6 @@ opened = ua.readings().get(rid)
 stored_frame = ua.Frame(stored["width"], stored["height"], item.xray.shape[:2]) if stored["fit"] else None
 frame = ua.frame_for(item, vp, opened.frame if opened else stored_frame)
 reading = ua.open_reading(rid, frame, view, **stored)
-
 with side_col:
     if flash:
         st.success(flash, icon=":material/check_circle:")

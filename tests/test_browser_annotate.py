@@ -57,6 +57,25 @@ def settle(page, quiet: float = 1.5, timeout: float = WAIT_MS / 1000) -> None:
         time.sleep(0.1)
 
 
+def stable_box(canvas, still: float = 2.0, timeout: float = WAIT_MS / 1000) -> dict:
+    """The canvas's bounding box once it has not changed for ``still`` seconds.
+
+    The page draws the canvas at a default size first, then at the size the window allows once
+    the browser has reported it (a remount): measure only after that.
+    """
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while True:
+        box = canvas.bounding_box() if canvas.count() else None
+        if box != last or box is None:
+            last, since = box, time.monotonic()
+        elif time.monotonic() - since >= still:
+            return box
+        if time.monotonic() > deadline:
+            pytest.fail("the canvas did not settle at one size and place")
+        time.sleep(0.2)
+
+
 def shoelace(points) -> float:
     x, y = np.asarray(points, dtype=float).T
     return abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2
@@ -75,7 +94,8 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         canvas = page.locator("canvas.upper-canvas").first
         canvas.wait_for()
         settle(page)
-        box = canvas.bounding_box()
+        box = stable_box(canvas)
+        assert box["width"] >= 505 and box["height"] >= 410  # every shape below lies on the canvas
 
         def at(x, y):
             return box["x"] + x, box["y"] + y
@@ -91,14 +111,14 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         page.get_by_role("cell", name="polygon").wait_for()
         canvas.wait_for()
         settle(page)
-        assert canvas.bounding_box() == box
+        assert stable_box(canvas) == box  # the draft's canvas size is kept: every mark stays where it was drawn
 
         # A rectangle for another finding.
         page.get_by_test_id("stSelectbox").filter(has_text="Finding for the next mark").click()
         page.get_by_role("option", name="effusion").click()
         page.get_by_test_id("stRadio").filter(has_text="Drawing tool").get_by_text("Rectangle").click()
         settle(page)  # the canvas gets the new tool from the rerun
-        x0, y0, x1, y1 = 380, 300, 530, 420
+        x0, y0, x1, y1 = 360, 260, 500, 380
         page.mouse.move(*at(x0, y0))
         page.mouse.down()
         page.mouse.move(*at(x1, y1), steps=12)
@@ -141,8 +161,30 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         assert region["area_px"] == pytest.approx(expected[region["type"]], rel=0.02), region
     assert saved.mask_area == pytest.approx(sum(expected.values()), rel=0.02)  # the shapes do not overlap
     # Where the rectangle is: its drawn corner, mapped through the fit, is its first pixel (within 2 px).
-    rows, cols = np.nonzero(mask & (np.arange(512)[None, :] > 300))
+    rows, cols = np.nonzero(mask & (np.arange(512)[None, :] > 340))
     assert abs(rows.min() - (y0 - fit["offset_y"]) / scale) <= 2
     assert abs(cols.min() - (x0 - fit["offset_x"]) / scale) <= 2
     assert mask.shape == (419, 512)
     assert (saved.diagnosis, saved.confidence) == ("Pneumonia", 4)
+
+
+@pytest.mark.parametrize("window", [{"width": 1366, "height": 768}, {"width": 1920, "height": 1080}])
+def test_the_whole_film_is_above_the_fold(study, tmp_path, window):
+    """The canvas is sized to the window: at 1366 x 768 and 1920 x 1080 the film ends above the fold, beside its
+    controls, and keeps the film's shape."""
+    env, factory, _ = study
+    with streamlit_server(REPO / "app.py", env=env, log_dir=tmp_path) as base, chromium_page(window) as page:
+        page.set_default_timeout(WAIT_MS)
+        page.goto(base)
+        page.get_by_text("Research tool").wait_for()
+        page.goto(f"{base}/annotate?annotate_reader=Dr+A")
+        page.get_by_text("0 of 1 done").wait_for()
+        canvas = page.locator("canvas.upper-canvas").first
+        canvas.wait_for()
+        settle(page, quiet=3)
+        box = stable_box(canvas)
+        side = page.get_by_test_id("stRadio").filter(has_text="Drawing tool").bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= window["height"], (box, window)
+    assert box["width"] / box["height"] == pytest.approx(512 / 419, rel=0.01)
+    assert box["x"] + box["width"] <= side["x"]  # the controls are beside the film, not over it
+    assert box["height"] >= 0.4 * window["height"]  # and the film is not shrunk to a thumbnail
