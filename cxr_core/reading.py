@@ -184,14 +184,14 @@ class Reading:
         self.answers = replace(self.answers, **changes)
 
     def key(self) -> str:
-        """Equal keys mean nothing new to store (the comment is not part of a draft).
+        """Equal keys mean nothing new to store (marks, answers and comment).
 
         The frame counts only when there are marks: an empty drawing is the same in any frame,
         so opening a film in another canvas size writes no draft.
         """
         a = self.answers
         size = (self.frame.width, self.frame.height) if canvas_objects(self.drawing) else None
-        return drawing_key(self.drawing, a.diagnosis, a.confidence, a.exclusion, size)
+        return drawing_key(self.drawing, a.diagnosis, a.confidence, a.exclusion, a.comment or None, size)
 
     @property
     def unsaved(self) -> bool:
@@ -203,7 +203,7 @@ class Reading:
         return dict(canvas_json=copy.deepcopy(self.drawing), canvas_width=self.frame.width,
                     canvas_height=self.frame.height, background_fit=self.frame.fit,
                     labels=region_labels(self.drawing), diagnosis=None if a.exclusion else a.diagnosis,
-                    confidence=a.confidence, exclusion=a.exclusion)
+                    confidence=a.confidence, exclusion=a.exclusion, comment=a.comment or None)
 
     def stored(self) -> None:
         """Note that what :meth:`draft_fields` gave is now in the database."""

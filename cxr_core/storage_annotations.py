@@ -458,12 +458,14 @@ def save_draft(
     diagnosis: str | None = None,
     confidence: int | None = None,
     exclusion: str | None = None,
+    comment: str | None = None,
 ) -> Draft:
     """Create or replace the reader's unsubmitted drawing for an image.
 
     Checked only for shape, except the answer: an ``exclusion`` must be one of
     :data:`EXCLUSION_REASONS` and stores diagnosis ``"excluded"``; ``"excluded"`` without one is
-    refused. Diagnosis and confidence are otherwise kept as given (a draft may be half done).
+    refused. Diagnosis, confidence and the free ``comment`` are otherwise kept as given (a draft
+    may be half done).
     """
     _queue_item(s, session_id, reader_id, image_sha)
     reason = _check_exclusion(exclusion)
@@ -478,6 +480,7 @@ def save_draft(
         canvas_json=canvas, canvas_width=width, canvas_height=height,
         background_fit=dict(background_fit) if background_fit is not None else None,
         labels=list(labels), diagnosis=EXCLUDED if reason else diagnosis, confidence=confidence, exclusion=reason,
+        comment=(comment or None),
     )
     draft = get_draft(s, reader_id=reader_id, image_sha=image_sha, session_id=session_id)
     if draft is None:

@@ -247,6 +247,7 @@ class Draft(Base):
     diagnosis: Mapped[str | None] = mapped_column(String(64))
     confidence: Mapped[int | None]
     exclusion: Mapped[str | None] = mapped_column(String(32))
+    comment: Mapped[str | None] = mapped_column(Text)  # the reader's free comment, kept across reloads
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

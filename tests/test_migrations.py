@@ -19,10 +19,10 @@ from cxr_core.storage_codec import encode_mask
 from cxr_core.storage_schema import Base
 
 
-def test_revisions_form_one_line_ending_at_0003():
+def test_revisions_form_one_line_ending_at_0004():
     script = ScriptDirectory.from_config(storage.alembic_config())
-    assert script.get_heads() == ["0003"]
-    assert [r.revision for r in script.walk_revisions()] == ["0003", "0002", "0001"]
+    assert script.get_heads() == ["0004"]
+    assert [r.revision for r in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
 
 
 def test_empty_database_upgrades_to_head(tmp_path):
@@ -30,13 +30,13 @@ def test_empty_database_upgrades_to_head(tmp_path):
     try:
         assert storage.current_revision(engine) is None
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0003"
+        assert storage.current_revision(engine) == "0004"
         tables = set(inspect(engine).get_table_names())
         assert tables == {"alembic_version", "readers", "images", "annotation_sessions", "session_images",
                           "session_readers", "queue_items", "annotations", "drafts", "model_results",
                           "reading_starts"}
         storage.init_db(engine)  # already at head: nothing to do, nothing breaks
-        assert storage.current_revision(engine) == "0003"
+        assert storage.current_revision(engine) == "0004"
     finally:
         engine.dispose()
 
@@ -114,9 +114,9 @@ def test_previous_revision_upgrades_with_its_data_kept(tmp_path):
 
     engine = storage.make_engine(url)  # upgrades on open
     try:
-        assert storage.current_revision(engine) == "0003"
+        assert storage.current_revision(engine) == "0004"
         after = _dump(engine)
-        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion",)}
+        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion", "comment")}
         for table, rows in before.items():
             added = new_columns.get(table, ())
             assert [{k: v for k, v in row.items() if k not in added} for row in after[table]] == rows, table
@@ -175,7 +175,7 @@ def test_downgrade_to_0002_keeps_rows_and_refuses_while_exclusions_exist(tmp_pat
             storage.revise_annotation(s, 3, exclusion="not a chest film")
         with pytest.raises(RuntimeError, match="1 annotation.* exclusions.* would lose them"):
             downgrade()
-        assert storage.current_revision(engine) == "0003"
+        assert storage.current_revision(engine) == "0004"
     finally:
         engine.dispose()
 
@@ -216,7 +216,7 @@ def test_engines_opening_a_new_database_at_once_migrate_it_once(tmp_path):
     assert errors == []
     engine = storage.make_engine(url, migrate=False)
     try:
-        assert storage.current_revision(engine) == "0003"
+        assert storage.current_revision(engine) == "0004"
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     finally:

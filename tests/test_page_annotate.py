@@ -442,7 +442,7 @@ def test_excluding_a_film_needs_no_diagnosis_and_is_stored_as_an_exclusion(study
         assert storage.reader_queue(s, study.session_id, study.readers["Dr A"]).entries[0].excluded
     picker(at, study).select(0).run()
     shown = [m.value for m in at.markdown]
-    assert "Excluded: **not readable**" in shown and "Your comment: motion blur, repeat the film" in shown
+    assert "Excluded: **not readable**" in shown and "motion blur, repeat the film" in [t.value for t in at.text]
     assert film_status(at) == "Film 1: **excluded (version 1)**"
 
 
@@ -452,8 +452,20 @@ def test_a_comment_is_stored_and_shown_back_with_the_reading(study):
     submit(at, study, CHEST, [rect(100, 100, 60, 60, "effusion")], diagnosis="Pneumonia", confidence=2)
     assert history_of(study, CHEST)[0][4] == "small left effusion?"
     picker(at, study).select(0).run()
-    assert "Your comment: small left effusion?" in [m.value for m in at.markdown]
+    assert "small left effusion?" in [t.value for t in at.text]  # plain text, never markdown
     assert "Your diagnosis: **Pneumonia**, confidence 2 of 5" in [m.value for m in at.markdown]
+
+
+def test_a_typed_comment_is_kept_in_the_draft_and_survives_a_reload(study):
+    at = open_page("pages/annotate.py", "Dr A")
+    at.text_input(key=key("comment", study, CHEST)).input("*not* markdown: [x](http://example.org)").run()
+    assert draft_of(study, CHEST).comment == "*not* markdown: [x](http://example.org)"
+    again = open_page("pages/annotate.py", "Dr A")  # a reload: a new browser session, state from the database
+    assert again.text_input(key=key("comment", study, CHEST)).value == "*not* markdown: [x](http://example.org)"
+    submit(again, study, CHEST, [], diagnosis="Normal", confidence=4)
+    assert history_of(study, CHEST)[0][4] == "*not* markdown: [x](http://example.org)"
+    picker(again, study).select(0).run()
+    assert "*not* markdown: [x](http://example.org)" in [t.value for t in again.text]
 
 
 def revise_canvas_key(study: Study, name: str, generation: int = 0) -> str:

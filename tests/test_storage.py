@@ -630,7 +630,7 @@ def test_make_engine_creates_folder_and_sets_pragmas(tmp_path):
     path = tmp_path / "new" / "deeper" / "a.db"
     engine = storage.make_engine(f"sqlite:///{path}", busy_timeout_ms=4321)
     try:
-        assert path.exists() and storage.current_revision(engine) == "0003"
+        assert path.exists() and storage.current_revision(engine) == "0004"
         with engine.connect() as conn:
             pragmas = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
                        ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")}
@@ -695,3 +695,17 @@ def test_uncertain_diagnosis_and_background_image_not_stored(factory):
     with factory.begin() as s:
         a = submit(s, r0, shas[0], sid, canvas_json=data, diagnosis="Uncertain")
     assert a.diagnosis == "uncertain" and "backgroundImage" not in a.canvas_json
+
+
+def test_a_draft_keeps_the_readers_comment_until_submit(factory):
+    (r0, _), shas, sid = seed_db(factory)
+    with factory.begin() as s:
+        storage.save_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid, canvas_json=canvas(),
+                           canvas_width=50, canvas_height=40, comment="=ask Dr B; motion blur")
+    with factory() as s:
+        assert storage.get_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid).comment == "=ask Dr B; motion blur"
+    with factory.begin() as s:
+        storage.save_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid, canvas_json=canvas(),
+                           canvas_width=50, canvas_height=40, comment="")
+    with factory() as s:
+        assert storage.get_draft(s, reader_id=r0, image_sha=shas[0], session_id=sid).comment is None

@@ -88,7 +88,7 @@ def factory(engine):
 
 
 def test_postgres_schema_matches_the_orm_models(engine):
-    assert storage.current_revision(engine) == "0003"
+    assert storage.current_revision(engine) == "0004"
     with engine.connect() as conn:
         assert conn.execute(text("SELECT current_schema()")).scalar().startswith("t_")
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
@@ -102,7 +102,7 @@ def test_postgres_upgrade_from_previous_revision_keeps_rows(db_url):
         with storage.session_factory(engine).begin() as s:
             storage.add_reader(s, "kept", "admin")
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0003"
+        assert storage.current_revision(engine) == "0004"
         with storage.session_factory(engine)() as s:
             assert [(r.name, r.role) for r in storage.list_readers(s)] == [("kept", "admin")]
     finally:
@@ -118,9 +118,9 @@ def test_postgres_upgrade_from_0002_keeps_annotations_drafts_and_masks(db_url):
             conn.execute(text("SELECT setval('annotations_id_seq', (SELECT max(id) FROM annotations))"))
         before = _migrations._dump(engine)
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0003"
+        assert storage.current_revision(engine) == "0004"
         after = _migrations._dump(engine)
-        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion",)}
+        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion", "comment")}
         for table, rows in before.items():
             added = new_columns.get(table, ())
             assert [{k: v for k, v in row.items() if k not in added} for row in after[table]] == rows, table
@@ -186,7 +186,7 @@ def test_postgres_downgrade_to_0002_and_back(engine):
                                      "current_schema() AND table_name = 'annotations' AND column_name = 'confidence'"))
         assert nullable.scalar() == "NO"
     storage.init_db(engine)
-    assert storage.current_revision(engine) == "0003"
+    assert storage.current_revision(engine) == "0004"
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(ctx, Base.metadata) == []
