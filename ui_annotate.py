@@ -222,8 +222,12 @@ def clear(rid: ReadingId) -> None:
     if reading is None:
         return
     _, session_id, reader_id, sha = rid
-    with ui.db().begin() as s:
-        storage.delete_draft(s, reader_id=reader_id, image_sha=sha, session_id=session_id)
+    try:
+        with ui.db().begin() as s:
+            storage.delete_draft(s, reader_id=reader_id, image_sha=sha, session_id=session_id)
+    except CXRError as err:  # nothing cleared: the marks and the draft stay as they were
+        st.session_state[ui.ANNOTATE_ERROR] = f"Marks not cleared: {err}"
+        return
     reading.drawing, reading.answers = {"objects": []}, Answers()
     reading.mount(reading.view, reading.frame)
     reading.stored()

@@ -57,7 +57,7 @@ def model_output_allowed(image_sha: str, pixels: np.ndarray | None = None) -> tu
 
     name = current_reader_name()
     try:
-        with db().begin() as s:
+        with reading() as s:
             reader = storage.get_reader(s, name) if name else None
             decision = blinding.model_output_decision(s, reader.id if reader else None, image_sha, pixels)
     except (CXRError, SQLAlchemyError) as err:
@@ -507,13 +507,14 @@ def checksum_line(entry: ModelEntry) -> tuple[bool, str]:
 
 ANNOTATE_READER = "annotate_reader"  # reader name, or None when nobody is chosen (blinding is then stricter)
 ANNOTATE_SESSION = "annotate_session"  # session name
-ANNOTATE_GOTO = "annotate_goto"  # queue position to open on the next run (set after a submit)
+ANNOTATE_ERROR = "annotate_error"  # one-run message: a button's save that did not happen
+ANNOTATE_SHOWN = "annotate_shown"  # (mode, session, reader, sha, version) whose first display is recorded
 ANNOTATE_FLASH = "annotate_flash"  # one-run message after a submit
 ANNOTATE_TOOL = "annotate_tool"
 ANNOTATE_FINDING = "annotate_finding"
 ANNOTATE_LEVEL = "annotate_level"
 ANNOTATE_WINDOW = "annotate_window"
-ANNOTATE_DRAWINGS = "annotate_drawings"  # per reading: DrawingState
+ANNOTATE_DRAWINGS = "annotate_drawings"  # per reading: cxr_core.reading.Reading
 
 SESSIONS_NAME = "sessions_name"
 SESSIONS_BLIND = "sessions_blind"
@@ -597,8 +598,7 @@ def sessions_screen(files, screening: IntakeScreening, progress=None) -> list:
     cache = st.session_state.setdefault(SESSIONS_SCREENED, VerdictCache())
     return screen_files(files, screening.screen, cache=cache, tag=screening.tag, progress=progress)
 
-#: The canvas, in CSS pixels; the film is shown whole inside it (fit "contain").
-CANVAS_WIDTH = CANVAS_HEIGHT = 600
+#: Pen width of the annotation canvas, in CSS pixels (kept on screen whatever the zoom).
 CANVAS_STROKE = 3
 
 
@@ -617,26 +617,19 @@ def annotate_canvas_key(session_id: int, reader_id: int, image_sha: str, generat
     return f"annotate_canvas::{session_id}:{reader_id}:{image_sha}:{generation}"
 
 
-@dataclass
-class DrawingState:
-    """The canvas of one pending reading in this browser session.
-
-    ``initial`` is what the canvas was opened with (the saved draft, or nothing); it stays the
-    same object across reruns, because a changed ``initial_drawing`` makes the canvas reload and
-    drop its undo history. ``saved`` is :func:`cxr_core.annotation.drawing_key` of the draft last
-    written, so a rerun with nothing new writes nothing.
-    """
-
-    initial: dict
-    saved: str
-    generation: int = 0
-
-
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _db(url: str):
     from cxr_core import storage
 
     return storage.session_factory(storage.make_engine(url))
+
+
+def reading(factory=None):
+    """A read-only transaction on the annotation database: it takes no write lock, so a long read never
+    blocks a reader's Submit (``with ui.reading() as s:``). Writes use ``with ui.db().begin() as s:``."""
+    from cxr_core.storage import read_transaction
+
+    return read_transaction(factory if factory is not None else db())
 
 
 def db():
@@ -654,7 +647,7 @@ def _stored_item(url: str, image_sha: str) -> Item:
     from cxr_core import storage
     from cxr_core.imaging import XRay
 
-    with _db(url).begin() as s:
+    with reading(_db(url)) as s:
         image = storage.get_image(s, image_sha)
         if image is None:  # raised, so not cached
             raise CXRError(f"image {image_sha[:12]}... is not in the annotation database")
@@ -671,16 +664,6 @@ def stored_item(image_sha: str) -> Item:
     Images are keyed by pixel hash and never change, so one copy serves every browser session.
     """
     return _stored_item(get_settings().database_url, image_sha)
-
-
-def canvas_picture(item: Item, level: float, window: float):
-    """The film as the canvas shows it: fitted inside the canvas, through the reader's window/level."""
-    from PIL import Image as PILImage
-
-    from cxr_core.annotation import window_level
-
-    side = max(CANVAS_WIDTH, CANVAS_HEIGHT)
-    return PILImage.fromarray(window_level(_shrink(item.display, side), level=level, window=window))
 
 
 # =================================================================================================
@@ -730,7 +713,7 @@ def agreement_sessions() -> list[tuple[str, bool]]:
     """``(name, blind)`` of every reading session, oldest first."""
     from cxr_core import storage
 
-    with db().begin() as s:
+    with reading() as s:
         return [(x.name, bool(x.blind)) for x in storage.list_sessions(s)]
 
 
@@ -748,7 +731,7 @@ def agreement_view(session_name: str) -> AgreementView:
 
     name = current_reader_name()
     try:
-        with db().begin() as s:
+        with reading() as s:
             session = storage.get_session(s, session_name)
             if session is None:
                 raise CXRError(f"no reading session named {session_name!r}")
@@ -766,7 +749,7 @@ def agreement_view(session_name: str) -> AgreementView:
 def _agreement_data(url: str, session_name: str, fingerprint: str, hidden: tuple[str, ...]):
     from cxr_core import session_scores
 
-    with _db(url).begin() as s:
+    with reading(_db(url)) as s:
         return session_scores.read_session(s, session_name, hidden=hidden)
 
 
@@ -786,7 +769,7 @@ def agreement_missing(data, model, method: str) -> int:
     """How many heatmaps (``method`` and the random baseline) the readings still lack for ``model``."""
     from cxr_core import session_scores
 
-    with db().begin() as s:
+    with reading() as s:
         return len(session_scores.missing_jobs(s, data, model, (method, session_scores.BASELINE)))
 
 
@@ -808,7 +791,7 @@ def _agreement_pairs(url: str, session_name: str, fingerprint: str, hidden: tupl
     from cxr_core import session_scores
 
     data = _agreement_data(url, session_name, fingerprint, hidden)
-    with _db(url).begin() as s:
+    with reading(_db(url)) as s:
         pairs = session_scores.load_pairs(s, data, model, method)
     return pairs, session_scores.threshold_free(pairs)
 

@@ -22,7 +22,7 @@ st.caption("Mark and answer each film of your session. In a blind session no mod
            "shown to you, on any page, until you have submitted your reading of it. Model scores are not diagnoses.")
 
 # --- who, which session, which film ---------------------------------------------------------------
-with ui.db().begin() as s:
+with ui.reading() as s:
     reader_names = [r.name for r in storage.list_readers(s)]
 if not reader_names:
     st.info("No readers yet. An administrator adds readers and reading sessions on the **Sessions** page.")
@@ -35,7 +35,7 @@ name = st.sidebar.selectbox("Who are you?", reader_names, index=None, placeholde
 if name is None:
     st.info("Choose your name to see your reading sessions.")
     st.stop()
-with ui.db().begin() as s:
+with ui.reading() as s:
     reader = storage.get_reader(s, name)
     sessions = {x.name: x for x in storage.list_sessions(s, reader_id=reader.id)}
 if not sessions:
@@ -51,7 +51,7 @@ session = sessions[session_name]
 for line in ua.flush_all():
     st.error(line, icon=":material/error:")
 
-with ui.db().begin() as s:
+with ui.reading() as s:
     queue = storage.reader_queue(s, session.id, reader.id)
 position = ua.open_film(session.id, reader.id, queue)
 entry = queue.entries[position]
@@ -74,6 +74,7 @@ film_col.selectbox("Film", [e.position for e in queue.entries], key=ui.annotate_
 status_col.markdown(f"Film {position + 1}: **{ua.entry_status(entry)}**")
 side_col.progress(queue.progress, text=f"Your progress in {session.name}: {queue.progress_text}")
 flash = st.session_state.pop(ui.ANNOTATE_FLASH, None)  # shown beside the canvas: nothing above it moves
+problem = st.session_state.pop(ui.ANNOTATE_ERROR, None)  # a save from a button that did not happen
 if queue.next_pending is None:
     flash = (flash + " " if flash else "") + (f"You have read every film of this session ({queue.total}). Thank "
                                               "you. You can look back at any of them, and revise your reading.")
@@ -141,15 +142,16 @@ def model_result_panel(col) -> tuple:
 def start_revision() -> None:
     """"Revise my reading": open the submitted reading for editing, and note when it was shown."""
     revising.add(reading_id)
-    with ui.db().begin() as s:
-        storage.record_shown(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
 
 
 def cancel_revision(rid) -> None:
     """"Cancel revision": leave without a new version; the revision's draft is dropped."""
     revising.discard(reading_id)
-    with ui.db().begin() as s:
-        storage.delete_draft(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
+    try:
+        with ui.db().begin() as s:
+            storage.delete_draft(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
+    except CXRError as err:  # the revision's draft stays; nothing else changed
+        st.session_state[ui.ANNOTATE_ERROR] = f"The revision's draft could not be removed: {err}"
     ua.forget(rid)
 
 
@@ -161,15 +163,21 @@ def answer_text(a) -> str:
 
 # --- a submitted film: the reader's marks, and the model's heatmap over them once revealed ----------
 if entry.done and reading_id not in revising:
-    with ui.db().begin() as s:
+    with ui.reading() as s:
         done = storage.latest_annotation(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
     frame = ua.frame_for(item, vp)
     with side_col:
         if flash:
             st.success(flash, icon=":material/check_circle:")
+        if problem:
+            st.error(problem, icon=":material/error:")
         st.markdown(f"**Your reading**, version {done.version} (submitted {done.created_at:%Y-%m-%d %H:%M} UTC)")
         st.markdown(answer_text(done))
-        st.markdown(f"Your comment: {done.comment}" if done.comment else "No comment.")
+        if done.comment:  # the reader's own words, shown as plain text (never rendered as markdown)
+            st.caption("Your comment:")
+            st.text(done.comment)
+        else:
+            st.caption("No comment.")
         if done.regions:
             st.table({"Finding": [r["label"] for r in done.regions], "Shape": [r["type"] for r in done.regions],
                       "Area (pixels)": [r["area_px"] for r in done.regions]})
@@ -202,24 +210,33 @@ if entry.done and reading_id not in revising:
 mode = "revise" if entry.done else "read"
 rid = (mode, *reading_id)
 done = None
+# When the film was first shown for the version being made (time per case): written once per film and
+# version in this browser session, in its own short write; a database that cannot record it never stops the reading.
+shown = st.session_state.setdefault(ui.ANNOTATE_SHOWN, set())
+if (*rid, entry.version) not in shown:
+    try:
+        with ui.db().begin() as s:
+            storage.record_shown(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
+        shown.add((*rid, entry.version))
+    except CXRError as err:
+        side_col.warning(f"The time this film was first shown was not recorded: {err}", icon=":material/schedule:")
 if mode == "read":
-    with ui.db().begin() as s:
-        storage.record_shown(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
+    with ui.reading() as s:
         draft = storage.get_draft(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
         stored = dict(drawing=draft.canvas_json if draft else None, fit=draft.background_fit if draft else None,
                       width=draft.canvas_width if draft else 1, height=draft.canvas_height if draft else 1,
                       answers=Answers(None if draft and draft.exclusion else (draft.diagnosis if draft else None),
-                                      draft.confidence if draft else None, draft.exclusion if draft else None))
+                                      draft.confidence if draft else None, draft.exclusion if draft else None,
+                                      draft.comment if draft else None))
 else:
-    with ui.db().begin() as s:
-        storage.record_shown(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
+    with ui.reading() as s:
         done = storage.latest_annotation(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
         draft = storage.get_draft(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
         base = draft or done
         stored = dict(drawing=base.canvas_json, fit=base.background_fit, width=base.canvas_width,
                       height=base.canvas_height,
                       answers=Answers(None if base.exclusion else base.diagnosis, base.confidence, base.exclusion,
-                                      done.comment))
+                                      draft.comment if draft else done.comment))
 opened = ua.readings().get(rid)
 stored_frame = ua.Frame(stored["width"], stored["height"], item.xray.shape[:2]) if stored["fit"] else None
 frame = ua.frame_for(item, vp, opened.frame if opened else stored_frame)
@@ -227,6 +244,8 @@ reading = ua.open_reading(rid, frame, view, **stored)
 with side_col:
     if flash:
         st.success(flash, icon=":material/check_circle:")
+    if problem:
+        st.error(problem, icon=":material/error:")
     heatmap, heatmap_key = None, ""
     if not allowed:
         st.info(reason, icon=":material/visibility_off:")

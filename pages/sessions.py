@@ -20,7 +20,7 @@ if flash:
     st.success(flash, icon=":material/check_circle:")
 
 # --- readers --------------------------------------------------------------------------------------
-with ui.db().begin() as s:
+with ui.reading() as s:
     readers = storage.list_readers(s)
 st.subheader(f"Readers ({len(readers)})")
 if readers:
@@ -146,7 +146,7 @@ else:
             st.rerun()
 
 # --- sessions and progress ------------------------------------------------------------------------
-with ui.db().begin() as s:
+with ui.reading() as s:
     progress = []
     for x in storage.list_sessions(s):
         assigned = storage.session_readers(s, x.id)
