@@ -6,6 +6,8 @@ that the model's output matches the card's classes. Nothing is cached here (the 
 
 from __future__ import annotations
 
+import re
+
 import hashlib
 import json
 import os
@@ -124,6 +126,18 @@ def file_sha256(path: Path) -> str:
     return _HASH_MEMO[key]
 
 
+#: A model name is one folder inside the weights folder: letters, digits, '.', '_', '-', not starting with '.'.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can only mean a folder inside the weights folder (no ``/``, ``..`` or other path tricks)."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ModelError(f"model name {name!r} is not allowed; use letters, digits, '.', '_' and '-' "
+                         "(e.g. demo-efficientnetv2b0)")
+    return name
+
+
 def _weights_dir(weights_dir: Path | str | None) -> Path:
     return Path(weights_dir) if weights_dir is not None else get_settings().weights_dir
 
@@ -176,7 +190,7 @@ def list_models(weights_dir: Path | str | None = None) -> list[ModelEntry]:
 
 def save_model(model, card: ModelCard, weights_dir: Path | str | None = None) -> ModelEntry:
     """Save ``model`` under ``weights/<card.name>/`` and write its card with the file's checksum."""
-    folder = _weights_dir(weights_dir) / card.name
+    folder = _weights_dir(weights_dir) / check_model_name(card.name)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ("tmp-" + MODEL_FILE)
     model.save(tmp)
@@ -198,7 +212,7 @@ def load_model(name: str, weights_dir: Path | str | None = None) -> LoadedModel:
     ModelError
         Unreadable card or model, or outputs that do not match the card's classes.
     """
-    folder = _weights_dir(weights_dir) / name
+    folder = _weights_dir(weights_dir) / check_model_name(name)
     if not folder.is_dir():
         known = ", ".join(e.name for e in list_models(weights_dir)) or "none"
         raise ModelNotFoundError(f"no registered model named {name!r} in {folder.parent} (registered: {known})")
@@ -323,7 +337,7 @@ def import_model(
     if kind != "probabilities":
         card.notes = [*card.notes, _OUTPUT_NOTES[kind].format(layer=final.name, file=path.name,
                                                               sha=file_sha256(path))]
-    folder = _weights_dir(weights_dir) / name
+    folder = _weights_dir(weights_dir) / check_model_name(name)
     if not replace and ((folder / CARD_FILE).exists() or (folder / MODEL_FILE).exists()):
         raise ModelError(f"a model named {name!r} is already registered in {folder}; choose another name, "
                          "or replace it (--replace)")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -141,3 +142,26 @@ def test_missing_required_option_is_a_usage_error(capsys):
         main(["predict", str(CXR_PNG)])
     assert exit_info.value.code == 2
     assert "the following arguments are required: --model" in capsys.readouterr().err
+
+
+def test_predict_out_keeps_every_input_when_two_share_a_file_stem(tiny_registry, tmp_path, monkeypatch):
+    """Two films named study.png in different folders: both results are written, none overwritten."""
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from cxr_core.cli import main
+
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tiny_registry))
+    rng = np.random.default_rng(1)
+    paths = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "study.png"
+        _Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(path)
+        paths.append(path)
+    out = tmp_path / "out"
+    main(["predict", *map(str, paths), "--model", "tiny-effnet", "--allow-ood", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["study-2.json", "study.json"]
+    records = [json.loads((out / n).read_text()) for n in ("study.json", "study-2.json")]
+    assert [r["file"] for r in records] == [str(p) for p in paths]

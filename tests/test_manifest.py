@@ -260,3 +260,13 @@ def test_import_refuses_non_square_input_missing_file_and_unknown_layer(tmp_path
     with pytest.raises(ModelError, match=r"model has no layer named 'block5_conv3' \(for --last-conv-layer\)"):
         import_model(tmp_path / "ok.keras", "ok", "custom", ["A", "B", "C"], last_conv_layer="block5_conv3",
                      weights_dir=tmp_path / "w")
+
+
+@pytest.mark.parametrize("name", ["../x", "..", "a/b", "/etc", ".hidden", "x/../../y", "", "a\\b"])
+def test_a_model_name_cannot_reach_outside_the_weights_folder(name, tmp_path):
+    from cxr_core.errors import ModelError
+    from cxr_core.manifest import load_model
+
+    (tmp_path / "x").mkdir()  # a folder a traversal would find
+    with pytest.raises(ModelError, match="not allowed"):
+        load_model(name, weights_dir=tmp_path / "w")

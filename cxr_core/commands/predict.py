@@ -53,6 +53,7 @@ def run(args) -> int:
     failed = 0
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
+    args.out_stems = {}  # input path -> output stem, unique even when two inputs share a file stem
     for path in args.paths:
         try:  # one unreadable or unexplainable film is reported; the others are still analysed
             failed += not _predict_one(path, args, loaded, engine, screen)
@@ -75,7 +76,7 @@ def _predict_one(path, args, loaded, engine, screen) -> bool:
         refused = {"file": str(path), "model": loaded.name, "analysed": False,
                    "ood": decision_record(decision), "message": refusal_message(decision)}
         if args.out:
-            write_outputs(args.out / Path(path).stem, refused, xray, None, args.colormap)
+            write_outputs(args.out / _stem(args, path), refused, xray, None, args.colormap)
         if args.json:
             print(json.dumps(refused))
         return False
@@ -90,7 +91,7 @@ def _predict_one(path, args, loaded, engine, screen) -> bool:
               file=sys.stderr)
         record["ood"] = override_record(decision, model=loaded.name, image=str(path), where="cli --allow-ood")
     if args.out:
-        write_outputs(args.out / Path(path).stem, record, xray, result, args.colormap)
+        write_outputs(args.out / _stem(args, path), record, xray, result, args.colormap)
     if args.json:
         print(json.dumps(record))
     else:
@@ -99,6 +100,17 @@ def _predict_one(path, args, loaded, engine, screen) -> bool:
             " (no positive evidence)" if result.all_zero else "")
         print(f"{path}: {record['predicted']} (model scores: {scores}){cam}")
     return True
+
+
+def _stem(args, path) -> str:
+    """The output stem of ``path``: its file stem, with ``-2``, ``-3``... when an earlier input had the same one."""
+    if path not in args.out_stems:
+        taken = set(args.out_stems.values())
+        stem, n = Path(path).stem, 1
+        while (stem if n == 1 else f"{stem}-{n}") in taken:
+            n += 1
+        args.out_stems[path] = stem if n == 1 else f"{stem}-{n}"
+    return args.out_stems[path]
 
 
 def write_outputs(stem: Path, record: dict, xray, result, colormap: str) -> None:
