@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 import cxr_core
+from cxr_core import csv_safe
 from cxr_core.consensus import READERS as CONSENSUS_READERS
 from cxr_core.agreement import DiagnosisAgreement, GroupSummary, ImageScore, ReaderPair
 from cxr_core.errors import CXRError
@@ -109,12 +110,13 @@ def to_csv(scores: Sequence[ImageScore], excluded: Sequence[Mapping[str, Any]] =
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n", restval="")
     writer.writeheader()
-    for s in scores:
-        writer.writerow({k: ("" if v is None else v) for k, v in _clean(s.to_dict()).items()})
+    for s in scores:  # every text cell neutralised: a name like =HYPERLINK(...) stays text in a spreadsheet
+        writer.writerow({k: csv_safe.cell(v) for k, v in _clean(s.to_dict()).items()})
     session = next((s.session for s in scores), "")
     for e in excluded:
-        writer.writerow({"image_id": e.get("image_id", ""), "reader": e.get("reader", ""),
-                         "session": e.get("session", session), "excluded": e.get("reason") or "excluded"})
+        writer.writerow({k: csv_safe.cell(v) for k, v in {
+            "image_id": e.get("image_id", ""), "reader": e.get("reader", ""),
+            "session": e.get("session", session), "excluded": e.get("reason") or "excluded"}.items()})
     return buf.getvalue()
 
 
@@ -128,8 +130,8 @@ def times_csv(times: Sequence[Mapping[str, Any]]) -> str:
     writer.writeheader()
     for row in times:
         clean = _clean(dict(row))
-        writer.writerow({**{k: ("" if clean.get(k) is None else clean[k]) for k in TIME_FIELDS},
-                         "reader": row.get("reader") or "all readers"})
+        writer.writerow({**{k: csv_safe.cell(clean.get(k)) for k in TIME_FIELDS},
+                         "reader": csv_safe.cell(row.get("reader") or "all readers")})
     return buf.getvalue()
 
 

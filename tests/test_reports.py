@@ -279,3 +279,15 @@ def test_html_charts_keep_the_cam_method_and_the_random_baseline_apart(session):
             assert _values(traces[name], "x") == [s.target for s in want]
         assert traces["resnet50 · random baseline"]["marker"]["color"] == "#999999"
         assert _values(traces["resnet50 · Grad-CAM"], "y") != _values(traces["resnet50 · random baseline"], "y")
+
+
+def test_csv_cells_that_would_run_as_formulas_are_neutralised(session):
+    from dataclasses import replace
+
+    scores, _, _ = session
+    hostile = [replace(s, reader="=HYPERLINK(\"http://x\")", image_id="@SUM(A1)", session="+1") for s in scores[:2]]
+    excluded = [{"image_id": "-2+3", "reader": "=cmd", "reason": "not readable"}]
+    rows = list(csv.DictReader(io.StringIO(to_csv(hostile, excluded))))
+    assert [r["reader"] for r in rows] == ["'=HYPERLINK(\"http://x\")"] * 2 + ["'=cmd"]
+    assert rows[0]["image_id"] == "'@SUM(A1)" and rows[0]["session"] == "'+1" and rows[2]["image_id"] == "'-2+3"
+    assert float(rows[0]["iou"]) == hostile[0].iou or (rows[0]["iou"] == "" and math.isnan(hostile[0].iou))
