@@ -42,7 +42,7 @@ from PIL import Image
 
 from cxr_core.annotation import contain_fit, window_level
 from cxr_core.errors import CXRError
-from cxr_core.masks import canvas_objects
+from cxr_core.masks import canvas_objects, fabric_number, fabric_origin
 from cxr_core.overlay import COLORMAPS, colorize
 
 #: Zoom factors offered.
@@ -55,8 +55,6 @@ REGIONS: dict[str, tuple[float, float]] = {
 }
 #: Heatmap values at or below this are fully transparent (see :func:`heat_alpha`).
 HEAT_FLOOR = 0.2
-
-_ORIGIN = {"left": -0.5, "top": -0.5, "center": 0.0, "bottom": 0.5, "right": 0.5}
 
 
 class CanvasViewError(CXRError):
@@ -180,20 +178,11 @@ def view_transform(view: View, film_shape: tuple[int, int], width: int, height: 
 
 
 def _num(obj: Mapping[str, Any], key: str, default: float) -> float:
-    value = obj.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CanvasViewError(f"canvas {obj.get('type')} has {key}={value!r}; expected a finite number")
-    return float(value)
+    return fabric_number(obj, key, default, error=CanvasViewError)
 
 
 def _origin(value: Any, axis: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) - 0.5
-    if isinstance(value, str) and value in _ORIGIN:
-        return _ORIGIN[value]
-    raise CanvasViewError(f"origin{axis}={value!r}; expected left|center|right, top|center|bottom or a number in 0..1")
+    return fabric_origin(value, axis, error=CanvasViewError)
 
 
 def _move_object(obj: Mapping[str, Any], k: float, dx: float, dy: float) -> dict:

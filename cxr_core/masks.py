@@ -193,21 +193,27 @@ def rasterize(
 # --- Fabric geometry -------------------------------------------------------------------------
 
 
-def _num(obj: Mapping[str, Any], key: str, default: float) -> float:
+def fabric_number(obj: Mapping[str, Any], key: str, default: float, *, error: type[Exception] = None) -> float:
+    """A Fabric object's numeric field (``default`` when absent or null); anything else raises ``error``."""
     value = obj.get(key, default)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MaskError(f"canvas {obj.get('type')} has {key}={value!r}; expected a finite number")
+        raise (error or MaskError)(f"canvas {obj.get('type')} has {key}={value!r}; expected a finite number")
     return float(value)
 
 
-def _origin(value: Any, axis: str) -> float:
+def fabric_origin(value: Any, axis: str, *, error: type[Exception] = None) -> float:
+    """Fabric's originX/originY as an offset from the object's centre, in units of its size (-0.5..0.5)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value) - 0.5
     if isinstance(value, str) and value in _ORIGIN:
         return _ORIGIN[value]
-    raise MaskError(f"origin{axis}={value!r}; expected left|center|right, top|center|bottom or a number in 0..1")
+    raise (error or MaskError)(
+        f"origin{axis}={value!r}; expected left|center|right, top|center|bottom or a number in 0..1")
+
+
+_num, _origin = fabric_number, fabric_origin
 
 
 def _object_affine(obj: Mapping[str, Any], width: float, height: float) -> tuple[np.ndarray, np.ndarray]:

@@ -67,7 +67,7 @@ def region_outline(obj: Mapping, kind: str, shape: tuple[int, int], fit: Mapping
     """
     from cxr_core import masks as mk
 
-    w, h = mk._num(obj, "width", 0.0), mk._num(obj, "height", 0.0)
+    w, h = mk.fabric_number(obj, "width", 0.0), mk.fabric_number(obj, "height", 0.0)
     if kind in ("polygon", "polyline"):
         local = np.array([[float(p["x"]), float(p["y"])] for p in obj.get("points") or []]).reshape(-1, 2)
         local = local - (local.min(axis=0) + local.max(axis=0)) / 2 if len(local) else local  # minus pathOffset

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from browser import chromium_page, streamlit_server
+from browser import chromium_page, settle, streamlit_server
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
 from cxr_core import storage
@@ -42,19 +42,6 @@ def study(tmp_path):
     env = {"CXR_DATABASE_URL": url, "CXR_DATA_DIR": str(tmp_path / "data"),
            "CXR_WEIGHTS_DIR": str(tmp_path / "weights")}
     return env, factory, ids
-
-
-def settle(page, quiet: float = 1.5, timeout: float = WAIT_MS / 1000) -> None:
-    """Wait until the app has not been running a script for ``quiet`` seconds (reruns are async)."""
-    running = page.locator('[data-testid^="stStatusWidgetRunning"]')
-    deadline = time.monotonic() + timeout
-    idle_since = time.monotonic()
-    while time.monotonic() - idle_since < quiet:
-        if running.count():
-            idle_since = time.monotonic()
-        if time.monotonic() > deadline:
-            pytest.fail("the app kept running for longer than the timeout")
-        time.sleep(0.1)
 
 
 def stable_box(canvas, still: float = 2.0, timeout: float = WAIT_MS / 1000) -> dict:
