@@ -210,7 +210,7 @@ def test_hook_hides_every_score_and_heatmap(use_registry, monkeypatch):
     import ui_state
 
     hidden = (False, "Blind session: annotate this image first.")
-    monkeypatch.setattr(ui_state, "model_output_allowed", lambda sha: hidden)
+    monkeypatch.setattr(ui_state, "model_output_allowed", lambda sha, pixels=None: hidden)
     at = upload(start(), png(CHEST))
     at.toggle(key="review_compare").set_value(True).run()
     assert not charts(at)
