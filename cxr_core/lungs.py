@@ -24,7 +24,15 @@ from cxr_core.config import REPO_ROOT
 from cxr_core.errors import DataError, ModelError
 
 #: Where the shipped lung model lives (not the classifier registry: it is not a classifier).
-LUNGSEG_DIR = REPO_ROOT / "weights" / "lungseg"
+LUNGSEG_DIR = REPO_ROOT / "weights" / "lungseg"  # the bundled lung model
+
+
+def lungseg_dir() -> Path:
+    """Where the lung model is read from: ``<CXR_WEIGHTS_DIR>/lungseg`` when that folder holds one, else the bundled."""
+    from cxr_core.config import get_settings
+
+    own = get_settings().weights_dir / "lungseg"
+    return own if (own / MODEL_FILE).is_file() else LUNGSEG_DIR
 MODEL_FILE = "lungseg.keras"
 CARD_FILE = "lungseg.json"
 INPUT_SIZE = 128
@@ -157,7 +165,7 @@ class LungEstimator:
         """
         import keras
 
-        folder = Path(folder) if folder is not None else LUNGSEG_DIR
+        folder = Path(folder) if folder is not None else lungseg_dir()
         model_file, card_file = folder / MODEL_FILE, folder / CARD_FILE
         if not model_file.is_file() or not card_file.is_file():
             raise ModelError(
@@ -277,6 +285,6 @@ def train_unet(
 
 
 __all__ = [
-    "LUNGSEG_DIR", "LungEstimator", "read_mask", "index_masks", "mask_for", "to_input", "build_unet",
+    "LUNGSEG_DIR", "lungseg_dir", "LungEstimator", "read_mask", "index_masks", "mask_for", "to_input", "build_unet",
     "clean_mask", "dice", "augment", "train_unet",
 ]

@@ -133,10 +133,10 @@ def extract_features(model, spec, images: Sequence[np.ndarray], *, layer: str | 
 
 def lung_model_sha256() -> str:
     """SHA-256 of the shipped lung U-Net file (a detector on its features is only valid with that file)."""
-    from cxr_core.lungs import LUNGSEG_DIR, MODEL_FILE
+    from cxr_core.lungs import MODEL_FILE, lungseg_dir
     from cxr_core.manifest import file_sha256
 
-    path = LUNGSEG_DIR / MODEL_FILE
+    path = lungseg_dir() / MODEL_FILE
     if not path.is_file():
         raise ModelError(f"the lung model {path} is missing; the OOD detector reads its features")
     return file_sha256(path)

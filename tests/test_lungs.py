@@ -89,3 +89,15 @@ def test_clean_mask_keeps_two_largest_blobs_and_fills_holes():
     assert mask.sum() == 2 * 40 * 20
     assert dice(mask, mask) == 1.0 and dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
     assert dice(mask, ~mask) == 0.0
+
+
+def test_the_lung_model_follows_cxr_weights_dir_and_falls_back_to_the_bundled_one(tmp_path, monkeypatch):
+    import shutil
+
+    from cxr_core.lungs import lungseg_dir
+
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path / "weights"))
+    assert lungseg_dir() == LUNGSEG_DIR  # nothing of its own there: the bundled model
+    shutil.copytree(LUNGSEG_DIR, tmp_path / "weights" / "lungseg")
+    assert lungseg_dir() == tmp_path / "weights" / "lungseg"
+    assert LungEstimator.load().card == LungEstimator.load(LUNGSEG_DIR).card
