@@ -829,17 +829,9 @@ def _gallery_picture(url: str, image_sha: str, reader: str, model: str, method: 
     from cxr_core.reports import make_case, render_case
 
     case = make_case(_score, stored_item(image_sha).xray.pixels, _mask, _heatmap)
-    return _shrink_rgb(render_case(case.image, case.expert, case.predicted), GALLERY_SIDE)
+    from cxr_core.overlay import fit_within
 
-
-def _shrink_rgb(rgb: np.ndarray, side: int) -> np.ndarray:
-    import cv2
-
-    h, w = rgb.shape[:2]
-    scale = side / max(h, w)
-    if scale >= 1:
-        return rgb
-    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return fit_within(render_case(case.image, case.expert, case.predicted), GALLERY_SIDE)
 
 
 def gallery_picture(view: AgreementView, pairs, score) -> np.ndarray:

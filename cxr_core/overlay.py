@@ -250,7 +250,8 @@ def _crop(arr: np.ndarray, window: tuple[float, float, float, float]) -> np.ndar
     return arr[r0:r1, c0:c1]
 
 
-def _fit(arr: np.ndarray, max_side: int) -> np.ndarray:
+def fit_within(arr: np.ndarray, max_side: int) -> np.ndarray:
+    """``arr`` (grey or RGB) shrunk with area averaging so its longer side is at most ``max_side``; never enlarged."""
     h, w = arr.shape[:2]
     scale = max_side / max(h, w)
     if scale >= 1:
@@ -276,7 +277,7 @@ def zoom_view(pixels: np.ndarray, heatmap: np.ndarray | None = None, *, zoom: in
         raise OverlayError(f"zoom needs a grey (H, W) film; got shape {film.shape}")
     window = zoom_window(zoom, centre)
     crop = _gray_rgb(_crop(film, window))[..., 0]  # crop first: a full-size film is never copied whole
-    grey = np.rint(_fit(crop, max_side)).astype(np.uint8)
+    grey = np.rint(fit_within(crop, max_side)).astype(np.uint8)
     if heatmap is None:
         return grey
     heat = _check_heatmap(heatmap).astype(np.float32)
