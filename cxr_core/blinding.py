@@ -84,7 +84,8 @@ def _stored_hash(s: Session, image_sha: str) -> str:
     return _HASHES[image_sha]
 
 
-def _near_copy_decision(s: Session, reader_id: int | None, pixels: np.ndarray) -> BlindingDecision | None:
+def _near_copy_decision(s: Session, reader_id: int | None, image_sha: str,
+                        pixels: np.ndarray) -> BlindingDecision | None:
     """A refusal when ``pixels`` look like a film still pending for this reader (or anyone), else None."""
     from cxr_core import near_copy
 
@@ -93,7 +94,9 @@ def _near_copy_decision(s: Session, reader_id: int | None, pixels: np.ndarray) -
         pending.setdefault(sha, set()).add(name)
     if not pending:
         return None
-    query = near_copy.perceptual_hash(pixels)
+    if image_sha not in _HASHES:  # the pixel hash names these pixels: hash an uploaded film once, not every rerun
+        _HASHES[image_sha] = near_copy.perceptual_hash(pixels)
+    query = _HASHES[image_sha]
     close = near_copy.near_copies(query, {sha: _stored_hash(s, sha) for sha in pending})
     if not close:
         return None
@@ -137,7 +140,7 @@ def model_output_decision(s: Session, reader_id: int | None, image_sha: str,
                       "Submit your reading first; then you can reveal the model's result.")
         return BlindingDecision(False, reason, names)
     if pixels is not None:
-        copy = _near_copy_decision(s, reader_id, pixels)
+        copy = _near_copy_decision(s, reader_id, image_sha, pixels)
         if copy is not None:
             return copy
     assigned = s.scalar(
