@@ -1,7 +1,7 @@
-"""The annotate page's state: which film is open, each film's :class:`cxr_core.reading.Reading`, and the picture.
+"""The annotate page's state: which film is open, each film's :class:`cxr_core.annotation.reading.Reading`, and the picture.
 
 Kept apart from ``ui_state.py`` (shared by every page) because it is the page's own machinery;
-the rules it enforces are in :mod:`cxr_core.reading`. Session-state keys start with ``annotate_``.
+the rules it enforces are in :mod:`cxr_core.annotation.reading`. Session-state keys start with ``annotate_``.
 
 Which film is open is a queue position in this module's own key (:func:`film_key`), set by the
 picker's, "Previous film"'s and "Next film"'s callbacks and after a submission; the picker's
@@ -20,9 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import ui_state as ui
 from cxr_core import storage
-from cxr_core.canvas_view import REGIONS, ZOOMS, View, canvas_size, view_picture
+from cxr_core.annotation.canvas_view import REGIONS, ZOOMS, View, canvas_size, view_picture
 from cxr_core.errors import CXRError
-from cxr_core.reading import Answers, Frame, Reading, after_submit, opening_position, step
+from cxr_core.annotation.reading import Answers, Frame, Reading, after_submit, opening_position, step
 from ui_viewport import Viewport
 
 FILM_PARAM = "film"  # address-bar parameter: "<session id>.<film number>"

@@ -189,7 +189,7 @@ def reliability_figure(series: Sequence[tuple[str, dict]], *, title: str = "Reli
     return fig
 
 
-# --- heatmap sanity checks (cxr_core.sanity records) ---------------------------------------------
+# --- heatmap sanity checks (cxr_core.explain.sanity records) ---------------------------------------------
 
 def sanity_cascade_figure(cascade: Sequence[dict], threshold: float = 0.5, *,
                           title: str = "Cascading randomisation, from the output layer down"):

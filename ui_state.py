@@ -24,8 +24,8 @@ import streamlit as st
 
 from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
-from cxr_core.manifest import READY, ModelEntry, list_models
-from cxr_core.zoo import DEFAULT_CLASSES, SPECS
+from cxr_core.models.manifest import READY, ModelEntry, list_models
+from cxr_core.models.zoo import DEFAULT_CLASSES, SPECS
 
 # =================================================================================================
 # Shared by every page
@@ -45,7 +45,7 @@ def model_output_allowed(image_sha: str, pixels: np.ndarray | None = None) -> tu
     """Whether model scores and heatmaps may be shown for this image, and if not, why.
 
     The single gate every page calls before showing ANY probability or heatmap (for one model
-    or in the comparison). It asks :mod:`cxr_core.blinding` about the reader chosen on the
+    or in the comparison). It asks :mod:`cxr_core.safety.blinding` about the reader chosen on the
     annotate page (:data:`ANNOTATE_READER`): an image pending in one of their blind sessions
     answers ``(False, reason)``; with nobody chosen, images pending for anyone stay hidden.
     If the annotation database cannot be asked, the output stays hidden (fails closed).
@@ -53,7 +53,9 @@ def model_output_allowed(image_sha: str, pixels: np.ndarray | None = None) -> tu
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cxr_core import blinding, storage
+    from cxr_core import storage
+
+    from cxr_core.safety import blinding
 
     name = current_reader_name()
     try:
@@ -94,8 +96,8 @@ def _weights_key() -> str:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the model (once per server)...")
 def _loaded_model(weights_dir: str, name: str, sha256: str):
-    from cxr_core.manifest import load_model
-    from cxr_core.runtime import import_tensorflow_quietly
+    from cxr_core.models.manifest import load_model
+    from cxr_core.models.runtime import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     return load_model(name, weights_dir)
@@ -108,7 +110,7 @@ def loaded_model(entry: ModelEntry):
 
 @st.cache_resource(max_entries=8, show_spinner="Preparing heatmaps for this model...")
 def _cam_engine(weights_dir: str, name: str, sha256: str):
-    from cxr_core.cam import CamEngine, CamUnavailableError
+    from cxr_core.explain.cam import CamEngine, CamUnavailableError
 
     loaded = _loaded_model(weights_dir, name, sha256)
     try:
@@ -132,7 +134,7 @@ REVIEW_VIEW = "review_view"
 REVIEW_COMPARE = "review_compare"
 REVIEW_DECODED = "review_decoded"  # session LRU of decoded X-rays
 REVIEW_OUTLINE = "review_outline"  # checkbox: draw the Otsu outline over the overlay
-REVIEW_ZOOM = "review_zoom"  # 1, 2 or 4 (cxr_core.overlay.ZOOMS)
+REVIEW_ZOOM = "review_zoom"  # 1, 2 or 4 (cxr_core.explain.overlay.ZOOMS)
 REVIEW_ZOOM_ROW = "review_zoom_row"  # zoom centre, percent of the height from the top
 REVIEW_ZOOM_COL = "review_zoom_col"  # zoom centre, percent of the width from the left
 
@@ -156,7 +158,7 @@ class Item:
 
     key: str
     name: str
-    xray: object | None = None  # cxr_core.imaging.XRay
+    xray: object | None = None  # cxr_core.io.imaging.XRay
     error: str = ""
     display: np.ndarray | None = None  # (h, w) float32, longest side <= DISPLAY_SIDE
     thumb: np.ndarray | None = None  # (h, w) uint8, longest side <= THUMB_SIDE
@@ -174,8 +176,8 @@ def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
 
 
 def _decode(key: str, name: str, data: bytes, attribution: str = "") -> Item:
-    """Decode through ``cxr_core.imaging``, remembering the last :data:`DECODED_LRU` files of this session."""
-    from cxr_core.imaging import load_xray
+    """Decode through ``cxr_core.io.imaging``, remembering the last :data:`DECODED_LRU` files of this session."""
+    from cxr_core.io.imaging import load_xray
 
     lru: OrderedDict = st.session_state.setdefault(REVIEW_DECODED, OrderedDict())
     if key in lru:
@@ -224,11 +226,11 @@ def sample_item(sample: dict) -> Item:
 class Analysis:
     """One model's answer for one image: scores always, a heatmap when the model allows one.
 
-    ``cam`` is a :class:`cxr_core.cam.CamResult` whose ``heatmap`` is at display size (the
-    ``grid`` upsampled the way ``cxr_core.cam`` does); None with ``cam_error`` when unavailable.
+    ``cam`` is a :class:`cxr_core.explain.cam.CamResult` whose ``heatmap`` is at display size (the
+    ``grid`` upsampled the way ``cxr_core.explain.cam`` does); None with ``cam_error`` when unavailable.
     """
 
-    prediction: object  # cxr_core.predict.Prediction
+    prediction: object  # cxr_core.models.predict.Prediction
     cam: object | None
     cam_error: str = ""
 
@@ -236,8 +238,8 @@ class Analysis:
 @st.cache_data(max_entries=64, show_spinner="Running the model...")
 def _analyse(weights_dir: str, name: str, sha256: str, image_sha: str, method: str, target: str | None,
              display_shape: tuple[int, int], _xray) -> Analysis:
-    from cxr_core.binarize import normalize, upsample
-    from cxr_core.predict import predict_loaded
+    from cxr_core.explain.binarize import normalize, upsample
+    from cxr_core.models.predict import predict_loaded
 
     engine, reason = _cam_engine(weights_dir, name, sha256)
     if engine is None:
@@ -264,9 +266,9 @@ def overlay_image(item: Item, analysis: Analysis | None, view: str, colormap: st
     """The display-size picture for one view: the film alone ("Original", or no heatmap), or with the heatmap.
 
     ``zoom`` > 1 cuts a 1/zoom window around ``centre`` (row, column fractions) from the full-size
-    film (:func:`cxr_core.overlay.zoom_view`), so a zoom shows the film's own detail.
+    film (:func:`cxr_core.explain.overlay.zoom_view`), so a zoom shows the film's own detail.
     """
-    from cxr_core.overlay import overlay, zoom_view
+    from cxr_core.explain.overlay import overlay, zoom_view
 
     cam = analysis.cam if analysis is not None else None
     heatmap = None if view == "Original" or cam is None or cam.all_zero else cam.heatmap
@@ -297,8 +299,8 @@ def full_size_overlay_png(item: Item, analysis: Analysis, colormap: str, opacity
             "Image SHA-256": item.xray.sha256, "Comment": "model scores and heatmaps are not diagnoses"}
 
     def make() -> bytes:
-        from cxr_core.binarize import normalize, upsample
-        from cxr_core.overlay import overlay, to_png_bytes, with_legend
+        from cxr_core.explain.binarize import normalize, upsample
+        from cxr_core.explain.overlay import overlay, to_png_bytes, with_legend
 
         blended = overlay(pixels, normalize(upsample(cam.grid, pixels.shape)), colormap=colormap, opacity=opacity,
                           outline=outline)
@@ -330,19 +332,19 @@ def review_override_key(item_key: str) -> str:
 
 @st.cache_data(max_entries=64, show_spinner="Checking that this looks like a chest X-ray...")
 def _screen(weights_dir: str, name: str, sha256: str, image_sha: str, _xray):
-    from cxr_core.screening import screener
+    from cxr_core.safety.screening import screener
 
     return screener(_loaded_model(weights_dir, name, sha256), weights_dir).screen([_xray])[0]
 
 
 def screen_item(entry: ModelEntry, item: Item):
-    """:func:`cxr_core.screening.screen` of ``entry``'s model for ``item`` (an ``OODDecision``); cached."""
+    """:func:`cxr_core.safety.screening.screen` of ``entry``'s model for ``item`` (an ``OODDecision``); cached."""
     return _screen(_weights_key(), entry.name, entry.card.sha256, item.xray.sha256, item.xray)
 
 
 def refusal_text(decision) -> str:
     """The page's refusal: the CLI's sentence, then each reason as a bullet with its measured figures."""
-    from cxr_core.screening import REFUSAL, refusal_lines
+    from cxr_core.safety.screening import REFUSAL, refusal_lines
 
     return f"**{REFUSAL[0].upper() + REFUSAL[1:]}.** Model scores and heatmaps are not shown.\n\n" + "\n".join(
         f"- {r}" + (f" *({d})*" if d else "") for r, d in refusal_lines(decision))
@@ -350,7 +352,7 @@ def refusal_text(decision) -> str:
 
 def ood_override(entry: ModelEntry, item: Item, decision) -> dict:
     """Record that the expert chose to see scores for a refused input; logged once per model and image per session."""
-    from cxr_core.screening import decision_record, override_record
+    from cxr_core.safety.screening import decision_record, override_record
 
     logged: set = st.session_state.setdefault(REVIEW_OVERRIDES_LOGGED, set())
     key = (entry.name, item.xray.sha256)
@@ -388,7 +390,7 @@ def review_warnings(item: Item, entry: ModelEntry) -> list[str]:
 
 @st.cache_data(max_entries=256, show_spinner="Scoring the films...")
 def _predict(weights_dir: str, name: str, sha256: str, image_sha: str, _xray):
-    from cxr_core.predict import predict_loaded
+    from cxr_core.models.predict import predict_loaded
 
     return predict_loaded(_loaded_model(weights_dir, name, sha256), [_xray])[0]
 
@@ -514,7 +516,7 @@ ANNOTATE_TOOL = "annotate_tool"
 ANNOTATE_FINDING = "annotate_finding"
 ANNOTATE_LEVEL = "annotate_level"
 ANNOTATE_WINDOW = "annotate_window"
-ANNOTATE_DRAWINGS = "annotate_drawings"  # per reading: cxr_core.reading.Reading
+ANNOTATE_DRAWINGS = "annotate_drawings"  # per reading: cxr_core.annotation.reading.Reading
 
 SESSIONS_NAME = "sessions_name"
 SESSIONS_BLIND = "sessions_blind"
@@ -528,7 +530,7 @@ SESSIONS_ADMIN = "sessions_admin"
 SESSIONS_NEW_READER = "sessions_new_reader"
 SESSIONS_NEW_ROLE = "sessions_new_role"
 SESSIONS_FLASH = "sessions_flash"
-SESSIONS_SCREENED = "sessions_screened"  # cxr_core.intake.VerdictCache of this browser session
+SESSIONS_SCREENED = "sessions_screened"  # cxr_core.safety.intake.VerdictCache of this browser session
 
 
 def sessions_keep_key(ident: str) -> str:
@@ -560,10 +562,10 @@ def sessions_screening() -> IntakeScreening:
 
     A model with an out-of-distribution detector screens through :func:`screen_item`'s cached
     ``_screen`` (same function, same cache as the review page); without one, or with no model,
-    :class:`cxr_core.screening.Screener` without a detector runs the image checks alone, which is
+    :class:`cxr_core.safety.screening.Screener` without a detector runs the image checks alone, which is
     what the model's screener would do.
     """
-    from cxr_core.screening import Screener, screener
+    from cxr_core.safety.screening import Screener, screener
 
     checks_only = Screener(None)
     ready = ready_models(registry())
@@ -592,8 +594,8 @@ def sessions_screening() -> IntakeScreening:
 
 
 def sessions_screen(files, screening: IntakeScreening, progress=None) -> list:
-    """:func:`cxr_core.intake.screen_files` with this browser session's verdict cache (nothing decoded twice)."""
-    from cxr_core.intake import VerdictCache, screen_files
+    """:func:`cxr_core.safety.intake.screen_files` with this browser session's verdict cache (nothing decoded twice)."""
+    from cxr_core.safety.intake import VerdictCache, screen_files
 
     cache = st.session_state.setdefault(SESSIONS_SCREENED, VerdictCache())
     return screen_files(files, screening.screen, cache=cache, tag=screening.tag, progress=progress)
@@ -645,7 +647,7 @@ def current_reader_name() -> str | None:
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _stored_item(url: str, image_sha: str) -> Item:
     from cxr_core import storage
-    from cxr_core.imaging import XRay
+    from cxr_core.io.imaging import XRay
 
     with reading(_db(url)) as s:
         image = storage.get_image(s, image_sha)
@@ -720,14 +722,16 @@ def agreement_sessions() -> list[tuple[str, bool]]:
 def agreement_view(session_name: str) -> AgreementView:
     """The blind check for a whole session: the list form of :func:`model_output_allowed`.
 
-    Same reader (:func:`current_reader_name`), same rule (:func:`cxr_core.blinding.hidden_images`;
+    Same reader (:func:`current_reader_name`), same rule (:func:`cxr_core.safety.blinding.hidden_images`;
     with nobody chosen, images pending for anyone are hidden). Raises ``CXRError`` when the
     database cannot be asked, so the page shows nothing rather than everything (fails closed).
     """
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cxr_core import session_scores, storage
+    from cxr_core import storage
+
+    from cxr_core.agreement import session_scores
 
     name = current_reader_name()
     try:
@@ -747,27 +751,27 @@ def agreement_view(session_name: str) -> AgreementView:
 
 @st.cache_data(max_entries=8, show_spinner="Reading the session's expert marks...")
 def _agreement_data(url: str, session_name: str, fingerprint: str, hidden: tuple[str, ...]):
-    from cxr_core import session_scores
+    from cxr_core.agreement import session_scores
 
     with reading(_db(url)) as s:
         return session_scores.read_session(s, session_name, hidden=hidden)
 
 
 def agreement_data(session_name: str, view: AgreementView):
-    """The session's visible readings with their masks (:class:`cxr_core.session_scores.SessionData`)."""
+    """The session's visible readings with their masks (:class:`cxr_core.agreement.session_scores.SessionData`)."""
     return _agreement_data(get_settings().database_url, session_name, view.fingerprint, view.hidden)
 
 
 def agreement_models() -> dict[str, object]:
-    """Ready registry models as :class:`cxr_core.session_scores.ModelRef`, by name."""
-    from cxr_core.session_scores import ModelRef
+    """Ready registry models as :class:`cxr_core.agreement.session_scores.ModelRef`, by name."""
+    from cxr_core.agreement.session_scores import ModelRef
 
     return {e.name: ModelRef.from_card(e.card) for e in ready_models(registry())}
 
 
 def agreement_missing(data, model, method: str) -> int:
     """How many heatmaps (``method`` and the random baseline) the readings still lack for ``model``."""
-    from cxr_core import session_scores
+    from cxr_core.agreement import session_scores
 
     with reading() as s:
         return len(session_scores.missing_jobs(s, data, model, (method, session_scores.BASELINE)))
@@ -775,7 +779,7 @@ def agreement_missing(data, model, method: str) -> int:
 
 def agreement_compute(data, model, method: str, progress=None) -> int:
     """Compute and store the missing heatmaps with the cached CAM engine; how many were stored."""
-    from cxr_core import session_scores
+    from cxr_core.agreement import session_scores
 
     def engine():
         found, reason = _cam_engine(_weights_key(), model.name, model.checksum)
@@ -788,7 +792,7 @@ def agreement_compute(data, model, method: str, progress=None) -> int:
 
 @st.cache_data(max_entries=16, show_spinner="Loading heatmaps...")
 def _agreement_pairs(url: str, session_name: str, fingerprint: str, hidden: tuple[str, ...], model, method: str):
-    from cxr_core import session_scores
+    from cxr_core.agreement import session_scores
 
     data = _agreement_data(url, session_name, fingerprint, hidden)
     with reading(_db(url)) as s:
@@ -802,7 +806,7 @@ def agreement_pairs(session_name: str, view: AgreementView, model, method: str):
 
 
 def threshold_spec(kind: str, fixed: float, top: float) -> str:
-    """The :class:`cxr_core.binarize.Threshold` text for the page's threshold controls."""
+    """The :class:`cxr_core.explain.binarize.Threshold` text for the page's threshold controls."""
     if kind == "fixed":
         return f"{fixed:g}"
     if kind == "top":
@@ -812,7 +816,7 @@ def threshold_spec(kind: str, fixed: float, top: float) -> str:
 
 def agreement_scores(session_name: str, view: AgreementView, models, method: str, threshold: str, rule: str):
     """Scores of each model's ``method`` and random-baseline heatmaps, and the PairSets they came from."""
-    from cxr_core import session_scores
+    from cxr_core.agreement import session_scores
 
     pairsets, scores = [], []
     for model in models:
@@ -826,10 +830,10 @@ def agreement_scores(session_name: str, view: AgreementView, models, method: str
 @st.cache_data(max_entries=256, show_spinner=False)
 def _gallery_picture(url: str, image_sha: str, reader: str, model: str, method: str, threshold: str,
                      fingerprint: str, _score, _heatmap, _mask) -> np.ndarray:
-    from cxr_core.reports import make_case, render_case
+    from cxr_core.agreement.reports import make_case, render_case
 
     case = make_case(_score, stored_item(image_sha).xray.pixels, _mask, _heatmap)
-    from cxr_core.overlay import fit_within
+    from cxr_core.explain.overlay import fit_within
 
     return fit_within(render_case(case.image, case.expert, case.predicted), GALLERY_SIDE)
 
@@ -853,8 +857,8 @@ def format_interval(iv, digits: int = 3) -> str:
 
 def distribution_figure(scores, metric: str):
     """Box plots of one metric per class for each model × method, the random baseline apart in grey (as the
-    HTML report: :func:`cxr_core.reports.distribution_figure`)."""
-    from cxr_core.reports import distribution_figure as figure
+    HTML report: :func:`cxr_core.agreement.reports.distribution_figure`)."""
+    from cxr_core.agreement.reports import distribution_figure as figure
 
     return figure(scores, metric)
 
@@ -878,7 +882,7 @@ def interval(values):
 
 def agreement_reader_pairs(data, readers, rule: str):
     """Reader-versus-reader IoU of the session's visible readings by ``readers``."""
-    from cxr_core.session_scores import reader_pairs
+    from cxr_core.agreement.session_scores import reader_pairs
 
     return reader_pairs(data, set(readers), rule=rule)
 
@@ -895,15 +899,15 @@ def agreement_filter_key(kind: str, session_name: str, options) -> str:
 
 def agreement_times(data) -> list[dict]:
     """Time per case of the session (median, IQR per reader and for all readers) as plain rows."""
-    from cxr_core.session_report import time_rows
+    from cxr_core.agreement.session_report import time_rows
 
     return time_rows(data)
 
 
 def agreement_export(fmt: str, data, pairsets, scores, rule: str) -> str:
     """The page's download in ``fmt`` (csv, json, html, coco) of exactly the scores it shows."""
-    from cxr_core import reports
-    from cxr_core.session_report import build_report, to_coco
+    from cxr_core.agreement import reports
+    from cxr_core.agreement.session_report import build_report, to_coco
 
     if fmt == "coco":
         return to_coco(data, pairsets, scores)

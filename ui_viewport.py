@@ -9,7 +9,7 @@ Use it just above the canvas::
 
     vp = viewport("annotate_viewport")
     if vp is not None:
-        width, height = canvas_size(*vp.space_below(), film_aspect)  # cxr_core.canvas_view
+        width, height = canvas_size(*vp.space_below(), film_aspect)  # cxr_core.annotation.canvas_view
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Viewport:
     element_width : int
         The probe's width: the width of the column the probe was placed in.
     pixel_ratio : float
-        ``window.devicePixelRatio`` (for :func:`cxr_core.canvas_view.view_picture`'s ``pixel_ratio``).
+        ``window.devicePixelRatio`` (for :func:`cxr_core.annotation.canvas_view.view_picture`'s ``pixel_ratio``).
     """
 
     width: int

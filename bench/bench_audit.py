@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cxr_core.audit import AuditItem, run_audit  # noqa: E402
-from cxr_core.runtime import import_tensorflow_quietly  # noqa: E402
+from cxr_core.models.runtime import import_tensorflow_quietly  # noqa: E402
 
 
 def films(folder: Path, n: int) -> list[AuditItem]:
@@ -44,8 +44,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=32)
     args = ap.parse_args()
     import_tensorflow_quietly()
-    from cxr_core.cam import CamEngine
-    from cxr_core.zoo import build_model, get_spec
+    from cxr_core.explain.cam import CamEngine
+    from cxr_core.models.zoo import build_model, get_spec
 
     classes = ("COVID-19", "Normal")
     model = build_model("efficientnetv2b0", classes, weights=None, input_size=64)

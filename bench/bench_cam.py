@@ -4,7 +4,7 @@ and versus the keras.io recipe, with achieved GFLOP/s next to this machine's flo
 For each of ResNet50 (224), VGG16 (224), Xception (299) and EfficientNetV2B0 (224), built with
 ``weights=None`` (speed does not depend on the weights), on a 1024 x 1024 X-ray:
 
-- ``fwd``: :func:`cxr_core.predict.predict` for one image (preprocessing + cached ``tf.function``);
+- ``fwd``: :func:`cxr_core.models.predict.predict` for one image (preprocessing + cached ``tf.function``);
 - ``cam``: :meth:`CamEngine.run` for one image (preprocessing + one compiled pass giving
   probabilities and Grad-CAM + upsampling/normalisation to 1024 x 1024);
 - ``eager``: keras.io's ``make_gradcam_heatmap`` as people copy it (sub-model built per call,
@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cxr_core.cam import CamEngine  # noqa: E402
-from cxr_core.imaging import XRay, load_xray, pixel_sha256  # noqa: E402
-from cxr_core.predict import compiled_forward, predict  # noqa: E402
-from cxr_core.preprocess import prepare_batch  # noqa: E402
-from cxr_core.runtime import import_tensorflow_quietly  # noqa: E402
-from cxr_core.zoo import DEFAULT_CLASSES, SPECS, build_model, get_spec  # noqa: E402
+from cxr_core.explain.cam import CamEngine  # noqa: E402
+from cxr_core.io.imaging import XRay, load_xray, pixel_sha256  # noqa: E402
+from cxr_core.models.predict import compiled_forward, predict  # noqa: E402
+from cxr_core.models.preprocess import prepare_batch  # noqa: E402
+from cxr_core.models.runtime import import_tensorflow_quietly  # noqa: E402
+from cxr_core.models.zoo import DEFAULT_CLASSES, SPECS, build_model, get_spec  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cxr" / "covid_hannover_b343e657.png"
 

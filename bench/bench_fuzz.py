@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import fuzz_cases  # noqa: E402
 from cxr_core.errors import CXRError  # noqa: E402
-from cxr_core.imaging import load_xray  # noqa: E402
+from cxr_core.io.imaging import load_xray  # noqa: E402
 
 
 def main() -> int:

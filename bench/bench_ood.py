@@ -12,7 +12,7 @@ First the two rates the screening is held to (printed last as ``RATE`` lines):
 - non-chest inputs refused by the shipped detector (``weights/<model>/ood.npz``) and the image checks.
 
 In-distribution: the real chest films of the model's own patient-disjoint split. Every detector is
-fitted on the training side with the threshold rule of ``cxr_core.screening.fit_detector`` (a
+fitted on the training side with the threshold rule of ``cxr_core.safety.screening.fit_detector`` (a
 percentile of patient-grouped cross-fitted training scores), then measured on the validation and
 test sides: 158 films of patients neither the classifier nor the detector saw. Out-of-distribution:
 ``ood_samples`` of ``bench/ood_sets.py`` (photographs, documents, microscopy, CT/MR/NM/US slices, a
@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from ood_sets import ood_samples  # noqa: E402
 
-from cxr_core.ood import (  # noqa: E402
+from cxr_core.safety.ood import (  # noqa: E402
     REAL_FILM_LIMITS,
     CheckLimits,
     derive_limits,
@@ -94,7 +94,7 @@ def screen_findings(detector, limits: CheckLimits, pixels, feats, xrays=None) ->
 
 def held_out_false_refusals(records, xrays, lung, wide_idx, wide_aspects, wide_lung, seed: int = 0) -> np.ndarray:
     """Refusals of real films of held-out patients (stored films, then the widened ones), cross-fitted by patient."""
-    from cxr_core.screening import fit_detector
+    from cxr_core.safety.screening import fit_detector
 
     patients = np.array([r.patient_id for r in records])
     fold = patient_folds(patients, seed=seed)
@@ -137,13 +137,13 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="the two rates only, without the table of rules")
     args = p.parse_args(argv)
 
-    from cxr_core.dataset import apply_split, by_split, load_records, read_split_csv
-    from cxr_core.imaging import load_xray
-    from cxr_core.manifest import _weights_dir, load_model
-    from cxr_core.ood import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
-    from cxr_core.runtime import import_tensorflow_quietly
-    from cxr_core.screening import load_detector, lung_features
-    from cxr_core.train import SPLIT_FILE
+    from cxr_core.training.dataset import apply_split, by_split, load_records, read_split_csv
+    from cxr_core.io.imaging import load_xray
+    from cxr_core.models.manifest import _weights_dir, load_model
+    from cxr_core.safety.ood import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
+    from cxr_core.models.runtime import import_tensorflow_quietly
+    from cxr_core.safety.screening import load_detector, lung_features
+    from cxr_core.training.train import SPLIT_FILE
 
     import_tensorflow_quietly()
     t0 = time.perf_counter()
@@ -231,8 +231,8 @@ def main(argv=None) -> None:
 
 def table(args, loaded, records, sides, xrays_all, samples, t0) -> None:
     """Every feature source x method, alone and with the image checks, fitted on the training split."""
-    from cxr_core.predict import predict_arrays
-    from cxr_core.screening import features_for, fit_detector
+    from cxr_core.models.predict import predict_arrays
+    from cxr_core.safety.screening import features_for, fit_detector
 
     print("\n--- which rule: every feature source and method, fitted on the training split ---")
     index = {r.file: x for r, x in zip(records, xrays_all)}
@@ -281,7 +281,7 @@ def table(args, loaded, records, sides, xrays_all, samples, t0) -> None:
           f"{np.mean(msp['test'] > t):6.1%} {np.mean(msp['ood'] > t):8.1%} | {comb_in.mean():12.1%} {'(test)':>8s} "
           f"{np.mean(ood_checks | (msp['ood'] > t)):8.1%}")
 
-    from cxr_core.ood import DEFAULT_K, DEFAULT_METHOD
+    from cxr_core.safety.ood import DEFAULT_K, DEFAULT_METHOD
 
     best = f"lungseg {DEFAULT_METHOD}" + (f" k={DEFAULT_K}" if DEFAULT_METHOD == "knn" else "")
     src, method, k, comb_in, comb_out = results[best]

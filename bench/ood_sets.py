@@ -6,7 +6,7 @@ and pydicom-data, a rendered document page, and transforms of real chest films (
 degrees, inverted, heavily cropped), pure noise and blank images. Both packages are dev
 requirements; they are imported inside the functions.
 
-Run ``python bench/ood_sets.py [CHEST_DIR]`` to measure how well ``cxr_core.ood.image_checks``
+Run ``python bench/ood_sets.py [CHEST_DIR]`` to measure how well ``cxr_core.safety.ood.image_checks``
 alone separates real chest films (default: ../shared/data/cxr-real/images) from these sets, and
 how ``FeatureOOD`` does on a stand-in feature (a 32x32 thumbnail), fitted on a patient-disjoint
 70 % of the films, until a trained model's penultimate features replace it.
@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxr_core.ood import FeatureOOD, colorfulness, evaluate_detector, image_checks  # noqa: E402
+from cxr_core.safety.ood import FeatureOOD, colorfulness, evaluate_detector, image_checks  # noqa: E402
 
 SKIMAGE_IMAGES = {
     "photo": ["astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
@@ -86,7 +86,7 @@ def skimage_samples() -> list[Sample]:
 
 def _decode_dicom(path: str) -> tuple[np.ndarray, bool, dict]:
     try:
-        from cxr_core.imaging import load_xray
+        from cxr_core.io.imaging import load_xray
     except ImportError:
         load_xray = None
     if load_xray is not None:

@@ -19,9 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxr_core.imaging import load_xray  # noqa: E402
-from cxr_core.lungs import CARD_FILE, INPUT_SIZE, LUNGSEG_DIR, MODEL_FILE, LungEstimator, build_unet, dice, read_mask, train_unet  # noqa: E402
-from cxr_core.runtime import import_tensorflow_quietly  # noqa: E402
+from cxr_core.io.imaging import load_xray  # noqa: E402
+from cxr_core.models.lungs import CARD_FILE, INPUT_SIZE, LUNGSEG_DIR, MODEL_FILE, LungEstimator, build_unet, dice, read_mask, train_unet  # noqa: E402
+from cxr_core.models.runtime import import_tensorflow_quietly  # noqa: E402
 
 
 def pairs(source: Path) -> list[tuple[Path, Path, str]]:

@@ -5,9 +5,10 @@ import math
 import streamlit as st
 
 import ui_state as ui
-from cxr_core import agreement, reports
+from cxr_core import agreement
+from cxr_core.agreement import reports
 from cxr_core.errors import CXRError
-from cxr_core.session_scores import BASELINE, CONSENSUS_READERS, SessionScoresError, diagnosis, excluded_note
+from cxr_core.agreement.session_scores import BASELINE, CONSENSUS_READERS, SessionScoresError, diagnosis, excluded_note
 
 st.title("Heatmap agreement")
 st.caption(

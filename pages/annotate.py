@@ -7,10 +7,10 @@ import ui_annotate as ua
 import ui_state as ui
 from cxr_core import annotation as ann
 from cxr_core import storage
-from cxr_core.canvas_view import REGIONS, ZOOMS, to_view
+from cxr_core.annotation.canvas_view import REGIONS, ZOOMS, to_view
 from cxr_core.errors import CXRError
-from cxr_core.reading import Answers
-from cxr_core.zoo import DEFAULT_CLASSES
+from cxr_core.annotation.reading import Answers
+from cxr_core.models.zoo import DEFAULT_CLASSES
 from ui_figures import score_bars
 from ui_viewport import viewport
 

@@ -13,7 +13,7 @@ import streamlit as st
 
 import ui_state as ui
 from cxr_core.audit import REGIONS, fmt_share, run_audit, to_json
-from cxr_core.audit_report import REGION_LABELS, render_html, shortcut_lines
+from cxr_core.audit.report import REGION_LABELS, render_html, shortcut_lines
 from cxr_core.errors import CXRError
 
 AUDIT_REPORT = "audit_report"  # the audit shown (to_json dict)
@@ -32,7 +32,7 @@ st.caption(
 
 @st.cache_resource(show_spinner="Loading the lung-field model (once per server)...")
 def lung_estimator():
-    from cxr_core.lungs import LungEstimator
+    from cxr_core.models.lungs import LungEstimator
 
     return LungEstimator.load()
 
@@ -81,7 +81,7 @@ def run_form() -> None:
     if not data.strip():
         st.error("Give a data folder or manifest to audit.")
         return
-    from cxr_core.commands.audit import items_from
+    from cxr_core.cli.commands.audit import items_from
 
     entry = next(e for e in ready if e.name == name)
     try:

@@ -6,7 +6,7 @@ import streamlit as st
 import ui_state as ui
 import ui_figures as fig
 from cxr_core.errors import CXRError
-from cxr_core.sanity import read_record as read_sanity_record
+from cxr_core.explain.sanity import read_record as read_sanity_record
 
 st.title("Models")
 st.caption(

@@ -6,10 +6,10 @@ from pathlib import Path
 import streamlit as st
 
 import ui_state as ui
-from cxr_core.csv_safe import dict_rows_csv
+from cxr_core.io.csv_safe import dict_rows_csv
 from cxr_core.errors import CXRError
-from cxr_core.overlay import COLORMAPS, ZOOMS, legend_band
-from cxr_core.screening import decision_record
+from cxr_core.explain.overlay import COLORMAPS, ZOOMS, legend_band
+from cxr_core.safety.screening import decision_record
 from ui_figures import score_bars
 
 st.title("Review X-rays")

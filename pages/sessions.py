@@ -3,7 +3,8 @@
 import streamlit as st
 
 import ui_state as ui
-from cxr_core import intake, storage
+from cxr_core import storage
+from cxr_core.safety import intake
 from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
 

@@ -27,8 +27,8 @@ def _isolated_settings(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_registry(tmp_path_factory) -> Path:
     """A weights folder holding two tiny registered models (4-class EfficientNetV2B0, 3-class ResNet50)."""
-    from cxr_core.manifest import ModelCard, save_model
-    from cxr_core.zoo import DEFAULT_CLASSES, build_model, get_spec
+    from cxr_core.models.manifest import ModelCard, save_model
+    from cxr_core.models.zoo import DEFAULT_CLASSES, build_model, get_spec
 
     import keras
 

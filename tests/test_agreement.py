@@ -25,7 +25,7 @@ from cxr_core.agreement import (
     score_image,
     score_records,
 )
-from cxr_core.binarize import HeatmapError, ThresholdError
+from cxr_core.explain.binarize import HeatmapError, ThresholdError
 from cxr_core.errors import CXRError
 
 LUNG_MASKS = sorted((Path(__file__).parent / "fixtures" / "lung_masks").glob("*.png"))
@@ -323,7 +323,7 @@ def test_diagnosis_agreement_kappa_hand_computed():
 # --- the `agree` command --------------------------------------------------------------------------
 
 def agree_args(argv):
-    from cxr_core.commands import agree
+    from cxr_core.cli.commands import agree
 
     parser = argparse.ArgumentParser()
     agree.register(parser.add_subparsers(dest="command"))
@@ -341,7 +341,7 @@ def pair(tmp_path):
 
 
 def test_agree_json_matches_score_image(pair, capsys):
-    from cxr_core.commands.agree import run
+    from cxr_core.cli.commands.agree import run
 
     folder, heatmap, gt = pair
     args = agree_args(["--heatmap", str(folder / "h.npy"), "--mask", str(folder / "m.png"),
@@ -355,7 +355,7 @@ def test_agree_json_matches_score_image(pair, capsys):
 
 
 def test_agree_text_output_names_every_metric(pair, capsys):
-    from cxr_core.commands.agree import run
+    from cxr_core.cli.commands.agree import run
 
     folder, heatmap, gt = pair
     assert run(agree_args(["--heatmap", str(folder / "h.npy"), "--mask", str(folder / "m.png")])) == 0
@@ -365,7 +365,7 @@ def test_agree_text_output_names_every_metric(pair, capsys):
 
 
 def test_agree_bad_input_raises_cxr_error(pair):
-    from cxr_core.commands.agree import run
+    from cxr_core.cli.commands.agree import run
 
     folder, _, gt = pair
     grey = (np.arange(gt.size).reshape(gt.shape) % 7).astype(np.uint8)

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import FIXTURES
 from cxr_core import annotation as ann
 from cxr_core import storage
-from cxr_core.masks import MaskError
+from cxr_core.annotation.masks import MaskError
 
 
 def rect(left, top, width, height, finding="consolidation", **kw):

@@ -13,7 +13,7 @@ from cxr_core.audit import (
     AuditItem, ImageAudit, from_json, region_shares, run_audit, shortcut_flags, summarise, to_json,
 )
 from cxr_core.errors import CXRError, DataError
-from cxr_core.zoo import ModelSpec
+from cxr_core.models.zoo import ModelSpec
 
 IN = 64     # toy network input side
 SIDE = 128  # saved images (the reader's minimum side is 64)
@@ -60,7 +60,7 @@ def toy_model(gate0: np.ndarray, gate1: np.ndarray, thr0: float):
 
 
 def engine_for(model):
-    from cxr_core.cam import CamEngine
+    from cxr_core.explain.cam import CamEngine
 
     return CamEngine.from_model(model, ModelSpec("toy", "Toy", "", IN, "unit", "features"), CLASSES)
 

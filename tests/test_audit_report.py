@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import numpy as np
 
 from cxr_core.audit import AuditReport, Flagged, ImageAudit, thumbnail, to_json
-from cxr_core.audit_report import render_html
+from cxr_core.audit.report import render_html
 
 SCRIPT = "<script>alert('x')</script>"
 IMG = '"><img src=x onerror=alert(1)>'

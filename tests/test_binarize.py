@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from cxr_core.binarize import (
+from cxr_core.explain.binarize import (
     HeatmapError,
     Threshold,
     ThresholdError,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_core import blinding, storage
+from cxr_core import storage
+
+from cxr_core.safety import blinding
 from cxr_core.errors import CXRError
 
 

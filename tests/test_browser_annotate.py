@@ -21,7 +21,7 @@ from browser import chromium_page, settle, streamlit_server
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
 from cxr_core import storage
-from cxr_core.canvas_view import frame_fit
+from cxr_core.annotation.canvas_view import frame_fit
 
 pytestmark = pytest.mark.browser
 CHEST = "covid_hannover_b343e657.png"  # 512 x 419: letterboxed in the square canvas

@@ -36,7 +36,7 @@ from browser import CanvasPen, chromium_page, screenshot_on_failure, settle, sol
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
 from cxr_core import storage
-from cxr_core.masks import region_masks
+from cxr_core.annotation.masks import region_masks
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(1800)]
 

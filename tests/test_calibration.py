@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cxr_core.calibration import (
+from cxr_core.models.calibration import (
     CalibrationError,
     CalibrationReport,
     apply_temperature,

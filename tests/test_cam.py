@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from cxr_core.binarize import normalize, upsample
-from cxr_core.cam import METHODS, CamEngine, CamResult, CamUnavailableError, postprocess
+from cxr_core.explain.binarize import normalize, upsample
+from cxr_core.explain.cam import METHODS, CamEngine, CamResult, CamUnavailableError, postprocess
 from cxr_core.errors import CXRError
-from cxr_core.imaging import XRay, pixel_sha256
-from cxr_core.zoo import DEFAULT_CLASSES, ModelSpec, build_model, get_spec
+from cxr_core.io.imaging import XRay, pixel_sha256
+from cxr_core.models.zoo import DEFAULT_CLASSES, ModelSpec, build_model, get_spec
 
 SIZE = 96  # every base accepts it (Xception needs >= 71); grids: 3x3 (6x6 for VGG16's block5_conv3)
 ARCHS = ("resnet50", "vgg16", "xception", "efficientnetv2b0")
@@ -137,7 +137,7 @@ def minmax(a: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_matches_keras_io_reference_for_every_class(cases, arch):
-    from cxr_core.preprocess import prepare_batch
+    from cxr_core.models.preprocess import prepare_batch
 
     case = cases(arch)
     images = IMAGES[:2]
@@ -195,7 +195,7 @@ def test_alone_batched_and_repeated_give_the_same_map(cases, arch):
 
 
 def test_predictions_equal_the_plain_forward_pass(cases):
-    from cxr_core.predict import predict_arrays
+    from cxr_core.models.predict import predict_arrays
 
     case = cases("resnet50")
     plain = predict_arrays(case.model, case.spec, IMAGES)
@@ -206,8 +206,8 @@ def test_predictions_equal_the_plain_forward_pass(cases):
 
 @pytest.mark.parametrize("arch,how", [("efficientnetv2b0", "save_model"), ("vgg16", "import_model nested")])
 def test_registry_round_trip_keeps_the_map(cases, arch, how, tmp_path):
-    from cxr_core.manifest import ModelCard, import_model, load_model, save_model
-    from cxr_core.predict import predict_loaded
+    from cxr_core.models.manifest import ModelCard, import_model, load_model, save_model
+    from cxr_core.models.predict import predict_loaded
 
     case = cases(arch)
     if how == "save_model":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cxr_core import annotation as ann
-from cxr_core.canvas_view import (
+from cxr_core.annotation.canvas_view import (
     HEAT_FLOOR,
     REGIONS,
     ZOOMS,
@@ -26,7 +26,7 @@ from cxr_core.canvas_view import (
     view_picture,
     view_transform,
 )
-from cxr_core.masks import rasterize
+from cxr_core.annotation.masks import rasterize
 
 FILM = (419, 512)  # rows, cols: letterboxed top and bottom in a square canvas
 STROKE = 3

@@ -47,7 +47,7 @@ def tiny_registered_model(weights_dir):
     """Register a tiny custom 3-class model (loads in well under a second)."""
     import keras
 
-    from cxr_core.manifest import ModelCard, save_model
+    from cxr_core.models.manifest import ModelCard, save_model
 
     inp = keras.Input((32, 32, 3))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inp))

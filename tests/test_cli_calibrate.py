@@ -12,9 +12,9 @@ import pytest
 
 from conftest import FIXTURES
 from cxr_core.cli import main
-from cxr_core.dataset import Record, write_split_csv
-from cxr_core.manifest import read_card
-from cxr_core.screening import DEFAULT_K, DEFAULT_PERCENTILE, DETECTOR_FILE
+from cxr_core.training.dataset import Record, write_split_csv
+from cxr_core.models.manifest import read_card
+from cxr_core.safety.screening import DEFAULT_K, DEFAULT_PERCENTILE, DETECTOR_FILE
 
 NAME = "tiny-resnet-3class"
 FILMS = sorted((FIXTURES / "cxr").glob("*.png")) + sorted((FIXTURES / "ood").glob("*.png"))

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from cxr_core.cli import main
-from cxr_core.commands.predict import COLORMAP_CHOICES
-from cxr_core.overlay import COLORMAPS
+from cxr_core.cli.commands.predict import COLORMAP_CHOICES
+from cxr_core.explain.overlay import COLORMAPS
 
 
 def write_png(path, h: int, w: int, seed: int) -> None:

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from cxr_core import agreement, reports
-from cxr_core import session_scores as ss
+from cxr_core import agreement
+from cxr_core.agreement import reports
+from cxr_core.agreement import session_scores as ss
 from cxr_core.cli import main
 from test_session_scores import READINGS, boundary, build_study, model_refs
 
@@ -103,7 +104,7 @@ def test_json_html_and_coco_parse_back(study, use_registry, tmp_path):
 
     code, html = report(tmp_path, "html", "--reader", "Researcher", "--no-compute", "--gallery", "2")
     assert code == 0
-    from cxr_core.session_report import session_report
+    from cxr_core.agreement.session_report import session_report
 
     again = session_report(study.factory(), "Blind 1", [(model_refs(use_registry)["tiny-effnet"], None)],
                            reader="Researcher", compute=False, gallery=2).report

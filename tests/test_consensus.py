@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cxr_core.consensus import ConsensusError, majority_vote, staple
+from cxr_core.annotation.consensus import ConsensusError, majority_vote, staple
 
 
 def disc(shape=(40, 48), centre=(20, 24), radius=10) -> np.ndarray:

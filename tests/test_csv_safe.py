@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from cxr_core import csv_safe
+from cxr_core.io import csv_safe
 
 
 @pytest.mark.parametrize("text", ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "\t=1", "\r=1",

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES
-from cxr_core.dataset import (
+from cxr_core.training.dataset import (
     Record,
     apply_split,
     check_patient_disjoint,
@@ -27,7 +27,7 @@ from cxr_core.dataset import (
     write_split_csv,
 )
 from cxr_core.errors import DataError
-from cxr_core.zoo import get_spec
+from cxr_core.models.zoo import get_spec
 
 REAL = sorted((FIXTURES / "cxr").glob("*.png"))
 
@@ -147,8 +147,8 @@ def test_class_weights_balance_counts():
 
 
 def test_load_inputs_uses_the_inference_preprocessing():
-    from cxr_core.imaging import load_xray
-    from cxr_core.preprocess import prepare
+    from cxr_core.io.imaging import load_xray
+    from cxr_core.models.preprocess import prepare
 
     spec = get_spec("efficientnetv2b0").with_overrides(input_size=64)
     recs = [Record(REAL[0], "COVID-19", "a"), Record(REAL[3], "Pneumonia", "b")]

@@ -9,9 +9,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from cxr_core.dicom import is_dicom
+from cxr_core.io.dicom import is_dicom
 from cxr_core.errors import CorruptImageError, ImageTooLargeError, ImageTooSmallError, MultiFrameError
-from cxr_core.imaging import load_xray
+from cxr_core.io.imaging import load_xray
 from dicom_factory import IDENTIFYING, gradient, make_dicom, pydicom_file
 
 NO_PYDICOM_DATA = "pydicom-data is not installed (dev requirement): the external test files are unavailable"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cxr_core.errors import DataError
-from cxr_core.evaluate import (
+from cxr_core.training.evaluate import (
     bootstrap_intervals,
     classification_metrics,
     evaluate_probabilities,
@@ -107,7 +107,7 @@ def test_table2_row_prints_percentages_with_intervals():
 
 
 def test_vectorised_resample_metrics_equal_scikit_learn():
-    from cxr_core.evaluate import _scalars, replicate_scalars
+    from cxr_core.training.evaluate import _scalars, replicate_scalars
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 40)
@@ -182,7 +182,7 @@ def test_evaluate_with_record_adds_the_block_to_the_card(cli_model, capsys):
     import json
 
     from cxr_core.cli import main
-    from cxr_core.manifest import read_card
+    from cxr_core.models.manifest import read_card
 
     folder, data = cli_model
     card_before = read_card(folder)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cxr_core.errors import CXRError
-from cxr_core.faithfulness import blurred, perturbation_curves, pixel_order
+from cxr_core.explain.faithfulness import blurred, perturbation_curves, pixel_order
 
 SIDE = 32
 REGION = (slice(0, 12), slice(0, 12))  # the only place the model looks

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import fuzz_cases
 from cxr_core.errors import CorruptImageError, CXRError, ImageTooLargeError
-from cxr_core.imaging import XRay, load_xray
+from cxr_core.io.imaging import XRay, load_xray
 
 
 def outcome(data: bytes) -> str | XRay:

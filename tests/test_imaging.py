@@ -18,7 +18,7 @@ from cxr_core.errors import (
     ImageTooSmallError,
     UnsupportedFormatError,
 )
-from cxr_core.imaging import XRay, load_xray, pixel_sha256, sniff_format
+from cxr_core.io.imaging import XRay, load_xray, pixel_sha256, sniff_format
 from dicom_factory import make_dicom
 
 from conftest import FIXTURES, smooth_image

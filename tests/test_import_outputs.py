@@ -3,7 +3,7 @@
 Tiny nested-base models (a small backbone used as one layer, as fine-tuning scripts do; one EfficientNetV2B0
 with ``weights=None``) are saved to ``.keras`` in temporary folders and registered as a user would. The
 reference CAM is written out here from the original file's graph (stack.md pattern C), independent of
-``cxr_core.cam``.
+``cxr_core.explain.cam``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import json
 import numpy as np
 import pytest
 
-from cxr_core.cam import CamEngine
+from cxr_core.explain.cam import CamEngine
 from cxr_core.cli import main
 from cxr_core.errors import ModelError
-from cxr_core.manifest import ModelCard, import_model, load_model, read_card
-from cxr_core.predict import predict_arrays
-from cxr_core.preprocess import prepare_batch
+from cxr_core.models.manifest import ModelCard, import_model, load_model, read_card
+from cxr_core.models.predict import predict_arrays
+from cxr_core.models.preprocess import prepare_batch
 
 SIZE = 32
 LAYER = "conv_b"
@@ -244,7 +244,7 @@ def test_cli_import_and_predict_cam_on_a_nested_efficientnet_ending_in_logits(tm
     import keras
 
     from conftest import FIXTURES
-    from cxr_core.imaging import load_xray
+    from cxr_core.io.imaging import load_xray
 
     keras.utils.set_random_seed(1)
     base = keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))

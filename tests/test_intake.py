@@ -1,4 +1,4 @@
-"""cxr_core.intake: files offered for a session are screened once each, flagged films kept only on request,
+"""cxr_core.safety.intake: files offered for a session are screened once each, flagged films kept only on request,
 unreadable files named, and the films stored are the ones that were screened."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import skimage.data
 from PIL import Image
 
 from conftest import FIXTURES
-from cxr_core import intake, storage
+from cxr_core import storage
+from cxr_core.safety import intake
 from cxr_core.errors import CXRError
-from cxr_core.imaging import load_xray
-from cxr_core.ood import OODDecision
-from cxr_core.screening import Screener
+from cxr_core.io.imaging import load_xray
+from cxr_core.safety.ood import OODDecision
+from cxr_core.safety.screening import Screener
 
 CHEST = FIXTURES / "cxr" / "covid_hannover_b343e657.png"
 CHECKS = Screener(None)  # the image checks alone: what screening does without a model's detector

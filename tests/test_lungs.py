@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cxr_core.errors import DataError, ModelError
-from cxr_core.imaging import load_xray
-from cxr_core.lungs import LUNGSEG_DIR, LungEstimator, clean_mask, dice, index_masks, mask_for, read_mask
+from cxr_core.io.imaging import load_xray
+from cxr_core.models.lungs import LUNGSEG_DIR, LungEstimator, clean_mask, dice, index_masks, mask_for, read_mask
 
 FIX = Path(__file__).parent / "fixtures" / "audit"
 #: Patients held out of the U-Net's training (weights/lungseg/lungseg.json lists them all).
@@ -94,7 +94,7 @@ def test_clean_mask_keeps_two_largest_blobs_and_fills_holes():
 def test_the_lung_model_follows_cxr_weights_dir_and_falls_back_to_the_bundled_one(tmp_path, monkeypatch):
     import shutil
 
-    from cxr_core.lungs import lungseg_dir
+    from cxr_core.models.lungs import lungseg_dir
 
     monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path / "weights"))
     assert lungseg_dir() == LUNGSEG_DIR  # nothing of its own there: the bundled model

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cxr_core.errors import ChecksumError, ModelError, ModelNotFoundError
-from cxr_core.manifest import (
+from cxr_core.models.manifest import (
     MISMATCH,
     MISSING,
     READY,
@@ -265,7 +265,7 @@ def test_import_refuses_non_square_input_missing_file_and_unknown_layer(tmp_path
 @pytest.mark.parametrize("name", ["../x", "..", "a/b", "/etc", ".hidden", "x/../../y", "", "a\\b"])
 def test_a_model_name_cannot_reach_outside_the_weights_folder(name, tmp_path):
     from cxr_core.errors import ModelError
-    from cxr_core.manifest import load_model
+    from cxr_core.models.manifest import load_model
 
     (tmp_path / "x").mkdir()  # a folder a traversal would find
     with pytest.raises(ModelError, match="not allowed"):

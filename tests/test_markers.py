@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from cxr_core.imaging import load_xray
-from cxr_core.lungs import read_mask
-from cxr_core.markers import Marker, border_mask, corner_masks, detect_markers, marker_mask, mask_markers
+from cxr_core.io.imaging import load_xray
+from cxr_core.models.lungs import read_mask
+from cxr_core.safety.markers import Marker, border_mask, corner_masks, detect_markers, marker_mask, mask_markers
 
 FIX = Path(__file__).parent / "fixtures" / "audit"
 
@@ -121,8 +121,8 @@ def test_mask_markers_inpaints_so_the_drawn_marks_are_gone():
 
 
 def test_prepare_applies_the_pixel_step_for_training_and_inference_alike():
-    from cxr_core.preprocess import prepare, prepare_batch
-    from cxr_core.zoo import get_spec
+    from cxr_core.models.preprocess import prepare, prepare_batch
+    from cxr_core.models.zoo import get_spec
 
     spec = get_spec("efficientnetv2b0").with_overrides(input_size=64)
     pixels, _ = drawn_film()

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from cxr_core.masks import MaskError, UnsupportedShapeError, canvas_objects, rasterize, region_masks
+from cxr_core.annotation.masks import MaskError, UnsupportedShapeError, canvas_objects, rasterize, region_masks
 
 
 def rect(left, top, width, height, **kw):

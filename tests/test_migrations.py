@@ -15,8 +15,8 @@ from sqlalchemy import MetaData, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from cxr_core import storage
-from cxr_core.storage_codec import encode_mask
-from cxr_core.storage_schema import Base
+from cxr_core.storage.codec import encode_mask
+from cxr_core.storage.schema import Base
 
 
 def test_revisions_form_one_line_ending_at_0004():

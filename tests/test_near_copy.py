@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES
-from cxr_core import blinding, near_copy, storage
-from cxr_core.imaging import load_xray
+from cxr_core import storage
+from cxr_core.safety import blinding, near_copy
+from cxr_core.io.imaging import load_xray
 
 PENDING = FIXTURES / "audit" / "hannover_21982772.png"
 OTHERS = [FIXTURES / "audit" / n for n in ("hannover_4fed5061.png", "hannover_61bc50d1.png",

@@ -13,8 +13,8 @@ import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.data import get_testdata_file
 
-from cxr_core.imaging import load_xray
-from cxr_core.ood import (
+from cxr_core.io.imaging import load_xray
+from cxr_core.safety.ood import (
     DEFAULT_K,
     DEFAULT_METHOD,
     DEFAULT_PERCENTILE,

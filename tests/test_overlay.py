@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_core.overlay import (
+from cxr_core.explain.overlay import (
     COLORMAPS,
     FADE_LOW,
     OverlayError,

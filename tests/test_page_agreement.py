@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 import ui_state as ui
 from conftest import REPO
 from cxr_core import agreement
-from cxr_core import session_scores as ss
+from cxr_core.agreement import session_scores as ss
 from test_session_scores import build_study, engine_loader, model_refs
 
 TIMEOUT = 600  # the compute test loads a tiny model and traces its CAM step; 2 cores are shared
@@ -237,8 +237,10 @@ def test_readings_excluded_by_their_readers_are_counted(tmp_path, use_registry, 
 def test_time_per_case_is_shown_per_reader_with_a_csv(tmp_path, use_registry, monkeypatch):
     from datetime import datetime, timedelta, timezone
 
-    from cxr_core import reports, storage
-    from cxr_core.session_report import time_rows
+    from cxr_core import storage
+
+    from cxr_core.agreement import reports
+    from cxr_core.agreement.session_report import time_rows
 
     url = f"sqlite:///{tmp_path / 'annotations.db'}"
     monkeypatch.setenv("CXR_DATABASE_URL", url)

@@ -20,8 +20,8 @@ from conftest import FIXTURES, REPO
 from cxr_core import __version__ as APP_VERSION
 from cxr_core import annotation as ann
 from cxr_core import storage
-from cxr_core.canvas_view import View, frame_fit, from_view, to_view
-from cxr_core.masks import region_masks
+from cxr_core.annotation.canvas_view import View, frame_fit, from_view, to_view
+from cxr_core.annotation.masks import region_masks
 
 TIMEOUT = 300  # the blindness test imports TensorFlow and runs tiny models; 2 cores are shared
 CHEST = "covid_hannover_b343e657.png"  # 512 x 419: letterboxed in the square canvas

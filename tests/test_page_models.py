@@ -13,12 +13,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO
-from cxr_core.manifest import MODEL_FILE, ModelCard, file_sha256, write_card
+from cxr_core.models.manifest import MODEL_FILE, ModelCard, file_sha256, write_card
 
 TIMEOUT = 120
 CLASSES = ["COVID-19", "Normal", "Pneumonia"]
 
-#: Test metrics in the shape cxr_core.evaluate stores in ``card.metrics["test"]``.
+#: Test metrics in the shape cxr_core.training.evaluate stores in ``card.metrics["test"]``.
 METRICS = {
     "accuracy": 0.9799, "loss": 0.0712, "auc": 0.9973, "f1": 0.975, "recall": 0.97, "precision": 0.98,
     "per_class": {c: {"precision": 0.9, "recall": 0.8, "f1": 0.85, "auc": 0.95, "support": 10} for c in CLASSES},

@@ -15,7 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import FIXTURES, REPO
-from cxr_core.overlay import legend_band
+from cxr_core.explain.overlay import legend_band
 from dicom_factory import make_dicom
 
 TIMEOUT = 300  # first run imports TensorFlow and traces the CAM step; 2 cores are shared
@@ -135,7 +135,7 @@ def test_corrupt_file_shows_its_error_and_the_other_file_still_works(use_registr
 def cam_targets(model: str, method: str) -> tuple[list[str], list[str]]:
     """(classes with a heatmap, classes with no positive evidence) of a tiny model for the CHEST film."""
     import ui_state
-    from cxr_core.imaging import load_xray
+    from cxr_core.io.imaging import load_xray
 
     entry = [e for e in ui_state.registry() if e.name == model][0]
     engine, _ = ui_state._cam_engine(ui_state._weights_key(), entry.name, entry.card.sha256)
@@ -233,7 +233,7 @@ def test_odd_shape_and_missing_models_are_explained(use_registry):
 
 
 def test_demo_model_is_the_default_and_an_unavailable_heatmap_is_explained(tiny_registry, tmp_path, monkeypatch):
-    from cxr_core.manifest import read_card, write_card
+    from cxr_core.models.manifest import read_card, write_card
 
     weights = tmp_path / "weights"
     shutil.copytree(tiny_registry / "tiny-effnet", weights / "tiny-effnet")  # listed, never loaded here
@@ -285,7 +285,7 @@ def test_bundled_sample_can_be_reviewed(use_registry, tmp_path, monkeypatch):
 def test_downloads_have_the_cli_fields_and_the_original_size(use_registry):
     """The JSON download carries the CLI's fields (file, model, scores, cam); the PNG is at the film's size."""
     import ui_state
-    from cxr_core.imaging import load_xray
+    from cxr_core.io.imaging import load_xray
 
     entry = [e for e in ui_state.registry() if e.name == "tiny-effnet"][0]
     xray = load_xray(FIXTURES / "cxr" / CHEST)
@@ -370,7 +370,7 @@ def test_zoom_cuts_a_region_of_the_film(use_registry, media):
 
 
 def test_batch_summary_table_and_its_csv(use_registry, media):
-    from cxr_core.imaging import load_xray
+    from cxr_core.io.imaging import load_xray
 
     noise = io.BytesIO()
     Image.fromarray((np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)).save(noise, "PNG")
@@ -411,7 +411,7 @@ def test_batch_summary_table_and_its_csv(use_registry, media):
 
 def test_summary_csv_cells_cannot_run_as_formulas():
     import ui_state
-    from cxr_core.csv_safe import dict_rows_csv
+    from cxr_core.io.csv_safe import dict_rows_csv
 
     row = ui_state.SummaryRow(film="film-0123abcd", name="=cmd|' /C calc'!A0.png", top_class="=EVIL()", score=0.5,
                               refused="no", warnings=("-2+3", "plain"))

@@ -17,8 +17,9 @@ from streamlit.testing.v1 import AppTest
 import ui_state as ui
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
-from cxr_core import intake, storage
-from cxr_core.ood import DETECTOR_REASON
+from cxr_core import storage
+from cxr_core.safety import intake
+from cxr_core.safety.ood import DETECTOR_REASON
 from cxr_core.config import Settings
 
 TIMEOUT = 120
@@ -226,7 +227,7 @@ def keep_box(at: AppTest, name: str):
 
 
 def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_request(db, monkeypatch, caplog):
-    from cxr_core.imaging import load_xray
+    from cxr_core.io.imaging import load_xray
 
     decoded: list[str] = []
     real_decode = intake.IntakeFile.decode
@@ -271,7 +272,7 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     keep_box(at, "photo.png").check().run()
     assert any(c.value == "3 film(s) will go into the session." for c in at.caption)
     at.text_input(key=ui.SESSIONS_NAME).input("Screened, photo kept").run()
-    with caplog.at_level(logging.WARNING, logger="cxr_core.screening"):
+    with caplog.at_level(logging.WARNING, logger="cxr_core.safety.screening"):
         click_create(at)
     assert at.success[0].value.endswith(
         "Dropped 1 film(s) flagged as not a frontal chest X-ray: document.png. Kept 1 flagged film(s) by your "
@@ -309,9 +310,9 @@ def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(d
 
 def test_the_demo_models_detector_screens_the_films(db, tiny_registry, tmp_path, monkeypatch):
     """With a demo model that has an out-of-distribution detector, intake asks it (here one that refuses all)."""
-    from cxr_core.manifest import read_card, write_card
-    from cxr_core.ood import FeatureOOD
-    from cxr_core.screening import LUNG_FEATURES, save_detector
+    from cxr_core.models.manifest import read_card, write_card
+    from cxr_core.safety.ood import FeatureOOD
+    from cxr_core.safety.screening import LUNG_FEATURES, save_detector
 
     weights = tmp_path / "weights"
     folder = weights / "tiny-demo"

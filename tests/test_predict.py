@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_core.imaging import load_xray
-from cxr_core.manifest import ModelCard, load_model, save_model
-from cxr_core.predict import Prediction, compiled_forward, predict, predict_arrays, predict_loaded, scale_temperature
-from cxr_core.preprocess import prepare_batch
-from cxr_core.zoo import ModelSpec
+from cxr_core.io.imaging import load_xray
+from cxr_core.models.manifest import ModelCard, load_model, save_model
+from cxr_core.models.predict import Prediction, compiled_forward, predict, predict_arrays, predict_loaded, scale_temperature
+from cxr_core.models.preprocess import prepare_batch
+from cxr_core.models.zoo import ModelSpec
 
 from conftest import FIXTURES
 

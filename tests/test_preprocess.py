@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cxr_core.errors import ModelError
-from cxr_core.preprocess import prepare, prepare_batch, resize, scale, to_rgb
-from cxr_core.zoo import get_spec
+from cxr_core.models.preprocess import prepare, prepare_batch, resize, scale, to_rgb
+from cxr_core.models.zoo import get_spec
 
 from conftest import smooth_image
 
@@ -103,7 +103,7 @@ def test_spec_with_mask_markers_removes_a_burned_in_marker_before_the_network():
     """A model trained with --mask-markers is run with the same step, from its spec alone."""
     import cv2
 
-    from cxr_core.zoo import get_spec
+    from cxr_core.models.zoo import get_spec
 
     film8 = np.full((256, 256), 90, np.uint8)
     cv2.putText(film8, "R", (200, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 255, 4)  # bright side marker, top right
@@ -117,7 +117,7 @@ def test_spec_with_mask_markers_removes_a_burned_in_marker_before_the_network():
 
 
 def test_card_records_mask_markers_and_its_spec_applies_it():
-    from cxr_core.manifest import ModelCard
+    from cxr_core.models.manifest import ModelCard
 
     card = ModelCard.from_dict({
         "name": "m", "architecture": "resnet50", "classes": ["A", "B"], "input_size": 64,

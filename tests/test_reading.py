@@ -1,12 +1,12 @@
-"""cxr_core.reading: which film opens, and a film's drawing kept whole across canvas remounts and zoom."""
+"""cxr_core.annotation.reading: which film opens, and a film's drawing kept whole across canvas remounts and zoom."""
 
 from __future__ import annotations
 
 import pytest
 
-from cxr_core.canvas_view import View, frame_fit, to_view
-from cxr_core.masks import region_masks
-from cxr_core.reading import Answers, Frame, Reading, after_submit, opening_position, step
+from cxr_core.annotation.canvas_view import View, frame_fit, to_view
+from cxr_core.annotation.masks import region_masks
+from cxr_core.annotation.reading import Answers, Frame, Reading, after_submit, opening_position, step
 
 SHAPE = (419, 512)
 

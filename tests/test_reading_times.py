@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cxr_core import storage
-from cxr_core.reading_times import ReadingTime, TimeSummary, reading_times, summarise_times
+from cxr_core.annotation.reading_times import ReadingTime, TimeSummary, reading_times, summarise_times
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cxr_core.agreement import aggregate, diagnosis_agreement, reader_agreement, score_records
-from cxr_core.reports import (
+from cxr_core.agreement.reports import (
     CSV_FIELDS,
     EXPERT_RGB,
     HEATMAP_RGB,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from cxr_core.sanity import (
+from cxr_core.explain.sanity import (
     THRESHOLD, RandomisedCopy, SanityError, blocks_top_down, cam_explainer, edge_maps, randomisation_study,
     run_sanity, spearman, ssim, verdict,
 )
-from cxr_core.zoo import ModelSpec
+from cxr_core.models.zoo import ModelSpec
 
 SIDE = 32  # network input of the tiny CNN
 CLASSES = ("bright", "dark")
@@ -39,7 +39,7 @@ def tiny_cnn(train: bool = True):
     """A three-conv CNN (blocks block1, block2, top, logits) trained for a few seconds to find the blob."""
     import keras
 
-    from cxr_core.preprocess import prepare_batch
+    from cxr_core.models.preprocess import prepare_batch
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((SIDE, SIDE, 3), name="image")
@@ -104,7 +104,7 @@ def test_blocks_run_from_the_output_down_by_name():
 
 
 def test_efficientnet_blocks_group_layers_and_skip_the_normalisation_constants():
-    from cxr_core.zoo import build_model
+    from cxr_core.models.zoo import build_model
 
     blocks = blocks_top_down(build_model("efficientnetv2b0", ("a", "b"), weights=None, input_size=32))
     names = [b.name for b in blocks]
@@ -137,7 +137,7 @@ def test_randomising_the_copy_leaves_the_original_alone(trained):
 
 def test_edge_detector_fails_the_check(trained):
     """The paper's control: a map that ignores the model is unchanged by any randomisation."""
-    from cxr_core.faithfulness import network_pixels
+    from cxr_core.explain.faithfulness import network_pixels
 
     films, _ = blob_films(8, seed=5)
     net = np.stack([network_pixels(f, SPEC) for f in films])
@@ -149,8 +149,8 @@ def test_edge_detector_fails_the_check(trained):
 
 
 def test_grad_cam_of_a_trained_cnn_passes_and_depends_on_each_block(trained):
-    from cxr_core.cam import CamEngine
-    from cxr_core.faithfulness import network_pixels
+    from cxr_core.explain.cam import CamEngine
+    from cxr_core.explain.faithfulness import network_pixels
 
     films, _ = blob_films(10, seed=7)
     net = np.stack([network_pixels(f, SPEC) for f in films])
@@ -182,7 +182,7 @@ def tiny_registered(tmp_path, monkeypatch, trained):
     """The trained tiny CNN registered as ``tiny-cnn`` and a class-folder data set of blob films."""
     import cv2
 
-    from cxr_core.manifest import ModelCard, save_model
+    from cxr_core.models.manifest import ModelCard, save_model
 
     weights = tmp_path / "weights"
     save_model(trained, ModelCard(name="tiny-cnn", architecture="tinycnn", classes=list(CLASSES), input_size=SIDE,
@@ -257,8 +257,8 @@ def _faith(deletion: float, insertion: float) -> dict:
 def test_models_page_shows_the_recorded_verdict_chart_and_aucs(tmp_path, monkeypatch):
     from test_page_models import charts, models_page, register
 
-    from cxr_core.manifest import check_entry
-    from cxr_core.sanity import RECORD_FILE, SCHEMA
+    from cxr_core.models.manifest import check_entry
+    from cxr_core.explain.sanity import RECORD_FILE, SCHEMA
 
     root = tmp_path / "weights"
     register(root, "checked-model")
@@ -299,7 +299,7 @@ def test_models_page_shows_the_recorded_verdict_chart_and_aucs(tmp_path, monkeyp
 def test_models_page_says_when_a_record_is_unreadable_or_stale(tmp_path, monkeypatch):
     from test_page_models import models_page, register
 
-    from cxr_core.sanity import RECORD_FILE, SCHEMA
+    from cxr_core.explain.sanity import RECORD_FILE, SCHEMA
 
     root = tmp_path / "weights"
     register(root, "broken-record")
@@ -317,7 +317,7 @@ def test_models_page_says_when_a_record_is_unreadable_or_stale(tmp_path, monkeyp
 
 
 def test_unlabelled_folder_films_are_spread_over_the_names(tmp_path):
-    from cxr_core.commands.sanity import film_paths
+    from cxr_core.cli.commands.sanity import film_paths
     from cxr_core.errors import DataError
 
     for name in ("a1", "a2", "a3", "b1", "b2", "b3", "c1", "c2", "c3"):

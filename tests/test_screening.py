@@ -18,10 +18,10 @@ from pydicom.data import get_testdata_file
 from conftest import FIXTURES
 from cxr_core.cli import main
 from cxr_core.errors import ChecksumError, ModelError
-from cxr_core.imaging import load_xray
-from cxr_core.manifest import load_model, read_card, write_card
-from cxr_core.ood import DETECTOR_REASON, FeatureOOD
-from cxr_core.screening import (
+from cxr_core.io.imaging import load_xray
+from cxr_core.models.manifest import load_model, read_card, write_card
+from cxr_core.safety.ood import DETECTOR_REASON, FeatureOOD
+from cxr_core.safety.screening import (
     DETECTOR_FILE,
     LUNG_FEATURES,
     REFUSAL,
@@ -114,7 +114,7 @@ def test_non_chest_inputs_are_refused_with_a_reason(tiny, non_chest, name):
 
 
 def test_decisions_built_from_reasons_alone_still_phrase_and_record():
-    from cxr_core.ood import OODDecision
+    from cxr_core.safety.ood import OODDecision
 
     old = OODDecision(False, ["could not be screened (bad file)"])
     assert refusal_lines(old) == [("could not be screened (bad file)", "")]
@@ -123,8 +123,8 @@ def test_decisions_built_from_reasons_alone_still_phrase_and_record():
 
 
 def test_the_shipped_demo_detector_is_the_one_its_card_and_the_defaults_describe():
-    from cxr_core.manifest import file_sha256
-    from cxr_core.ood import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
+    from cxr_core.models.manifest import file_sha256
+    from cxr_core.safety.ood import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
 
     folder = FIXTURES.parent.parent / "weights" / "demo-efficientnetv2b0"
     entry = json.loads((folder / "card.json").read_text())["ood"]
@@ -138,7 +138,7 @@ def test_the_shipped_demo_detector_is_the_one_its_card_and_the_defaults_describe
 def test_features_are_the_pool_output_and_batching_does_not_change_them(tiny):
     import keras
 
-    from cxr_core.preprocess import prepare_batch
+    from cxr_core.models.preprocess import prepare_batch
 
     images = [load_xray(p).pixels for p in CHEST_FILMS[:3]]
     feats = extract_features(tiny.model, tiny.spec, images)
@@ -267,7 +267,7 @@ def test_the_detector_file_must_match_the_card(own_copy):
 
 def test_override_is_logged_and_recorded(tiny, non_chest, caplog):
     decision = screen(tiny, load_xray(non_chest["noise.png"]))
-    with caplog.at_level(logging.WARNING, logger="cxr_core.screening"):
+    with caplog.at_level(logging.WARNING, logger="cxr_core.safety.screening"):
         record = override_record(decision, model="tiny-effnet", image="noise.png", where="test", by="dr-a")
     assert record["overridden"] is True and record["by"] == "dr-a" and record["reasons"] == decision.reasons
     assert any("expert override" in m and "noise.png" in m and "dr-a" in m for m in caplog.messages)
@@ -295,7 +295,7 @@ def test_cli_refuses_each_non_chest_file_and_still_scores_the_chest_film(use_reg
 
 
 def test_cli_allow_ood_scores_a_refused_file_and_logs_the_override(use_registry, non_chest, capsys, caplog):
-    with caplog.at_level(logging.WARNING, logger="cxr_core.screening"):
+    with caplog.at_level(logging.WARNING, logger="cxr_core.safety.screening"):
         assert main(["predict", str(non_chest["noise.png"]), "--model", "tiny-effnet", "--json", "--allow-ood"]) == 0
     captured = capsys.readouterr()
     record = json.loads(captured.out)
@@ -342,7 +342,7 @@ def test_page_expert_override_shows_the_scores_and_is_logged_once(use_registry, 
     at = _page(non_chest, "noise.png")
     selected = at.radio(key="review_selected").value
     assert selected.endswith("noise.png") and not charts(at)
-    with caplog.at_level(logging.WARNING, logger="cxr_core.screening"):
+    with caplog.at_level(logging.WARNING, logger="cxr_core.safety.screening"):
         at.checkbox(key=f"review_ood_override::{selected}").check().run()
         at.slider(key="review_opacity").set_value(0.6).run()  # a rerun must not log again
     assert not at.exception

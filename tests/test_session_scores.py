@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import smooth_image
-from cxr_core import agreement, reports, storage
+from cxr_core import agreement, storage
+from cxr_core.agreement import reports
 from cxr_core import annotation as ann
-from cxr_core import session_scores as ss
+from cxr_core.agreement import session_scores as ss
 
 SIZES = [(72, 80), (72, 80), (64, 96)]  # rows x cols of img0..img2
 READINGS = [  # reader, image, diagnosis, rectangles (left, top, width, height) in image pixels
@@ -72,15 +73,15 @@ def build_study(url: str) -> Study:
 
 
 def model_refs(registry: Path) -> dict[str, ss.ModelRef]:
-    from cxr_core.manifest import list_models
+    from cxr_core.models.manifest import list_models
 
     return {e.name: ss.ModelRef.from_card(e.card) for e in list_models(registry)}
 
 
 def engine_loader(registry: Path, name: str):
     def load():
-        from cxr_core.cam import CamEngine
-        from cxr_core.manifest import load_model
+        from cxr_core.explain.cam import CamEngine
+        from cxr_core.models.manifest import load_model
 
         return CamEngine.from_loaded(load_model(name, registry))
     return load
@@ -215,7 +216,7 @@ def test_session_report_matches_agree_and_parses_back(study, tiny_registry, tmp_
 
     refs = model_refs(tiny_registry)
     models = [(refs["tiny-effnet"], engine_loader(tiny_registry, "tiny-effnet"))]
-    from cxr_core.session_report import session_report
+    from cxr_core.agreement.session_report import session_report
 
     result = session_report(study.factory(), "Blind 1", models, reader="Researcher", threshold="top25%",
                                compute=False, gallery=2)
@@ -270,7 +271,7 @@ def test_session_report_matches_agree_and_parses_back(study, tiny_registry, tmp_
 
 def test_consensus_pseudo_readers_on_every_film_two_or_more_read(tmp_path):
     """Majority (a tie left out: two readers give the intersection) and STAPLE >= 0.5 of the film's readers."""
-    from cxr_core import consensus
+    from cxr_core.annotation import consensus
 
     own = build_study(f"sqlite:///{tmp_path / 'annotations.db'}")
     factory = own.factory()
@@ -357,8 +358,8 @@ def test_coco_has_one_annotation_per_drawn_region_that_decodes_back(tmp_path):
     """Polygon, rectangle, freehand and circle regions of several findings, a consensus and an exclusion."""
     from pycocotools.coco import COCO
 
-    from cxr_core.masks import canvas_objects, region_masks
-    from cxr_core.session_report import to_coco
+    from cxr_core.annotation.masks import canvas_objects, region_masks
+    from cxr_core.agreement.session_report import to_coco
 
     own = build_study(f"sqlite:///{tmp_path / 'annotations.db'}")
     h, w = SIZES[0]
@@ -441,7 +442,7 @@ def test_time_per_case_per_reader_and_session_in_the_reports(tmp_path):
     from datetime import datetime, timedelta, timezone
     from html.parser import HTMLParser
 
-    from cxr_core.session_report import build_report, time_rows
+    from cxr_core.agreement.session_report import build_report, time_rows
 
     own = build_study(f"sqlite:///{tmp_path / 'annotations.db'}")
     took = {("Dr A", 0): 60.0, ("Dr A", 1): 120.0, ("Dr A", 2): 600.0, ("Dr B", 0): 300.0}

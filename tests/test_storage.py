@@ -20,7 +20,7 @@ from sqlalchemy import event, func, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from cxr_core import storage
-from cxr_core.masks import rasterize
+from cxr_core.annotation.masks import rasterize
 from cxr_core.storage import (
     EXCLUDED,
     EXCLUSION_REASONS,
@@ -34,7 +34,7 @@ from cxr_core.storage import (
     StaleVersionError,
     StorageError,
 )
-from cxr_core.storage_annotations import AnnotationError
+from cxr_core.storage.annotation_store import AnnotationError
 
 CORE = []  # tests that tests/test_storage_postgres.py runs on PostgreSQL as well
 

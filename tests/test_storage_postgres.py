@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from cxr_core import storage
-from cxr_core.storage_schema import Base
+from cxr_core.storage.schema import Base
 
 DEFAULT_URL = "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/cxr_test"
 BASE_URL = os.environ.get("CXR_TEST_POSTGRES_URL") or DEFAULT_URL

@@ -57,9 +57,9 @@ def trained(tiny_data, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_train_writes_a_model_the_registry_loads_and_that_predicts(trained, monkeypatch):
-    from cxr_core.imaging import load_xray
-    from cxr_core.manifest import list_models, load_model
-    from cxr_core.predict import predict_loaded
+    from cxr_core.io.imaging import load_xray
+    from cxr_core.models.manifest import list_models, load_model
+    from cxr_core.models.predict import predict_loaded
 
     weights, name = trained
     monkeypatch.setenv("CXR_WEIGHTS_DIR", str(weights))
@@ -142,9 +142,9 @@ def test_split_command_writes_a_patient_disjoint_manifest(tiny_data, tmp_path, c
 
 
 def test_tuning_keeps_the_best_trial(tmp_path):
-    from cxr_core.runtime import import_tensorflow_quietly
-    from cxr_core.train import TrainConfig
-    from cxr_core.tuning import TUNE_SPACE, tune
+    from cxr_core.models.runtime import import_tensorflow_quietly
+    from cxr_core.training.train import TrainConfig
+    from cxr_core.training.tuning import TUNE_SPACE, tune
 
     import_tensorflow_quietly()
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 Runs ``streamlit run tests/apps/viewport_app.py`` on a free port and drives Debian's
 ``/usr/bin/chromium`` with Playwright at the two screens the issue names, 1366 x 768 and
 1920 x 1080. The app shows what Python received (``PAGE``/``COLUMN`` lines) and sizes a real
-``st_canvas`` with :func:`cxr_core.canvas_view.canvas_size` from the space below the column's probe.
+``st_canvas`` with :func:`cxr_core.annotation.canvas_view.canvas_size` from the space below the column's probe.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def marks(page, count: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("zoom, x, y", [(2, 0.45, 0.5), (4, 0.5, 0.5)])
 def test_marks_drawn_in_a_zoomed_canvas_land_on_the_film_pixels_under_them(zoom_url, zoom, x, y):
-    from cxr_core.canvas_view import View, frame_fit, view_transform
+    from cxr_core.annotation.canvas_view import View, frame_fit, view_transform
 
     fit = frame_fit(FILM_SHAPE, 600, 600)
     t = view_transform(View(zoom, x, y), FILM_SHAPE, 600, 600)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from cxr_core.errors import CXRError, ModelError, WeightsUnavailableError
-from cxr_core.manifest import READY, ModelCard, load_model, save_model
-from cxr_core.zoo import DEFAULT_CLASSES, SPECS, HeadSpec, build_model, canonical_class, get_spec
+from cxr_core.models.manifest import READY, ModelCard, load_model, save_model
+from cxr_core.models.zoo import DEFAULT_CLASSES, SPECS, HeadSpec, build_model, canonical_class, get_spec
 
 from conftest import smooth_image
 

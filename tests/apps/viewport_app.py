@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import streamlit as st  # noqa: E402
 from streamlit_drawable_canvas import st_canvas  # noqa: E402
 
-from cxr_core.canvas_view import canvas_size  # noqa: E402
+from cxr_core.annotation.canvas_view import canvas_size  # noqa: E402
 from ui_viewport import viewport  # noqa: E402
 
 st.set_page_config(page_title="viewport probe", layout="wide")

@@ -1,4 +1,4 @@
-"""Test app for cxr_core.canvas_view: a zoomed canvas over a synthetic film, marks read back in the full frame.
+"""Test app for cxr_core.annotation.canvas_view: a zoomed canvas over a synthetic film, marks read back in the full frame.
 
 Query parameters ``zoom``, ``x``, ``y`` choose the view, ``a`` and ``b`` two bright blocks on the film
 (``row,col,rows,cols``). A stored
@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 from streamlit_drawable_canvas import st_canvas  # noqa: E402
 
-from cxr_core.canvas_view import View, frame_fit, from_view, to_view, view_picture  # noqa: E402
-from cxr_core.masks import region_masks  # noqa: E402
+from cxr_core.annotation.canvas_view import View, frame_fit, from_view, to_view, view_picture  # noqa: E402
+from cxr_core.annotation.masks import region_masks  # noqa: E402
 
 FILM_SHAPE = (419, 512)
 SIZE = 600

@@ -1,0 +1,134 @@
+"""``predict``: class probabilities for one or more X-ray files, optionally with a heatmap.
+
+Each file is screened first (:mod:`cxr_core.safety.screening`): one that does not look like a frontal chest
+X-ray is not analysed (a reason on stderr, exit code 2, the other files still processed) unless
+``--allow-ood`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from cxr_core.errors import CXRError
+
+CAM_CHOICES = ("gradcam", "gradcam++", "random", "none")
+COLORMAP_CHOICES = ("turbo", "jet", "inferno", "viridis", "gray")  # cxr_core.explain.overlay.COLORMAPS (no cv2 at start-up)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="class probabilities for X-ray files (scores are not diagnoses)")
+    p.add_argument("paths", nargs="+", help="PNG, JPEG, TIFF or DICOM files")
+    p.add_argument("--model", required=True, help="registered model name (see `models`)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input")
+    p.add_argument("--out", type=Path, help="write <stem>.json per input into this folder "
+                   "(with --cam also <stem>.heatmap.npy and <stem>.overlay.png)")
+    p.add_argument("--cam", choices=CAM_CHOICES, default="none",
+                   help="heatmap method (default none); maps are min-max scaled within each image")
+    p.add_argument("--target", help="class the heatmap explains (default: the predicted class of each image)")
+    p.add_argument("--colormap", choices=COLORMAP_CHOICES, default="turbo", help="overlay colours (default turbo)")
+    p.add_argument("--allow-ood", action="store_true",
+                   help="expert override: score inputs refused as not looking like a frontal chest X-ray "
+                        "(logged, and recorded in the output as ood.overridden)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from cxr_core.models.manifest import load_model
+    from cxr_core.models.runtime import import_tensorflow_quietly
+    from cxr_core.safety.screening import screener
+
+    if args.target and args.cam == "none":
+        raise CXRError("--target only applies with --cam gradcam, gradcam++ or random")
+    import_tensorflow_quietly()
+    loaded = load_model(args.model)
+    engine = None
+    if args.cam != "none":
+        from cxr_core.explain.cam import CamEngine, resolve_target
+
+        resolve_target(loaded.card.classes, args.target)  # an unknown class fails before any tracing
+        engine = CamEngine.from_loaded(loaded)
+    screen = screener(loaded)
+    failed = 0
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    args.out_stems = {}  # input path -> output stem, unique even when two inputs share a file stem
+    for path in args.paths:
+        try:  # one unreadable or unexplainable film is reported; the others are still analysed
+            failed += not _predict_one(path, args, loaded, engine, screen)
+        except CXRError as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
+def _predict_one(path, args, loaded, engine, screen) -> bool:
+    """Screen, predict (and explain) one file, print and write its outputs; False when it was refused."""
+    from cxr_core.io.imaging import load_xray
+    from cxr_core.models.predict import predict_loaded
+    from cxr_core.safety.screening import decision_record, override_record, refusal_message
+
+    xray = load_xray(path)
+    decision = screen.screen([xray])[0]
+    if not decision.ok and not args.allow_ood:
+        print(f"{path}: {refusal_message(decision)}", file=sys.stderr)
+        refused = {"file": str(path), "model": loaded.name, "analysed": False,
+                   "ood": decision_record(decision), "message": refusal_message(decision)}
+        if args.out:
+            write_outputs(args.out / _stem(args, path), refused, xray, None, args.colormap)
+        if args.json:
+            print(json.dumps(refused))
+        return False
+    if engine is None:
+        result, record = None, predict_loaded(loaded, [xray])[0].to_dict()
+    else:
+        result = engine.run([xray], method=args.cam, target=args.target)[0]
+        record = result.to_dict()
+    record = {"file": str(path), "model": loaded.name, **record, "ood": decision_record(decision)}
+    if not decision.ok:
+        print(f"warning: {path}: expert override (--allow-ood) of \"{refusal_message(decision)}\"",
+              file=sys.stderr)
+        record["ood"] = override_record(decision, model=loaded.name, image=str(path), where="cli --allow-ood")
+    if args.out:
+        write_outputs(args.out / _stem(args, path), record, xray, result, args.colormap)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        scores = ", ".join(f"{c} {p:.1%}" for c, p in record["probabilities"].items())
+        cam = "" if result is None else f"; {result.method} heatmap for {result.target}" + (
+            " (no positive evidence)" if result.all_zero else "")
+        print(f"{path}: {record['predicted']} (model scores: {scores}){cam}")
+    return True
+
+
+def _stem(args, path) -> str:
+    """The output stem of ``path``: its file stem, with ``-2``, ``-3``... when an earlier input had the same one."""
+    if path not in args.out_stems:
+        taken = set(args.out_stems.values())
+        stem, n = Path(path).stem, 1
+        while (stem if n == 1 else f"{stem}-{n}") in taken:
+            n += 1
+        args.out_stems[path] = stem if n == 1 else f"{stem}-{n}"
+    return args.out_stems[path]
+
+
+def write_outputs(stem: Path, record: dict, xray, result, colormap: str) -> None:
+    """``<stem>.json``, and with a CAM ``<stem>.heatmap.npy`` (float32, H x W, [0, 1]) and ``<stem>.overlay.png``.
+
+    Everything is made in memory first, so a film whose overlay cannot be drawn leaves no partial outputs.
+    """
+    files = {".json": json.dumps(record, indent=2).encode()}
+    if result is not None:
+        import io
+
+        import numpy as np
+
+        from cxr_core.explain.overlay import overlay, to_png_bytes
+
+        png = to_png_bytes(overlay(xray.pixels, result.heatmap, colormap=colormap))
+        npy = io.BytesIO()
+        np.save(npy, result.heatmap.astype(np.float32))
+        files.update({".heatmap.npy": npy.getvalue(), ".overlay.png": png})
+    for suffix, data in files.items():
+        stem.with_name(stem.name + suffix).write_bytes(data)
