@@ -19,6 +19,8 @@ class Settings:
     - ``CXR_WEIGHTS_DIR``: the model registry folder (default ``<repo>/weights``).
     - ``CXR_DATA_DIR``: where the database file, drafts and samples live (default ``<repo>/data``).
     - ``CXR_DATABASE_URL``: any SQLAlchemy URL (default ``sqlite:///<data_dir>/annotations.db``).
+    - ``CXR_IMPORT_ROOTS``: the only server folders the pages may read films or datasets from, separated by
+      ``os.pathsep`` (default: none, so the pages take uploads only until an administrator sets it).
     """
 
     weights_dir: Path
@@ -28,6 +30,8 @@ class Settings:
     #: Working memory one decode may take (float64 samples, 8 bytes each): 400 MB, a 50-megapixel grey film.
     max_decode_bytes: int = 400_000_000
     min_side: int = 64
+    #: Server folders (and everything under them) the sessions intake and the audit page may read.
+    import_roots: tuple[Path, ...] = ()
 
     @property
     def samples_dir(self) -> Path:
@@ -39,4 +43,5 @@ def get_settings() -> Settings:
     weights = Path(os.environ.get("CXR_WEIGHTS_DIR", REPO_ROOT / "weights"))
     data = Path(os.environ.get("CXR_DATA_DIR", REPO_ROOT / "data"))
     url = os.environ.get("CXR_DATABASE_URL") or f"sqlite:///{data / 'annotations.db'}"
-    return Settings(weights_dir=weights, data_dir=data, database_url=url)
+    roots = tuple(Path(r).expanduser() for r in os.environ.get("CXR_IMPORT_ROOTS", "").split(os.pathsep) if r.strip())
+    return Settings(weights_dir=weights, data_dir=data, database_url=url, import_roots=roots)
