@@ -11,7 +11,7 @@ Empty masks follow an explicit rule. ``"true_positive_only"`` (CheXlocalize's de
 metrics are NaN when either mask is empty, so such images drop out of means. ``"full"``: a
 one-sided empty mask scores 0 (NaN only when both are empty). Threshold-free metrics are NaN
 when the expert mask is empty (AUC also when it is full; hit and mass also for a constant map).
-Aggregates: seeded bootstrap intervals, groups per model × class × reader × session with
+Aggregates: seeded bootstrap intervals (:mod:`cxr_core.stats`), groups per model × class × reader × session with
 "Normal" images reported apart, reader-versus-reader IoU and expert-versus-model diagnosis kappa.
 """
 
@@ -27,6 +27,7 @@ from cxr_core.explain.binarize import HeatmapError, Threshold, binarize_normaliz
 # unchecked variants: inputs are validated once for the whole stack, not once per step
 from cxr_core.explain.binarize import _as_maps, _normalize, _resize
 from cxr_core.errors import CXRError
+from cxr_core.stats import bootstrap, bootstrap_ci, percentile_interval
 
 RULES = ("true_positive_only", "full")
 MASK_METRICS = ("iou", "dice", "precision", "recall")
@@ -280,43 +281,6 @@ AGGREGATE_METRICS = ("iou", "dice", "hit", "mass", "rank", "auc")
 GROUP_FIELDS = ("model", "method", "target", "reader", "session")
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, n: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float, float]:
-    """Mean of the finite values and a percentile bootstrap interval around it.
-
-    NaN (images a rule excluded) are dropped first. ``n`` replicates resample the values with
-    replacement (``numpy.random.default_rng(seed)``); the bounds are the sorted replicate means at
-    ``int(alpha/2 * n) - 1`` and ``int((1 - alpha/2) * n) - 1``, as CheXlocalize's ``compute_cis``
-    (the 25th and 975th of 1000).
-
-    Returns
-    -------
-    (mean, lo, hi) : tuple of float
-        All NaN when no value is finite.
-
-    Examples
-    --------
-    >>> bootstrap_ci([1.0, 1.0, np.nan])
-    (1.0, 1.0, 1.0)
-    """
-    if n < 1 or not 0.0 < alpha < 1.0:
-        raise AgreementInputError(f"bootstrap needs n >= 1 and 0 < alpha < 1; got n={n}, alpha={alpha}")
-    v = np.asarray(values, float).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return (np.nan, np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    step = max(1, (1 << 22) // v.size)  # resample in blocks of ~4 M draws
-    for start in range(0, n, step):
-        k = min(step, n - start)
-        means[start:start + k] = v[rng.integers(0, v.size, size=(k, v.size))].mean(axis=1)
-    means.sort()
-    lo = means[max(int(alpha / 2 * n) - 1, 0)]
-    hi = means[max(int((1 - alpha / 2) * n) - 1, 0)]
-    return float(v.mean()), float(lo), float(hi)
-
-
 @dataclass(frozen=True)
 class Interval:
     """A mean with its bootstrap interval over ``n`` images where the metric is defined."""
@@ -372,7 +336,8 @@ def aggregate(scores: Sequence[ImageScore], by: Sequence[str] = GROUP_FIELDS, *,
         summary = {}
         for m in metrics:
             values = np.array([getattr(s, m) for s in members], float)
-            summary[m] = Interval(*bootstrap_ci(values, n_boot, seed, alpha), int(np.isfinite(values).sum()))
+            summary[m] = Interval(*bootstrap_ci(values, n_boot=n_boot, seed=seed, level=1 - alpha),
+                                 int(np.isfinite(values).sum()))
         names = (*by, "threshold", "rule")
         rows.append(GroupSummary(dict(zip(names, key[1:])), bool(key[0]), len(members), summary))
     return rows
@@ -454,17 +419,13 @@ def diagnosis_agreement(expert: Sequence[str], model: Sequence[str], *, labels: 
         warnings.simplefilter("ignore")
         matrix = confusion_matrix(expert, model, labels=list(names))
         kappa = float(cohen_kappa_score(expert, model, labels=list(names))) if len(names) > 1 else np.nan
-    # Bootstrap: resample images, rebuild each replicate's confusion matrix with one bincount.
+    # Bootstrap: resample images; a replicate's confusion matrix is its counts times the one-hot cells.
     size = len(names)
     index = {name: i for i, name in enumerate(names)}
-    codes = np.array([index[e] * size + index[m] for e, m in zip(expert, model)])
-    draws = np.random.default_rng(seed).integers(0, len(codes), size=(n_boot, len(codes)))
-    offsets = (np.arange(n_boot) * size * size)[:, None]
-    boot = np.bincount((codes[draws] + offsets).ravel(), minlength=n_boot * size * size)
-    reps = np.sort(_kappa(boot.reshape(n_boot, size, size)))
-    reps = reps[np.isfinite(reps)]
-    lo = reps[max(int(alpha / 2 * len(reps)) - 1, 0)] if len(reps) else np.nan
-    hi = reps[max(int((1 - alpha / 2) * len(reps)) - 1, 0)] if len(reps) else np.nan
+    cells = np.eye(size * size)[[index[e] * size + index[m] for e, m in zip(expert, model)]]
+    reps = bootstrap(lambda counts: _kappa((counts @ cells).reshape(-1, size, size)), len(expert),
+                     n_boot=n_boot, seed=seed)
+    lo, hi = percentile_interval(reps, 1 - alpha)
     return DiagnosisAgreement(names, matrix, kappa, float(lo), float(hi),
                               float(np.trace(matrix)) / len(expert), len(expert))
 

@@ -1,7 +1,7 @@
 """Per-class summaries of an audit: bootstrap means with intervals, and the shortcut flag.
 
-Images of one patient are resampled together (cluster bootstrap) when patient ids are known, so
-22 films of one patient count as one patient's worth of evidence, not 22.
+Images of one patient are resampled together (the clustered bootstrap of :mod:`cxr_core.stats`)
+when patient ids are known, so 22 films of one patient count as one patient's worth of evidence, not 22.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxr_core.safety.markers import CORNERS
+from cxr_core.stats import percentile_interval, replicate_means
 
 REGIONS = ("border", *CORNERS, "markers", "outside_lungs")
 #: A class is a shortcut suspect when its mean outside-lung share beats every other class by this much.
@@ -23,19 +24,6 @@ def _group_key(image, by: str) -> str:
     if by == "label":
         return image.label
     raise ValueError(f"by must be 'predicted' or 'label', got {by!r}")
-
-
-def _bootstrap_means(values: np.ndarray, clusters: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``n_boot`` resamples of whole clusters (images of one patient stay together)."""
-    ids, inverse = np.unique(clusters, return_inverse=True)
-    sums = np.bincount(inverse, weights=values, minlength=len(ids))
-    counts = np.bincount(inverse, minlength=len(ids)).astype(float)
-    out = np.empty(n_boot)
-    step = max(1, 2_000_000 // len(ids))  # resamples per chunk: about 16 MB of indices at a time
-    for start in range(0, n_boot, step):
-        picks = rng.integers(0, len(ids), size=(min(step, n_boot - start), len(ids)))
-        out[start:start + len(picks)] = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
-    return out
 
 
 def _values(images: Sequence, region: str) -> tuple[np.ndarray, np.ndarray]:
@@ -70,10 +58,9 @@ def summarise(images: Sequence, *, by: str = "predicted", regions: Sequence[str]
             if not len(vals):
                 stats[region] = {"mean": None, "low": None, "high": None, "area": None}
                 continue
-            boots = _bootstrap_means(vals, clusters, n_boot, rng)
+            low, high = percentile_interval(replicate_means(vals, clusters=clusters, n_boot=n_boot, seed=rng))
             stats[region] = {
-                "mean": float(vals.mean()), "low": float(np.percentile(boots, 2.5)),
-                "high": float(np.percentile(boots, 97.5)),
+                "mean": float(vals.mean()), "low": low, "high": high,
                 "area": float(np.mean([im.areas[region] for im in members])),
             }
         out[cls] = {"n": len(members), "n_patients": len({m.patient_id or m.file for m in members}), "regions": stats}
@@ -85,7 +72,8 @@ def shortcut_flags(images: Sequence, *, by: str = "predicted", region: str = "ou
     """Classes whose mean share in ``region`` beats every other class's by ``margin`` or more.
 
     A class is flagged when (its mean - the highest other class's mean) >= ``margin`` and the 2.5th
-    percentile of the bootstrap difference is above 0. Needs at least two classes.
+    percentile of the bootstrap difference (independent clustered resamples of the two classes) is
+    above 0. Needs at least two classes.
 
     Returns
     -------
@@ -107,8 +95,9 @@ def shortcut_flags(images: Sequence, *, by: str = "predicted", region: str = "ou
         diff = means[cls] - means[nxt]
         if diff < margin:
             continue
-        boots = _bootstrap_means(vals, clusters, n_boot, rng) - _bootstrap_means(*groups[nxt], n_boot, rng)
-        low, high = float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+        other, other_clusters = groups[nxt]
+        low, high = percentile_interval(replicate_means(vals, clusters=clusters, n_boot=n_boot, seed=rng)
+                                        - replicate_means(other, clusters=other_clusters, n_boot=n_boot, seed=rng))
         if low > 0:
             flags.append({"class": cls, "mean": means[cls], "next_class": nxt, "next_mean": means[nxt],
                           "difference": diff, "low": low, "high": high, "region": region, "by": by})

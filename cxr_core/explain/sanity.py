@@ -229,9 +229,9 @@ class RandomisedCopy:
 
 def mean_ci(values: Sequence[float], *, n_boot: int, seed: int) -> dict:
     """``{"mean", "ci95": [lo, hi]}`` of the finite values (percentile bootstrap over films); None when empty."""
-    from cxr_core.agreement import bootstrap_ci
+    from cxr_core.stats import bootstrap_ci
 
-    mean, lo, hi = bootstrap_ci(values, n=n_boot, seed=seed)
+    mean, lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
     if not np.isfinite(mean):
         return {"mean": None, "ci95": [None, None]}
     return {"mean": float(mean), "ci95": [float(lo), float(hi)]}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxr_core.errors import DataError
+from cxr_core.stats import CONVENTION, bootstrap, percentile_interval
 
 #: Scalar metrics that get a bootstrap interval, in Table 2 order.
 SCALARS = ("accuracy", "loss", "auc", "f1", "recall", "precision")
@@ -156,8 +157,9 @@ def bootstrap_intervals(
 ) -> dict:
     """Percentile bootstrap intervals over images for every scalar and per-class metric.
 
-    Images are resampled with replacement (``seed``-ed); a resample where a metric is undefined
-    (e.g. the AUC of a class absent from it) is skipped for that metric.
+    Images are resampled with replacement by :func:`cxr_core.stats.bootstrap` (``seed``-ed); a
+    resample where a metric is undefined (e.g. the AUC of a class absent from it) is skipped for
+    that metric, and the bounds follow :data:`cxr_core.stats.CONVENTION`.
 
     Returns
     -------
@@ -165,23 +167,13 @@ def bootstrap_intervals(
         ``{metric: [low, high]}`` for :data:`SCALARS`, and ``per_class`` {class: {metric: [low, high]}}.
     """
     y_true, probs = _check(y_true, probs, classes)
-    k, n = len(classes), len(y_true)
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[np.ndarray]] = {}
-    for start in range(0, n_boot, 200):  # chunks bound memory for large test sets
-        idx = rng.integers(0, n, (min(200, n_boot - start), n))
-        counts = np.zeros((len(idx), n))
-        np.add.at(counts, (np.arange(len(idx))[:, None], idx), 1.0)
-        for key, values in replicate_scalars(y_true, probs, k, counts).items():
-            samples.setdefault(key, []).append(values)
-    tail = (1.0 - level) / 2 * 100
+    k = len(classes)
+    samples = bootstrap(lambda counts: replicate_scalars(y_true, probs, k, counts), len(y_true),
+                        n_boot=n_boot, seed=seed)
 
     def interval(key: str) -> list[float] | None:
-        values = np.concatenate(samples[key])
-        values = values[np.isfinite(values)]
-        if not len(values):
-            return None
-        return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+        lo, hi = percentile_interval(samples[key], level)
+        return None if np.isnan(lo) else [lo, hi]
 
     out: dict = {m: interval(m) for m in SCALARS}
     out["per_class"] = {
@@ -211,7 +203,8 @@ def evaluate_probabilities(
     """Point estimates and 95% bootstrap intervals, rounded to 4 decimals (``card.metrics`` shape)."""
     metrics = classification_metrics(y_true, probs, classes)
     metrics["ci95"] = bootstrap_intervals(y_true, probs, classes, n_boot=n_boot, seed=seed)
-    metrics["bootstrap"] = {"resamples": n_boot, "seed": seed, "level": 0.95, "method": "percentile, images resampled"}
+    metrics["bootstrap"] = {"resamples": n_boot, "seed": seed, "level": 0.95,
+                            "method": f"{CONVENTION}; images resampled"}
     return _round(metrics)
 
 
