@@ -19,10 +19,10 @@ from cxr_core.storage.codec import encode_mask
 from cxr_core.storage.schema import Base
 
 
-def test_revisions_form_one_line_ending_at_0004():
+def test_revisions_form_one_line_ending_at_0005():
     script = ScriptDirectory.from_config(storage.alembic_config())
-    assert script.get_heads() == ["0004"]
-    assert [r.revision for r in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
+    assert script.get_heads() == ["0005"]
+    assert [r.revision for r in script.walk_revisions()] == ["0005", "0004", "0003", "0002", "0001"]
 
 
 def test_empty_database_upgrades_to_head(tmp_path):
@@ -30,13 +30,13 @@ def test_empty_database_upgrades_to_head(tmp_path):
     try:
         assert storage.current_revision(engine) is None
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0004"
+        assert storage.current_revision(engine) == "0005"
         tables = set(inspect(engine).get_table_names())
         assert tables == {"alembic_version", "readers", "images", "annotation_sessions", "session_images",
                           "session_readers", "queue_items", "annotations", "drafts", "model_results",
-                          "reading_starts"}
+                          "reading_starts", "audit_events"}
         storage.init_db(engine)  # already at head: nothing to do, nothing breaks
-        assert storage.current_revision(engine) == "0004"
+        assert storage.current_revision(engine) == "0005"
     finally:
         engine.dispose()
 
@@ -64,15 +64,34 @@ def _dump(engine, tables=OLD_TABLES):
                     *meta.tables[name].primary_key.columns))] for name in tables}
 
 
+def _old_readers_and_session(engine, sha, names=("old-timer", "second")):
+    """Readers and a session "before" holding ``sha`` for them, written with Core on the old tables
+    (the ORM's Reader has the columns of 0005); returns (reader ids, session id)."""
+    created = datetime(2025, 11, 25, 9, tzinfo=timezone.utc)
+    with engine.begin() as conn:
+        meta = MetaData()
+        meta.reflect(conn, only=["readers", "annotation_sessions", "session_images", "session_readers",
+                                 "queue_items"])
+        t = meta.tables
+        readers = [conn.execute(insert(t["readers"]).values(name=n, role="sme", created_at=created))
+                   .inserted_primary_key[0] for n in names]
+        sid = conn.execute(insert(t["annotation_sessions"]).values(
+            name="before", blind=True, seed=1, created_by=None, created_at=created)).inserted_primary_key[0]
+        conn.execute(insert(t["session_images"]).values(session_id=sid, image_sha=sha, position=0))
+        for r in readers:
+            conn.execute(insert(t["session_readers"]).values(session_id=sid, reader_id=r))
+            conn.execute(insert(t["queue_items"]).values(session_id=sid, reader_id=r, position=0, image_sha=sha))
+    return readers, sid
+
+
 def _fill_at_0002(engine):
     """Readers, an image, a session, annotations (a revision among them) and drafts, written with
     the 0002 tables as code of that revision would; returns (session id, reader ids, sha, masks by id)."""
     factory = storage.session_factory(engine)
     pixels = np.linspace(0, 1, 12 * 10, dtype=np.float32).reshape(12, 10)
     with factory.begin() as s:
-        readers = [storage.add_reader(s, name).id for name in ("old-timer", "second")]
         sha = storage.add_image(s, pixels).sha256
-        sid = storage.create_session(s, name="before", image_shas=[sha], reader_ids=readers, seed=1).id
+    readers, sid = _old_readers_and_session(engine, sha)
     masks = {}
     with engine.begin() as conn:
         meta = MetaData()
@@ -114,13 +133,15 @@ def test_previous_revision_upgrades_with_its_data_kept(tmp_path):
 
     engine = storage.make_engine(url)  # upgrades on open
     try:
-        assert storage.current_revision(engine) == "0004"
+        assert storage.current_revision(engine) == "0005"
         after = _dump(engine)
-        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion", "comment")}
+        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion", "comment"),
+                       "readers": ("password_hash", "disabled", "failed_logins", "locked_until")}
+        defaults = {"disabled": False, "failed_logins": 0}  # new columns are NULL but for these
         for table, rows in before.items():
             added = new_columns.get(table, ())
             assert [{k: v for k, v in row.items() if k not in added} for row in after[table]] == rows, table
-            assert all(row[c] is None for row in after[table] for c in added), table
+            assert all(row[c] == defaults.get(c) for row in after[table] for c in added), table
         with sqlite3.connect(engine.url.database) as raw:
             assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -175,7 +196,7 @@ def test_downgrade_to_0002_keeps_rows_and_refuses_while_exclusions_exist(tmp_pat
             storage.revise_annotation(s, 3, exclusion="not a chest film")
         with pytest.raises(RuntimeError, match="1 annotation.* exclusions.* would lose them"):
             downgrade()
-        assert storage.current_revision(engine) == "0004"
+        assert storage.current_revision(engine) == "0005"
     finally:
         engine.dispose()
 
@@ -216,7 +237,7 @@ def test_engines_opening_a_new_database_at_once_migrate_it_once(tmp_path):
     assert errors == []
     engine = storage.make_engine(url, migrate=False)
     try:
-        assert storage.current_revision(engine) == "0004"
+        assert storage.current_revision(engine) == "0005"
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     finally:

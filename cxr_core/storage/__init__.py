@@ -284,7 +284,10 @@ def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def add_reader(s: Session, name: str, role: str = "sme") -> Reader:
-    """Add a reader; ``role`` is ``reviewer``, ``sme`` or ``admin``. Names are unique."""
+    """Add a reader (a user without a password); ``role`` is one of :data:`cxr_core.auth.roles.ROLES`.
+
+    Names are unique. :func:`cxr_core.auth.create_user` adds one with a password.
+    """
     name = (name or "").strip()
     if not name:
         raise StorageError("reader name is empty; expected a non-empty name")

@@ -3,7 +3,8 @@
 The schema itself is created and changed only by the Alembic migrations in
 ``cxr_core/storage/migrations``; these classes must match them (``tests/test_migrations.py`` checks).
 Images are identified by the SHA-256 of their decoded pixels; a submitted annotation is
-immutable (an ORM guard here and a database trigger from migration 0001, re-created by 0003).
+immutable (an ORM guard here and a database trigger from migration 0001, re-created by 0003), and so
+is an audit event (guard here, triggers from migration 0005). Readers are the users who log in.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from cxr_core.auth.roles import ROLES
 from cxr_core.errors import CXRError
 
-ROLES = ("reviewer", "sme", "admin")
+_ROLES_SQL = ", ".join(f"'{r}'" for r in ROLES)
 #: The diagnosis stored when a reader excludes a film instead of reading it.
 EXCLUDED = "excluded"
 #: Why a reader may exclude a film (stored in ``annotations.exclusion`` and ``drafts.exclusion``).
@@ -41,6 +44,10 @@ _REASONS_SQL = ", ".join(f"'{r}'" for r in EXCLUSION_REASONS)
 
 class ImmutableAnnotationError(CXRError):
     """Something tried to change or delete a submitted annotation."""
+
+
+class ImmutableAuditEventError(CXRError):
+    """Something tried to change or delete an entry of the audit trail."""
 
 
 def utcnow() -> datetime:
@@ -81,15 +88,24 @@ class Base(DeclarativeBase):
 
 
 class Reader(Base):
-    """A person who reads images: a reviewer, a subject-matter expert or an administrator."""
+    """A user: a reviewer, a subject-matter expert (reads films), a researcher or an administrator.
+
+    ``password_hash`` is argon2id (:mod:`cxr_core.auth.passwords`), ``None`` until one is set (such
+    an account cannot log in locally); ``failed_logins`` counts failures since the last success and
+    ``locked_until`` ends a lockout (see :func:`cxr_core.auth.authenticate`).
+    """
 
     __tablename__ = "readers"
-    __table_args__ = (CheckConstraint("role IN ('reviewer', 'sme', 'admin')", name="role"),)
+    __table_args__ = (CheckConstraint(f"role IN ({_ROLES_SQL})", name="role"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None]
 
 
 class Image(Base):
@@ -294,3 +310,30 @@ class ModelResult(Base):
     probabilities: Mapped[dict[str, Any]]
     heatmap_npz: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(Base):
+    """One entry of the audit trail: who did what, when, to which film; never changed once written.
+
+    ``who`` is the user's name (``None`` for the operator or the system), ``action`` one of
+    :data:`cxr_core.auth.trail.AUDIT_ACTIONS`, ``film_sha`` the pixel hash of the film concerned.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    who: Mapped[str | None] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    film_sha: Mapped[str | None] = mapped_column(String(64), index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+@event.listens_for(AuditEvent, "before_update")
+def _refuse_event_update(mapper: Any, connection: Any, target: AuditEvent) -> None:
+    raise ImmutableAuditEventError(f"audit event {target.id} is part of the trail and cannot change")
+
+
+@event.listens_for(AuditEvent, "before_delete")
+def _refuse_event_delete(mapper: Any, connection: Any, target: AuditEvent) -> None:
+    raise ImmutableAuditEventError(f"audit event {target.id} is part of the trail and cannot be deleted")
