@@ -291,3 +291,35 @@ def test_csv_cells_that_would_run_as_formulas_are_neutralised(session):
     assert [r["reader"] for r in rows] == ["'=HYPERLINK(\"http://x\")"] * 2 + ["'=cmd"]
     assert rows[0]["image_id"] == "'@SUM(A1)" and rows[0]["session"] == "'+1" and rows[2]["image_id"] == "'-2+3"
     assert float(rows[0]["iou"]) == hostile[0].iou or (rows[0]["iou"] == "" and math.isnan(hostile[0].iou))
+
+
+def test_html_escapes_names_so_a_script_or_markup_in_a_name_stays_text(session):
+    """Reader, session, image, model names and refusal reasons are text in the page, never markup."""
+    from dataclasses import replace
+
+    scores, gts, _ = session
+    script = "<script>alert('x')</script>"
+    hostile = [replace(s, reader=f"Dr {script}", session=f"s1 {script}", image_id=f"**{s.image_id}**<img src=x>",
+                       target=f"{s.target}{script}") for s in scores]
+    image = np.linspace(0, 1, gts[0].size).reshape(gts[0].shape)
+    case = GalleryCase(hostile[0], image, gts[0], gts[0], "worst")
+    report = Report(f"Session {script} _md_ [link](http://x)", hostile, groups=aggregate(hostile, n_boot=50),
+                    gallery=[case], meta={"session": script},
+                    refused=[{"image_id": "<b>film.png</b>", "model": script, "reasons": ["<i>wide</i>"]}],
+                    excluded=[{"image_id": "img9", "reader": script, "reason": "<u>not readable</u>"}],
+                    times=[{"session": "s1", "reader": script, "n": 1, "untimed": 0, "median_s": 30.0,
+                            "q1_s": 30.0, "q3_s": 30.0, "iqr_s": 0.0}])
+    page = to_html(report)
+    assert "alert(" in page  # the text is there ...
+    assert script not in page and "<img src=x>" not in page and "<b>film.png</b>" not in page  # ... never as tags
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    assert "Session &lt;script&gt;" in page and "_md_ [link](http://x)" in page  # Markdown is left as typed text
+    assert "**img0**&lt;img src=x&gt;" in page
+    tags = _tags(page)
+    assert [a["src"] for t, a in tags if t == "img"] == [case_uri(case)]  # the gallery's image, no injected one
+    assert {t for t, _ in tags} <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "table",
+                                    "thead", "tbody", "tr", "th", "td", "small", "div", "script", "span", "figure",
+                                    "img", "figcaption"}
+    assert not any(t in ("b", "i", "u") for t, _ in tags)
+    plain = to_html(Report("Session s1", scores, groups=aggregate(scores, n_boot=50)))
+    assert page.count("<script") == plain.count("<script")  # plotly's own scripts, none added by a name

@@ -22,6 +22,7 @@ from cxr_core import agreement, storage
 from cxr_core.agreement import reports
 from cxr_core import annotation as ann
 from cxr_core.agreement import session_scores as ss
+from cxr_core.io.templating import duration
 
 SIZES = [(72, 80), (72, 80), (64, 96)]  # rows x cols of img0..img2
 READINGS = [  # reader, image, diagnosis, rectangles (left, top, width, height) in image pixels
@@ -486,5 +487,5 @@ def test_time_per_case_per_reader_and_session_in_the_reports(tmp_path):
     page = reports.to_html(report)
     Cells().feed(page[page.index("<h2>Time per case</h2>"):page.index("<h2>Distributions</h2>")])
     assert cells[cells.index("Dr A"):cells.index("Dr A") + 4] == [
-        "Dr A", "3", "3", reports._seconds(rows["Dr A"]["median_s"])]
+        "Dr A", "3", "3", duration(rows["Dr A"]["median_s"])]
     assert "all readers" in cells

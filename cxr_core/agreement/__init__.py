@@ -40,6 +40,10 @@ class AgreementInputError(CXRError):
     """Heatmaps, masks or labels that cannot be compared as given."""
 
 
+class ReportError(CXRError):
+    """Records or masks that cannot be written as a report (HTML, COCO, gallery pictures)."""
+
+
 @dataclass(frozen=True)
 class ImageScore:
     """One image × model × reader comparison, with what is needed to reproduce it.
@@ -433,6 +437,7 @@ def diagnosis_agreement(expert: Sequence[str], model: Sequence[str], *, labels: 
 __all__ = [
     "AGGREGATE_METRICS", "AgreementInputError", "DiagnosisAgreement", "GROUP_FIELDS", "GroupSummary",
     "HeatmapError", "ImageScore", "Interval", "MAP_METRICS", "MASK_METRICS", "METRICS", "RULES", "ReaderPair",
+    "ReportError",
     "aggregate", "bootstrap_ci", "diagnosis_agreement", "mask_metrics", "reader_agreement", "score_batch",
     "score_image", "score_records",
 ]
