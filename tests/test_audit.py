@@ -59,6 +59,10 @@ def toy_model(gate0: np.ndarray, gate1: np.ndarray, thr0: float):
     return model
 
 
+#: The toy films are synthetic textures that screening rightly refuses as not chest films; the toy tests
+#: audit them through the expert override (``allow_ood``), as ``report --allow-ood`` does for synthetic studies.
+
+
 def engine_for(model):
     from cxr_core.explain.cam import CamEngine
 
@@ -109,7 +113,7 @@ def lung_engine():
 def test_a_model_that_reads_a_corner_marker_is_flagged(corner_engine, tmp_path):
     items, masks = write_set(tmp_path, "corner")
     seen = []
-    report = run_audit(corner_engine, items, lung_masks=masks, batch_size=4, top_k=3,
+    report = run_audit(corner_engine, items, lung_masks=masks, allow_ood=True, batch_size=4, top_k=3,
                        progress=lambda done, total: seen.append((done, total)))
     assert [im.predicted for im in report.images] == [it.label for it in items]
     summary = summarise(report.images, by="predicted", n_boot=200)
@@ -127,7 +131,7 @@ def test_a_model_that_reads_a_corner_marker_is_flagged(corner_engine, tmp_path):
 
 def test_a_model_that_reads_only_inside_the_lungs_is_not_flagged(lung_engine, tmp_path):
     items, masks = write_set(tmp_path, "lung")
-    report = run_audit(lung_engine, items, lung_masks=masks, batch_size=5)
+    report = run_audit(lung_engine, items, lung_masks=masks, allow_ood=True, batch_size=5)
     assert [im.predicted for im in report.images] == [it.label for it in items]
     summary = summarise(report.images, by="label", n_boot=200)
     for cls in CLASSES:
@@ -140,7 +144,7 @@ def test_a_model_that_reads_only_inside_the_lungs_is_not_flagged(lung_engine, tm
 
 def test_mask_markers_first_removes_the_corner_shortcut(corner_engine, tmp_path):
     items, masks = write_set(tmp_path, "corner", n=2)
-    report = run_audit(corner_engine, items, lung_masks=masks, mask_markers_first=True)
+    report = run_audit(corner_engine, items, lung_masks=masks, allow_ood=True, mask_markers_first=True)
     # The border band is blacked out before the model sees the film, so the marker cannot fire.
     assert {im.predicted for im in report.images} == {"Normal"}
     assert report.settings["mask_markers"] is True
@@ -187,7 +191,7 @@ def test_a_small_or_uncertain_difference_is_not_a_shortcut():
 
 def test_json_round_trip_keeps_records_and_thumbnails(corner_engine, tmp_path):
     items, masks = write_set(tmp_path, "corner", n=2)
-    report = run_audit(corner_engine, items, lung_masks=masks, top_k=1)
+    report = run_audit(corner_engine, items, lung_masks=masks, allow_ood=True, top_k=1)
     data = json.loads(json.dumps(to_json(report, n_boot=100)))
     assert data["shortcuts_by_predicted"][0]["class"] == "COVID-19"
     assert set(data["summary_by_label"]) == set(CLASSES)
@@ -202,13 +206,13 @@ def test_unreadable_files_are_listed_and_an_all_bad_set_is_an_error(corner_engin
     items, masks = write_set(tmp_path, "corner", n=1)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    report = run_audit(corner_engine, [*items, AuditItem(bad)], lung_masks=masks)
+    report = run_audit(corner_engine, [*items, AuditItem(bad)], lung_masks=masks, allow_ood=True)
     assert len(report.images) == 2
     assert report.failures[0]["file"] == str(bad) and "not an image" in report.failures[0]["error"]
     with pytest.raises(DataError, match="no image could be audited"):
-        run_audit(corner_engine, [AuditItem(bad)], lung_masks=masks)
+        run_audit(corner_engine, [AuditItem(bad)], lung_masks=masks, allow_ood=True)
     with pytest.raises(CXRError, match="batch_size"):
-        run_audit(corner_engine, items, lung_masks=masks, batch_size=0)
+        run_audit(corner_engine, items, lung_masks=masks, allow_ood=True, batch_size=0)
 
 
 def labelled_copy(tmp_path):

@@ -64,22 +64,12 @@ POLYGON_KINDS = ("polygon", "polyline", "triangle", "rect", "labeledrect")
 def region_outline(obj: Mapping, kind: str, shape: tuple[int, int], fit: Mapping | None) -> list[float]:
     """A straight-edged region's outline as COCO ``[x1, y1, x2, y2, ...]`` in image pixels (edges at integers).
 
-    The vertices :func:`cxr_core.annotation.masks.region_masks` fills, mapped by the same Fabric geometry
-    (``masks._object_affine``, ``masks._canvas_to_rowcol``); image (row, col) is COCO (y, x).
+    The vertices :func:`cxr_core.annotation.masks.region_masks` fills
+    (:func:`~cxr_core.annotation.masks.straight_outline`); image (row, col) is COCO (y, x).
     """
-    from cxr_core.annotation import masks as mk
+    from cxr_core.annotation.masks import straight_outline
 
-    w, h = mk.fabric_number(obj, "width", 0.0), mk.fabric_number(obj, "height", 0.0)
-    if kind in ("polygon", "polyline"):
-        local = np.array([[float(p["x"]), float(p["y"])] for p in obj.get("points") or []]).reshape(-1, 2)
-        local = local - (local.min(axis=0) + local.max(axis=0)) / 2 if len(local) else local  # minus pathOffset
-    elif kind == "triangle":
-        local = np.array([[-w / 2, h / 2], [0.0, -h / 2], [w / 2, h / 2]])
-    else:
-        local = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
-    lin, centre = mk._object_affine(obj, w, h)
-    rowcol = mk._canvas_to_rowcol(local @ lin.T + centre, mk._check_fit(fit), shape)
-    return [float(v) for v in rowcol[:, ::-1].ravel()]
+    return [float(v) for v in straight_outline(obj, kind, shape, fit)[:, ::-1].ravel()]
 
 
 def reading_regions(reading: Reading) -> list[tuple[str, np.ndarray, list[float] | None, int, str]]:
@@ -237,15 +227,15 @@ def session_report(factory: sessionmaker, name: str, models: Sequence[tuple[Mode
                    cam_target: str = "expert", reader: str | None = None, compute: bool = True, gallery: int = 3,
                    with_consensus: bool = True,
                    progress: Callable[[str, int, int], None] | None = None,
-                   screeners: Mapping[str, Callable[[np.ndarray], Sequence[str]]] | None = None) -> "SessionReport":
-    """The whole flow for one session: hide, read, compute what is missing, score ``method`` and the baseline.
+                   screens: Mapping[str, Callable[[Sequence], Sequence]] | None = None) -> "SessionReport":
+    """The whole flow for one session: hide, read, screen, compute what is missing, score ``method`` and the baseline.
 
     ``models`` pairs each :class:`ModelRef` with a zero-argument engine loader (see
-    :func:`compute_missing`). Blinding as :func:`hidden_for` ``(reader)``. ``screeners`` maps a model
-    name to a function giving the reasons it refuses an image's pixels (empty when it may score them,
-    see :mod:`cxr_core.safety.screening`); refused images are left out of that model's scores and listed in
-    ``report.refused`` with their reasons. ``with_consensus``: score the consensus pseudo-readers too
-    (see :mod:`cxr_core.agreement.session_scores`).
+    :func:`compute_missing`). Blinding as :func:`hidden_for` ``(reader)``. ``screens`` maps a model
+    name to the first steps of its analysis path, ``lambda xrays: cxr_core.analysis.screen_films(loaded, xrays)``
+    (see :func:`refusals`): a refused image gets no heatmap, is in none of that model's scores and is listed in
+    ``report.refused`` with the same reasons and figures as every other page and command gives.
+    ``with_consensus``: score the consensus pseudo-readers too (see :mod:`cxr_core.agreement.session_scores`).
     """
     from cxr_core.explain.binarize import Threshold
 
@@ -261,39 +251,47 @@ def session_report(factory: sessionmaker, name: str, models: Sequence[tuple[Mode
         raise SessionScoresError(f"session {name!r} has no submitted reading visible to "
                                  f"{reader or 'an unnamed user'} ({len(data.hidden)} image(s) still read blind, "
                                  f"{len(data.excluded)} reading(s) excluded by readers)")
-    pairsets, scores = [], []
-    for model, get_engine in models:
-        if compute:
-            report_progress = None if progress is None else (lambda d, t, m=model.name: progress(m, d, t))
-            compute_missing(factory, data, model, get_engine, method, cam_target=cam_target, progress=report_progress)
-        with factory.begin() as s:
-            pairs = [load_pairs(s, data, model, m, cam_target=cam_target) for m in (method, BASELINE)]
-        for p in pairs:
-            pairsets.append(p)
-            scores.extend(score_pairs(p, spec, rule))
-
     def pixels(sha: str) -> np.ndarray:
         with factory.begin() as s:
             return storage.load_pixels(s, sha)
 
-    refused = refusals(data, screeners or {}, pixels)
-    blocked = {(r["model"], r["image_id"]) for r in refused}
-    scores = [sc for sc in scores if (sc.model, sc.image_id) not in blocked]
+    refused = refusals(data, screens or {}, pixels)
+    skipped = {m: {r["sha256"] for r in refused if r["model"] == m} for m in (screens or {})}
+    pairsets, scores = [], []
+    for model, get_engine in models:
+        skip = skipped.get(model.name, set())
+        if compute:
+            report_progress = None if progress is None else (lambda d, t, m=model.name: progress(m, d, t))
+            compute_missing(factory, data, model, get_engine, method, cam_target=cam_target, progress=report_progress,
+                            skip=skip)
+        with factory.begin() as s:
+            pairs = [load_pairs(s, data, model, m, cam_target=cam_target, skip=skip) for m in (method, BASELINE)]
+        for p in pairs:
+            pairsets.append(p)
+            scores.extend(score_pairs(p, spec, rule))
     report = build_report(data, pairsets, scores, pixels=pixels, gallery=gallery, rule=rule, cam_target=cam_target)
     return SessionReport(replace(report, refused=tuple(refused)), data, tuple(pairsets))
 
 
-def refusals(data: SessionData, screeners: Mapping[str, Callable[[np.ndarray], Sequence[str]]],
-             pixels: Callable[[str], np.ndarray]) -> list[dict]:
-    """``{"image_id", "model", "reasons"}`` for every read image a model's screener refuses."""
+def refusals(data: SessionData, screens: Mapping[str, Callable[[Sequence], Sequence]],
+             pixels: Callable[[str], np.ndarray], *, batch: int = 16) -> list[dict]:
+    """``{"image_id", "sha256", "model", "reasons", "details", "checks"}`` for every read image a model refuses.
+
+    ``screens[model](xrays)`` returns one :class:`cxr_core.analysis.FilmAnalysis` per X-ray (normally
+    :func:`cxr_core.analysis.screen_films`); the stored pixels are decoded once and screened by every model.
+    """
+    from cxr_core.io.imaging import XRay
+
     images = {r.image_sha: r.image_id for r in data.readings}
+    if not screens or not images:
+        return []
     out = []
-    for sha, image_id in images.items() if screeners else ():
-        image = pixels(sha)  # decoded once, screened by every model
-        for model, screen in screeners.items():
-            reasons = list(screen(image))
-            if reasons:
-                out.append({"image_id": image_id, "model": model, "reasons": reasons})
+    shas = list(images)
+    for start in range(0, len(shas), batch):  # a batch of films in memory at a time
+        xrays = [XRay(pixels(sha), "png", 16, sha, images[sha], {}) for sha in shas[start:start + batch]]
+        for model, screen in screens.items():
+            out += [{"image_id": x.name, "sha256": x.sha256, **a.refusal_row(), "model": model}
+                    for x, a in zip(xrays, screen(xrays)) if a.refused]
     return out
 
 

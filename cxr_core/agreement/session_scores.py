@@ -267,12 +267,17 @@ def _find(stored: list, model: ModelRef, method: str, wanted: str | None):
 
 
 def missing_jobs(s: Session, data: SessionData, model: ModelRef, methods: Sequence[str], *,
-                 cam_target: str = "expert") -> list[tuple[str, str, str | None]]:
-    """``(image_sha, method, target or None)`` for each heatmap the readings need and the store lacks."""
+                 cam_target: str = "expert", skip: Collection[str] = ()) -> list[tuple[str, str, str | None]]:
+    """``(image_sha, method, target or None)`` for each heatmap the readings need and the store lacks.
+
+    ``skip``: images the model refused (:func:`cxr_core.analysis.screen_films`): no heatmap is made for them.
+    """
     check_options(methods, cam_target)
     stored = _results(s, model, data.images)
     jobs = []
     for reading in data.readings:
+        if reading.image_sha in skip:
+            continue
         wanted = _wanted(model, reading, cam_target)
         for method in methods:
             if _find(stored.get(reading.image_sha, []), model, method, wanted) is None:
@@ -282,17 +287,18 @@ def missing_jobs(s: Session, data: SessionData, model: ModelRef, methods: Sequen
 
 def compute_missing(factory: sessionmaker, data: SessionData, model: ModelRef, get_engine: Callable[[], object],
                     method: str = "gradcam", *, cam_target: str = "expert", batch_size: int = 8,
-                    progress: Callable[[int, int], None] | None = None) -> int:
+                    progress: Callable[[int, int], None] | None = None, skip: Collection[str] = ()) -> int:
     """Compute and store the heatmaps ``model`` lacks for the readings: ``method`` and the random baseline.
 
     ``get_engine()`` returns a :class:`~cxr_core.explain.cam.CamEngine` for ``model``; it is called only
     when something is missing. Heatmaps are stored as the CAM grid in float32. Returns how many
-    results were stored. Transactions are framed here (see module doc).
+    results were stored. Transactions are framed here (see module doc). ``skip``: images the model
+    refused as not a frontal chest X-ray (:func:`cxr_core.analysis.screen_films`), never computed.
     """
     from cxr_core.io.imaging import XRay
 
     with factory.begin() as s:
-        jobs = missing_jobs(s, data, model, (method, BASELINE), cam_target=cam_target)
+        jobs = missing_jobs(s, data, model, (method, BASELINE), cam_target=cam_target, skip=skip)
     if not jobs:
         return 0
     engine = get_engine()
@@ -356,12 +362,18 @@ class PairSet:
 
 
 def load_pairs(s: Session, data: SessionData, model: ModelRef, method: str, *,
-               cam_target: str = "expert") -> PairSet:
-    """Pair each visible reading with the stored ``method`` heatmap of ``model`` (see module docstring)."""
+               cam_target: str = "expert", skip: Collection[str] = ()) -> PairSet:
+    """Pair each visible reading with the stored ``method`` heatmap of ``model`` (see module docstring).
+
+    ``skip``: images the model refused; their readings are not paired (nor counted as missing), even
+    where a heatmap was stored before (an override, or a model file that screened differently).
+    """
     check_options([method], cam_target)
     stored = _results(s, model, data.images)
     keys, maps, masks, missing = [], [], [], 0
     for reading in data.readings:
+        if reading.image_sha in skip:
+            continue
         found = _find(stored.get(reading.image_sha, []), model, method, _wanted(model, reading, cam_target))
         heatmap = None if found is None else storage.result_heatmap(found)
         if heatmap is None:

@@ -1,6 +1,9 @@
 """Dataset audit: where does a model look, image by image, and does one class look outside the lungs?
 
-For every image the audit runs the model and Grad-CAM once and records which share of the
+Every image takes the one analysis path (:func:`cxr_core.analysis.analyse_films`): a film that does not
+look like a frontal chest X-ray (a photograph, a CT or MR slice, a retina picture...) is **refused**, listed
+in ``AuditReport.refused`` with the screen's plain reasons and measured figures, and in no number.
+For every other image the audit runs the model and Grad-CAM once and records which share of the
 heatmap's mass (sum of its values, after the per-image min-max scaling) falls in
 
 - ``border``: the outer band, 8 % of the shorter side wide;
@@ -104,6 +107,8 @@ class AuditReport:
     flagged: list
     settings: dict
     failures: list = field(default_factory=list)
+    #: Films refused as not a frontal chest X-ray: ``{"file", "sha256", "model", "reasons", "details", "checks"}``.
+    refused: list = field(default_factory=list)
 
     def summary(self, by: str = "predicted", **kwargs) -> dict:
         """:func:`summarise` of this report's images."""
@@ -175,6 +180,7 @@ def thumbnail(pixels: np.ndarray, heatmap: np.ndarray, lungs: np.ndarray, marker
 @dataclass
 class _Prepared:
     item: AuditItem
+    xray: object | None = None  # cxr_core.io.imaging.XRay
     pixels: np.ndarray | None = None
     model_pixels: np.ndarray | None = None
     markers: list = field(default_factory=list)
@@ -192,7 +198,7 @@ def _prepare_one(item: AuditItem, mask_index: dict | None, clean: bool) -> _Prep
         xray = load_xray(item.file)
         pixels = xray.pixels
         markers = detect_markers(pixels)
-        prepared = _Prepared(item, pixels, mask_markers(pixels, markers=markers) if clean else pixels, markers,
+        prepared = _Prepared(item, xray, pixels, mask_markers(pixels, markers=markers) if clean else pixels, markers,
                              sha256=xray.sha256)
         path = mask_for(Path(item.file).stem, mask_index, image=item.file) if mask_index else None
         if path is not None:
@@ -226,6 +232,9 @@ def run_audit(
     progress: Callable[[int, int], None] | None = None,
     workers: int = 2,
     model_name: str = "",
+    loaded=None,
+    screener=None,
+    allow_ood: bool = False,
 ) -> AuditReport:
     """Audit every image of ``items`` with a :class:`~cxr_core.explain.cam.CamEngine`.
 
@@ -235,6 +244,11 @@ def run_audit(
         Gives predictions and Grad-CAM heatmaps (``run_arrays``).
     items : iterable of AuditItem
         Read lazily, one batch at a time.
+    loaded : LoadedModel, optional
+        The registry model ``engine`` belongs to: films are screened by its screener (image checks and
+        its out-of-distribution detector). Without it, by the image checks alone (or ``screener``).
+    screener : :class:`~cxr_core.safety.screening.Screener`, optional
+    allow_ood : score refused films too (an expert override; they are still listed in ``refused``).
     lung_masks : folder of expert lung masks, matched by file stem (see :func:`cxr_core.models.lungs.mask_for`).
     lung_estimator : :class:`~cxr_core.models.lungs.LungEstimator` for images without an expert mask;
         loaded from ``weights/lungseg/`` when needed and not given.
@@ -262,8 +276,11 @@ def run_audit(
     mask_index = index_masks(lung_masks) if lung_masks is not None else None
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    from cxr_core.analysis import analyse_films
+
     images: list[ImageAudit] = []
     failures: list[dict] = []
+    refused: list[dict] = []
     heap: list[tuple[float, int, Flagged]] = []
     done = 0
     chunks = _chunks(items, batch_size)
@@ -278,14 +295,23 @@ def run_audit(
             for p in batch:
                 if p.error:
                     failures.append({"file": str(p.item.file), "error": p.error})
-            good = [p for p in batch if not p.error]
+            ready = [p for p in batch if not p.error]
+            analyses = analyse_films(loaded if loaded is not None else engine, [p.xray for p in ready],
+                                     method="gradcam", screener=screener, engine=engine, allow_ood=allow_ood,
+                                     model_pixels=[p.model_pixels for p in ready], batch_size=batch_size,
+                                     name=model_name or None) if ready else []
+            for p, a in zip(ready, analyses):
+                if not a.screening.ok:
+                    refused.append({"file": str(p.item.file), "sha256": p.sha256, **a.refusal_row(),
+                                    "overridden": a.overridden})
+            good = [p for p, a in zip(ready, analyses) if a.analysed]
+            results = [a.cam for a in analyses if a.analysed]
             need = [p for p in good if p.lungs is None]
             if need:
                 if lung_estimator is None:
                     lung_estimator = LungEstimator.load()
                 for p, lungs in zip(need, lung_estimator.estimate([p.pixels for p in need])):
                     p.lungs, p.lung_source = lungs, "estimate"
-            results = engine.run_arrays([p.model_pixels for p in good], batch_size=batch_size) if good else []
             for p, res in zip(good, results):
                 regions = image_regions(p.pixels.shape, p.lungs, p.markers)
                 record = ImageAudit(
@@ -308,15 +334,17 @@ def run_audit(
             if progress is not None:
                 progress(done, total if total is not None else done)
     if not images:
-        detail = f": {failures[0]['file']}: {failures[0]['error']}" if failures else ""
-        raise DataError(f"no image could be audited ({len(failures)} unreadable){detail}")
+        detail = (f": {failures[0]['file']}: {failures[0]['error']}" if failures else
+                  f": {refused[0]['file']}: {'; '.join(refused[0]['reasons'])}" if refused else "")
+        raise DataError(f"no image could be audited ({len(failures)} unreadable, {len(refused)} refused as not a "
+                        f"frontal chest X-ray){detail}")
     flagged = [f for _, _, f in sorted(heap, key=lambda t: (-t[0], -t[1]))]
     settings = {
         "batch_size": batch_size, "mask_markers": mask_markers_first, "top_k": top_k,
         "lung_masks": str(lung_masks) if lung_masks is not None else None,
         "shortcut_margin": SHORTCUT_MARGIN, "method": "gradcam",
     }
-    return AuditReport(model_name, list(engine.classes), images, flagged, settings, failures)
+    return AuditReport(model_name, list(engine.classes), images, flagged, settings, failures, refused)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,6 +364,8 @@ def to_json(report: AuditReport, *, n_boot: int = 1000) -> dict:
         "note": "Heatmap shares describe where the model's evidence lies; model scores are not diagnoses.",
         "n_images": len(report.images),
         "failures": report.failures,
+        "n_refused": sum(not r.get("overridden") for r in report.refused),
+        "refused": report.refused,
         "summary_by_predicted": report.summary("predicted", n_boot=n_boot),
         "summary_by_label": report.summary("label", n_boot=n_boot) if has_labels else {},
         "shortcuts_by_predicted": report.shortcuts("predicted", n_boot=n_boot),
@@ -366,7 +396,7 @@ def from_json(data: dict) -> AuditReport:
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"audit file is damaged: {exc}") from exc
     return AuditReport(data.get("model", ""), data.get("classes", []), images, flagged,
-                       data.get("settings", {}), data.get("failures", []))
+                       data.get("settings", {}), data.get("failures", []), data.get("refused", []))
 
 
 def fmt_share(value: float | None) -> str:

@@ -69,9 +69,9 @@ class Progress:
 
 
 def run(args) -> int:
+    from cxr_core.analysis import cam_engine
     from cxr_core.audit import run_audit, to_json
     from cxr_core.audit.report import render_html, shortcut_lines, summary_lines
-    from cxr_core.explain.cam import CamEngine
     from cxr_core.models.manifest import load_model
     from cxr_core.models.runtime import import_tensorflow_quietly
 
@@ -80,13 +80,16 @@ def run(args) -> int:
     items = items_from(args.data, args.limit)
     import_tensorflow_quietly()
     loaded = load_model(args.model)
-    engine = CamEngine.from_loaded(loaded)
+    engine = cam_engine(loaded)
     report = run_audit(
         engine, items, lung_masks=args.lung_masks, batch_size=args.batch_size, mask_markers_first=args.mask_markers,
-        top_k=args.top_k, progress=Progress(), workers=args.workers, model_name=loaded.name,
+        top_k=args.top_k, progress=Progress(), workers=args.workers, model_name=loaded.name, loaded=loaded,
     )
     data = to_json(report)
     print(f"Audit of {loaded.name} on {data['n_images']} images (model scores are not diagnoses).")
+    if data["n_refused"]:
+        print(f"{data['n_refused']} film(s) not analysed: they do not look like a frontal chest X-ray "
+              "(listed on stderr and in the report; in no number below).")
     print("By predicted class:")
     for line in summary_lines(data, by="predicted"):
         print("  " + line)
@@ -98,6 +101,10 @@ def run(args) -> int:
         print(line)
     for failure in report.failures:
         print(f"error: {failure['file']}: {failure['error']}", file=sys.stderr)
+    for r in report.refused:
+        print(f"not analysed: {r['file']}: " + "; ".join(f"{reason} [{d}]" if d else reason
+                                                      for reason, d in zip(r["reasons"], r["details"])),
+              file=sys.stderr)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data))

@@ -1,8 +1,10 @@
 """``predict``: class probabilities for one or more X-ray files, optionally with a heatmap.
 
-Each file is screened first (:mod:`cxr_core.safety.screening`): one that does not look like a frontal chest
-X-ray is not analysed (a reason on stderr, exit code 2, the other files still processed) unless
-``--allow-ood`` is given.
+Each file takes the one analysis path (:func:`cxr_core.analysis.analyse`: screen, warn, predict, explain):
+one that does not look like a frontal chest X-ray is not analysed (a reason on stderr, exit code 2, the other
+files still processed) unless ``--allow-ood`` is given. The reader's warnings (demonstration model, missing
+classes, small or oddly shaped film) go into every JSON record as ``warnings`` and, without ``--json``, to
+stderr as ``note:`` lines.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from cxr_core.analysis import cam_engine
     from cxr_core.models.manifest import load_model
     from cxr_core.models.runtime import import_tensorflow_quietly
     from cxr_core.safety.screening import screener
@@ -45,10 +48,10 @@ def run(args) -> int:
     loaded = load_model(args.model)
     engine = None
     if args.cam != "none":
-        from cxr_core.explain.cam import CamEngine, resolve_target
+        from cxr_core.explain.cam import resolve_target
 
         resolve_target(loaded.card.classes, args.target)  # an unknown class fails before any tracing
-        engine = CamEngine.from_loaded(loaded)
+        engine = cam_engine(loaded)  # a model without a trustworthy heatmap stops here, before any film
     screen = screener(loaded)
     failed = 0
     if args.out:
@@ -64,41 +67,38 @@ def run(args) -> int:
 
 
 def _predict_one(path, args, loaded, engine, screen) -> bool:
-    """Screen, predict (and explain) one file, print and write its outputs; False when it was refused."""
+    """Analyse one file (:func:`cxr_core.analysis.analyse`), print and write its outputs; False when refused."""
+    from cxr_core.analysis import analyse
     from cxr_core.io.imaging import load_xray
-    from cxr_core.models.predict import predict_loaded
-    from cxr_core.safety.screening import decision_record, override_record, refusal_message
 
     xray = load_xray(path)
-    decision = screen.screen([xray])[0]
-    if not decision.ok and not args.allow_ood:
-        print(f"{path}: {refusal_message(decision)}", file=sys.stderr)
-        refused = {"file": str(path), "model": loaded.name, "analysed": False,
-                   "ood": decision_record(decision), "message": refusal_message(decision)}
+    result = analyse(loaded, xray, method=None if args.cam == "none" else args.cam, target=args.target,
+                     allow_ood=args.allow_ood, screener=screen, engine=engine)
+    if result.refused:
+        print(f"{path}: {result.refusal_message()}", file=sys.stderr)
+        record = result.record(str(path))
         if args.out:
-            write_outputs(args.out / _stem(args, path), refused, xray, None, args.colormap)
+            write_outputs(args.out / _stem(args, path), record, xray, None, args.colormap)
         if args.json:
-            print(json.dumps(refused))
+            print(json.dumps(record))
         return False
-    if engine is None:
-        result, record = None, predict_loaded(loaded, [xray])[0].to_dict()
-    else:
-        result = engine.run([xray], method=args.cam, target=args.target)[0]
-        record = result.to_dict()
-    record = {"file": str(path), "model": loaded.name, **record, "ood": decision_record(decision)}
-    if not decision.ok:
-        print(f"warning: {path}: expert override (--allow-ood) of \"{refusal_message(decision)}\"",
+    record = result.record(str(path))
+    if result.overridden:
+        print(f"warning: {path}: expert override (--allow-ood) of \"{result.refusal_message()}\"",
               file=sys.stderr)
-        record["ood"] = override_record(decision, model=loaded.name, image=str(path), where="cli --allow-ood")
+        record["ood"] = result.override_record(where="cli --allow-ood", image=str(path))
     if args.out:
-        write_outputs(args.out / _stem(args, path), record, xray, result, args.colormap)
+        write_outputs(args.out / _stem(args, path), record, xray, result.cam, args.colormap)
     if args.json:
         print(json.dumps(record))
     else:
         scores = ", ".join(f"{c} {p:.1%}" for c, p in record["probabilities"].items())
-        cam = "" if result is None else f"; {result.method} heatmap for {result.target}" + (
-            " (no positive evidence)" if result.all_zero else "")
-        print(f"{path}: {record['predicted']} (model scores: {scores}){cam}")
+        cam = result.cam
+        shown = "" if cam is None else f"; {cam.method} heatmap for {cam.target}" + (
+            " (no positive evidence)" if cam.all_zero else "")
+        print(f"{path}: {record['predicted']} (model scores: {scores}){shown}")
+        for warning in result.warnings:
+            print(f"note: {path}: {warning.plain()}", file=sys.stderr)
     return True
 
 

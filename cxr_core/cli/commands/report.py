@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_core.agreement import RULES
+from cxr_core.auth.cli_identity import add_user_argument, check_view_as, cli_user, record_cli
 
 FORMATS = ("csv", "json", "html", "coco")
 
@@ -44,6 +45,7 @@ def register(sub) -> None:
                         "two or more read), scored by default as extra readers")
     p.add_argument("--no-compute", action="store_true",
                    help="use stored heatmaps only; readings without one are left out")
+    add_user_argument(p)
     p.set_defaults(func=run)
 
 
@@ -87,19 +89,11 @@ def _loaded(name: str):
     return _LOADED[name]
 
 
-def _screeners(names):
-    """Per model, the reasons it refuses an image as not a frontal chest X-ray (cxr_core.safety.screening)."""
-    from cxr_core.io.imaging import XRay, pixel_sha256
-    from cxr_core.safety.screening import screener
+def _screens(names):
+    """Per model, the first steps of the one analysis path (:func:`cxr_core.analysis.screen_films`)."""
+    from cxr_core.analysis import screen_films
 
-    def make(name):
-        def reasons(pixels):
-            xray = XRay(pixels, "png", 16, pixel_sha256(pixels))
-            decision = screener(_loaded(name)).screen([xray])[0]
-            return [] if decision.ok else (list(decision.reasons) or ["unlike the model's training chest films"])
-        return reasons
-
-    return {name: make(name) for name in names}
+    return {name: (lambda xrays, name=name: screen_films(_loaded(name), xrays)) for name in names}
 
 
 def run(args) -> int:
@@ -110,6 +104,8 @@ def run(args) -> int:
     from cxr_core.agreement.session_scores import SessionScoresError, excluded_note
     from cxr_core.storage import make_engine, session_factory
 
+    user = cli_user(args, "cli:report")  # researcher or admin, logged in (cxr_core.auth)
+    check_view_as(user, args.reader)
     if args.gallery < 0:
         raise SessionScoresError(f"--gallery {args.gallery}; expected 0 or more cases")
     models = _models(args.model)
@@ -122,7 +118,7 @@ def run(args) -> int:
                             rule=args.rule, cam_target=args.cam_target, reader=args.reader,
                             compute=not args.no_compute, gallery=args.gallery, progress=progress,
                             with_consensus=not args.no_consensus,
-                            screeners=None if args.allow_ood else _screeners([m.name for m, _ in models]))
+                            screens=None if args.allow_ood else _screens([m.name for m, _ in models]))
     if args.allow_ood:
         import logging
 
@@ -133,10 +129,12 @@ def run(args) -> int:
             "html": lambda: reports.to_html(report), "coco": result.coco}[args.format]()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
+    record_cli(user, "export", detail=f"report of session {args.session!r} as {args.format}: {args.out}")
     data = result.data
     for r in report.refused:
-        print(f"not analysed by {r['model']}: {r['image_id']} does not look like a frontal chest X-ray "
-              f"({'; '.join(r['reasons'])})", file=sys.stderr)
+        why = "; ".join(f"{reason} [{d}]" if d else reason for reason, d in zip(r["reasons"], r.get("details", ())))
+        print(f"not analysed by {r['model']}: {r['image_id']} does not look like a frontal chest X-ray ({why})",
+              file=sys.stderr)
     print(f"wrote {args.format} report of session {data.name!r} to {args.out}: {len(report.scores)} scores, "
           f"{len({s.image_id for s in report.scores})} images, readers {', '.join(data.readers)}"
           f"{' and ' + ', '.join(data.consensus_readers) if data.consensus_readers else ''}, "
