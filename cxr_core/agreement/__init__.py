@@ -23,9 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cxr_core.explain.binarize import HeatmapError, Threshold, binarize_normalized
-# unchecked variants: inputs are validated once for the whole stack, not once per step
-from cxr_core.explain.binarize import _as_maps, _normalize, _resize
+from cxr_core.explain.binarize import HeatmapError, Threshold, binarize_normalized, check_maps, normalize, upsample
 from cxr_core.errors import CXRError
 from cxr_core.stats import bootstrap, bootstrap_ci, percentile_interval
 
@@ -224,7 +222,7 @@ def score_batch(heatmaps: np.ndarray, masks: np.ndarray, threshold: str | Thresh
     """
     spec = Threshold.parse(threshold)
     _check_rule(rule)
-    maps, gts, _ = _pair(_as_maps(heatmaps), _as_masks(masks, "expert mask"), ("heatmaps", "masks"))
+    maps, gts, _ = _pair(check_maps(heatmaps), _as_masks(masks, "expert mask"), ("heatmaps", "masks"))
     rows, cols = gts.shape[1:]
     keys = ["iou", "dice", "precision", "recall", "pred_fraction", "gt_fraction"]
     keys += list(MAP_METRICS) if threshold_free else []
@@ -232,8 +230,9 @@ def score_batch(heatmaps: np.ndarray, masks: np.ndarray, threshold: str | Thresh
     step = max(1, _CHUNK_PIXELS // (rows * cols))
     for start in range(0, maps.shape[0], step):
         part = slice(start, start + step)
-        raw = maps[part] if maps.shape[1:] == (rows, cols) else _resize(maps[part], (rows, cols))
-        norm = _normalize(raw)
+        # inputs were checked once for the whole stack, not once per chunk
+        raw = maps[part] if maps.shape[1:] == (rows, cols) else upsample(maps[part], (rows, cols), checked=True)
+        norm = normalize(raw, checked=True)
         pred = binarize_normalized(norm, spec)
         results = mask_metrics(pred, gts[part], rule=rule)
         if threshold_free:

@@ -49,6 +49,8 @@ from cxr_core.errors import CXRError
 
 #: Fabric types that enclose an area (lower case; matched case-insensitively).
 REGION_TYPES = ("rect", "labeledrect", "circle", "ellipse", "triangle", "polygon", "polyline", "path")
+#: Region types with straight edges: their outline is a polygon (:func:`straight_outline`; COCO polygons).
+STRAIGHT_KINDS = ("polygon", "polyline", "triangle", "rect", "labeledrect")
 #: Fabric types the canvas can produce that enclose no area; skipped.
 NON_REGION_TYPES = ("line", "itext", "text", "textbox")
 
@@ -351,6 +353,31 @@ def _object_mask(obj: Mapping[str, Any], kind: str, shape: tuple[int, int], fit:
 
         rings = [_flatten(sp, to_rowcol) for sp in subpaths]
         return _fill_rings(rings, shape, evenodd)
+    return _fill_rings([_straight_rowcol(obj, kind, shape, fit)], shape, evenodd)
+
+
+def straight_outline(obj: Mapping[str, Any], kind: str, image_shape: tuple[int, int],
+                     background_fit: Mapping[str, float] | None = None) -> np.ndarray:
+    """The image (row, col) vertices of a straight-edged region, exactly those :func:`region_masks` fills.
+
+    Parameters
+    ----------
+    obj : one Fabric object of a kind in :data:`STRAIGHT_KINDS`.
+    kind : its lower-case type (``RegionMask.kind``).
+    image_shape : (rows, cols) of the original image.
+    background_fit : the canvas's ``background_fit`` (None: canvas pixels are image pixels).
+
+    Returns
+    -------
+    (k, 2) float ndarray
+        Continuous (row, col) with pixel edges at integers; empty for a polygon without points.
+    """
+    if kind not in STRAIGHT_KINDS:
+        raise UnsupportedShapeError(f"a {kind!r} has no straight outline; accepted: {', '.join(STRAIGHT_KINDS)}")
+    return _straight_rowcol(obj, kind, _check_shape(image_shape), _check_fit(background_fit))
+
+
+def _straight_rowcol(obj: Mapping[str, Any], kind: str, shape: tuple[int, int], fit: dict[str, float]) -> np.ndarray:
     w, h = _num(obj, "width", 0.0), _num(obj, "height", 0.0)
     if kind in ("polygon", "polyline"):
         raw = obj.get("points") or []
@@ -361,14 +388,14 @@ def _object_mask(obj: Mapping[str, Any], kind: str, shape: tuple[int, int], fit:
                 f"canvas {obj['type']} points {raw!r:.60}; expected a list of {{'x': .., 'y': ..}}"
             ) from None
         if len(local) == 0:
-            return np.zeros(shape, dtype=bool)
+            return np.zeros((0, 2))
         local = local - (local.min(axis=0) + local.max(axis=0)) / 2  # minus pathOffset
     elif kind == "triangle":
         local = np.array([[-w / 2, h / 2], [0.0, -h / 2], [w / 2, h / 2]])
     else:  # rect, labeledrect (rx/ry rounding is not drawn by the canvas and is ignored)
         local = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
     lin, centre = _object_affine(obj, w, h)
-    return _fill_rings([_canvas_to_rowcol(local @ lin.T + centre, fit, shape)], shape, evenodd)
+    return _canvas_to_rowcol(local @ lin.T + centre, fit, shape)
 
 
 # --- canvas to image grid --------------------------------------------------------------------

@@ -97,7 +97,17 @@ class Threshold:
         return f"top{_fmt(self.value)}%"
 
 
-def _as_maps(heatmap: np.ndarray, what: str = "heatmap") -> np.ndarray:
+def check_maps(heatmap: np.ndarray, what: str = "heatmap") -> np.ndarray:
+    """``heatmap`` as an array, checked once: a non-empty (H, W) map or (N, H, W) stack of finite real numbers.
+
+    Callers that score a whole stack check it here once, then pass ``checked=True`` to
+    :func:`upsample` and :func:`normalize` for each slice.
+
+    Raises
+    ------
+    HeatmapError
+        Wrong shape, a non-numeric or boolean dtype, or NaN/infinite values; ``what`` names the input.
+    """
     arr = np.asarray(heatmap)
     if arr.ndim not in (2, 3) or min(arr.shape, default=0) == 0:
         raise HeatmapError(f"{what} must be a non-empty (H, W) array or an (N, H, W) stack; got shape {arr.shape}")
@@ -108,7 +118,7 @@ def _as_maps(heatmap: np.ndarray, what: str = "heatmap") -> np.ndarray:
     return arr
 
 
-def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def upsample(heatmap: np.ndarray, shape: tuple[int, int], *, checked: bool = False) -> np.ndarray:
     """Resize a heatmap (or stack) bilinearly to ``shape = (rows, cols)``, as CheXlocalize does.
 
     ``cv2.INTER_LINEAR`` uses pixel-centre alignment, which is torch's ``bilinear`` with
@@ -120,6 +130,8 @@ def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     heatmap : (h, w) or (N, h, w) ndarray
     shape : (rows, cols)
         The X-ray's original size.
+    checked : bool
+        ``heatmap`` already passed :func:`check_maps` and ``shape`` is two positive ints: skip the checks.
 
     Returns
     -------
@@ -129,13 +141,7 @@ def upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows, cols = (int(s) for s in shape)
     if rows < 1 or cols < 1:
         raise HeatmapError(f"target shape must be two positive sizes (rows, cols); got {tuple(shape)}")
-    return _resize(_as_maps(heatmap), (rows, cols))
-
-
-def _resize(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """:func:`upsample` without input checks, for callers that checked already."""
-    arr = heatmap.astype(np.float32, copy=False)
-    rows, cols = shape
+    arr = (heatmap if checked else check_maps(heatmap)).astype(np.float32, copy=False)
     if arr.shape[-2:] == (rows, cols):
         return arr.copy()
     stack = arr.reshape(-1, *arr.shape[-2:])
@@ -145,22 +151,18 @@ def _resize(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out.reshape(*arr.shape[:-2], rows, cols)
 
 
-def normalize(heatmap: np.ndarray) -> np.ndarray:
-    """Min-max scale each map to [0, 1] in float32 (CheXlocalize: ``(m - min) / max(m - min)``).
+def normalize(heatmap: np.ndarray, *, checked: bool = False) -> np.ndarray:
+    """Min-max scale each map to [0, 1] in float32 (CheXlocalize: ``(m - min) / max(m - min)``); a new array.
 
-    A constant map becomes all zeros (it localises nothing), never NaN.
+    A constant map becomes all zeros (it localises nothing), never NaN. ``checked=True``: ``heatmap``
+    already passed :func:`check_maps`.
 
     Examples
     --------
     >>> normalize(np.array([[2.0, 4.0], [6.0, 6.0]])).tolist()
     [[0.0, 0.5], [1.0, 1.0]]
     """
-    return _normalize(_as_maps(heatmap))
-
-
-def _normalize(heatmap: np.ndarray) -> np.ndarray:
-    """:func:`normalize` without input checks; always a new float32 array."""
-    out = heatmap.astype(np.float32, copy=True)
+    out = (heatmap if checked else check_maps(heatmap)).astype(np.float32, copy=True)
     low = out.min(axis=(-2, -1), keepdims=True)
     span = out.max(axis=(-2, -1), keepdims=True) - low
     out -= low
