@@ -27,17 +27,27 @@ from cxr_core.cli import main
 from test_session_scores import READINGS, boundary, build_study, model_refs
 
 
+PASSWORD = "report runner password"
+
+
 @pytest.fixture
 def study(tmp_path, monkeypatch, use_registry):
+    """The study, with its reader "Admin" given a password: report needs a logged-in researcher or admin."""
+    from cxr_core import auth
+
     url = f"sqlite:///{tmp_path / 'annotations.db'}"
     monkeypatch.setenv("CXR_DATABASE_URL", url)
-    return build_study(url)
+    built = build_study(url)
+    with built.factory().begin() as s:
+        auth.reset_password(s, "Admin", PASSWORD)
+    monkeypatch.setenv("CXR_PASSWORD", PASSWORD)
+    return built
 
 
 def report(tmp_path, fmt: str, *extra: str) -> tuple[int, str]:
     out = tmp_path / f"report.{fmt}"
     code = main(["report", "--session", "Blind 1", "--format", fmt, "--out", str(out), "--model", "tiny-effnet",
-                 "--allow-ood", *extra])  # the study's films are synthetic: screening would refuse them
+                 "--allow-ood", "--user", "Admin", *extra])  # synthetic films: screening would refuse them
     return code, out.read_text() if out.exists() else ""
 
 
@@ -84,8 +94,8 @@ def test_report_computes_heatmaps_and_matches_agree_on_each_pair(study, use_regi
     env = {**os.environ, "CXR_WEIGHTS_DIR": str(use_registry), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-m", "cxr_core", "report", "--session", "Blind 1", "--format", "csv",
                            "--out", str(tmp_path / "again.csv"), "--model", "tiny-effnet", "--reader", "Researcher",
-                           "--threshold", "0.5", "--no-compute", "--allow-ood", "--no-consensus"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           "--threshold", "0.5", "--no-compute", "--allow-ood", "--no-consensus", "--user", "Admin"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "again.csv").read_text() == text
 
@@ -161,7 +171,8 @@ def test_images_pending_blind_reading_are_left_out(study, tmp_path, capsys):
     (["--gallery", "-1"], "--gallery -1"),
 ])
 def test_bad_input_exits_2_with_one_line(study, tmp_path, capsys, args, message):
-    base = {"--session": "Blind 1", "--format": "csv", "--out": str(tmp_path / "r.csv"), "--no-compute": None}
+    base = {"--session": "Blind 1", "--format": "csv", "--out": str(tmp_path / "r.csv"), "--no-compute": None,
+            "--user": "Admin"}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
     argv = ["report"] + [x for k, v in base.items() for x in ((k,) if v is None else (k, v))]
@@ -196,7 +207,8 @@ def test_images_that_do_not_look_like_chest_films_are_not_analysed(study, tmp_pa
             canvas_width=96, canvas_height=96, background_fit=ann.contain_fit(96, 96, 96, 96),
             labels=["consolidation"])
     out = tmp_path / "refused.json"
-    code = main(["report", "--session", "Noise", "--format", "json", "--out", str(out), "--model", "tiny-effnet"])
+    code = main(["report", "--session", "Noise", "--format", "json", "--out", str(out), "--model", "tiny-effnet",
+                 "--user", "Admin"])
     assert code == 0
     doc = json.loads(out.read_text())
     assert [r["image_id"] for r in doc["refused"]] == ["noise.png"]

@@ -172,6 +172,10 @@ def _other_admins(s: Session, reader_id: int) -> int:
 def authenticate(s: Session, name: str, password: str, now: datetime | None = None, *, via: str = "app") -> User:
     """The user whose name and password these are; commits the outcome (see the module docstring).
 
+    Call it in a plain Session, ``with factory() as s: user = authenticate(s, name, password)``: the
+    commit ends the transaction, so inside ``with factory.begin() as s:`` the Session cannot be used
+    after it (SQLAlchemy refuses). Not in :func:`~cxr_core.storage.read_transaction` (it writes).
+
     Five failures in a row lock the account for 15 minutes (:class:`LockedOut`, even with the right
     password); an unknown name, a wrong password and an account without a password all raise
     :class:`LoginFailed` with one message. A disabled account raises :class:`AccountDisabled` once

@@ -14,7 +14,7 @@ from cxr_core.errors import CXRError
 
 #: Modules under cxr_core.cli.commands; each has ``register(subparsers)`` setting ``func(args) -> int``.
 COMMANDS = ("models", "predict", "import_model", "audit", "train", "evaluate", "split", "demo_model", "agree", "report",
-            "calibrate", "sanity")
+            "calibrate", "sanity", "users")
 
 
 def build_parser() -> argparse.ArgumentParser:
