@@ -88,7 +88,7 @@ def factory(engine):
 
 
 def test_postgres_schema_matches_the_orm_models(engine):
-    assert storage.current_revision(engine) == "0004"
+    assert storage.current_revision(engine) == "0005"
     with engine.connect() as conn:
         assert conn.execute(text("SELECT current_schema()")).scalar().startswith("t_")
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
@@ -99,10 +99,10 @@ def test_postgres_upgrade_from_previous_revision_keeps_rows(db_url):
     engine = storage.make_engine(db_url, migrate=False)
     try:
         storage.init_db(engine, "0001")
-        with storage.session_factory(engine).begin() as s:
-            storage.add_reader(s, "kept", "admin")
+        with engine.begin() as conn:  # Core: the ORM's Reader has the columns of 0005
+            conn.execute(text("INSERT INTO readers (name, role, created_at) VALUES ('kept', 'admin', now())"))
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0004"
+        assert storage.current_revision(engine) == "0005"
         with storage.session_factory(engine)() as s:
             assert [(r.name, r.role) for r in storage.list_readers(s)] == [("kept", "admin")]
     finally:
@@ -118,13 +118,15 @@ def test_postgres_upgrade_from_0002_keeps_annotations_drafts_and_masks(db_url):
             conn.execute(text("SELECT setval('annotations_id_seq', (SELECT max(id) FROM annotations))"))
         before = _migrations._dump(engine)
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0004"
+        assert storage.current_revision(engine) == "0005"
         after = _migrations._dump(engine)
-        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion", "comment")}
+        new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion", "comment"),
+                       "readers": ("password_hash", "disabled", "failed_logins", "locked_until")}
+        defaults = {"disabled": False, "failed_logins": 0}  # new columns are NULL but for these
         for table, rows in before.items():
             added = new_columns.get(table, ())
             assert [{k: v for k, v in row.items() if k not in added} for row in after[table]] == rows, table
-            assert all(row[c] is None for row in after[table] for c in added), table
+            assert all(row[c] == defaults.get(c) for row in after[table] for c in added), table
         factory = storage.session_factory(engine)
         with factory() as s:
             for ann in s.scalars(select(storage.Annotation)):
@@ -186,7 +188,51 @@ def test_postgres_downgrade_to_0002_and_back(engine):
                                      "current_schema() AND table_name = 'annotations' AND column_name = 'confidence'"))
         assert nullable.scalar() == "NO"
     storage.init_db(engine)
+    assert storage.current_revision(engine) == "0005"
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(ctx, Base.metadata) == []
+
+
+def test_postgres_0005_users_trail_and_downgrade(engine):
+    """Migration 0005 on PostgreSQL: the role check admits researcher, the trail refuses UPDATE and
+    DELETE by trigger, a downgrade to 0004 keeps the readers and is refused while a researcher exists."""
+    from alembic import command
+
+    from cxr_core import auth
+
+    factory = storage.session_factory(engine)
+    with factory.begin() as s:
+        auth.create_user(s, "boss", "admin", "a long admin password")
+        auth.create_user(s, "rita", "researcher", "a long researcher password")
+        auth.record(s, "boss", "export", film_sha="a" * 64, detail="x")
+    with factory() as s:
+        assert auth.authenticate(s, "rita", "a long researcher password").role == "researcher"
+    for statement in ("UPDATE audit_events SET who = 'x'", "DELETE FROM audit_events"):
+        with pytest.raises(DBAPIError, match="audit events are immutable"):
+            with engine.begin() as conn:
+                conn.execute(text(statement))
+    with pytest.raises(DBAPIError, match="ck_readers_role"):
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE readers SET role = 'boss'"))
+
+    def downgrade():
+        with engine.begin() as conn:
+            cfg = storage.alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0004")
+
+    with pytest.raises(RuntimeError, match="researcher, which revision 0004 cannot store"):
+        downgrade()
+    with factory.begin() as s:
+        auth.set_role(s, "rita", "sme")
+    downgrade()
     assert storage.current_revision(engine) == "0004"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, role FROM readers ORDER BY name")).all() == [
+            ("boss", "admin"), ("rita", "sme")]
+        assert conn.execute(text("SELECT to_regclass('audit_events')")).scalar() is None
+    storage.init_db(engine)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(ctx, Base.metadata) == []

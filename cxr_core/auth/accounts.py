@@ -266,7 +266,8 @@ def _normalise_code(code: str) -> str:
 def create_first_admin(s: Session, code: str, name: str, password: str) -> User:
     """Create the first administrator with the setup code from the server log.
 
-    Refused (:class:`SetupCodeError`) once an administrator exists or with a wrong code. A reader
+    Refused (:class:`SetupCodeError`) once an administrator exists or with a wrong code (that attempt
+    is recorded in the trail and committed before the exception). A reader
     from before logins that has no password may be claimed this way (it becomes the admin and keeps
     its annotations); a name that already has a password may not.
     """
@@ -277,8 +278,9 @@ def create_first_admin(s: Session, code: str, name: str, password: str) -> User:
     with _SETUP_LOCK:
         expected = _SETUP_CODES.get(key)
         ok = expected is not None and hmac.compare_digest(_normalise_code(code), _normalise_code(expected))
-    if not ok:
+    if not ok:  # kept although the caller's block unwinds (committed here, as authenticate does)
         trail.record(s, (name or "").strip() or None, "login_failed", detail="wrong first-admin setup code")
+        s.commit()
         raise SetupCodeError("The setup code is wrong; copy it from the server's log (it is printed when the "
                              "app starts while no administrator exists).")
     existing = s.scalar(select(Reader).where(Reader.name == (name or "").strip()))
