@@ -139,7 +139,7 @@ def main(argv=None) -> None:
 
     from cxr_core.training.dataset import apply_split, by_split, load_records, read_split_csv
     from cxr_core.io.imaging import load_xray
-    from cxr_core.models.manifest import _weights_dir, load_model
+    from cxr_core.models.manifest import load_model, model_folder
     from cxr_core.safety.ood import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
     from cxr_core.models.runtime import import_tensorflow_quietly
     from cxr_core.safety.screening import load_detector, lung_features
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     args.percentile = DEFAULT_PERCENTILE if args.percentile is None else args.percentile
     loaded = load_model(args.model)
-    records = apply_split(load_records(args.data), read_split_csv(_weights_dir(None) / args.model / SPLIT_FILE),
+    records = apply_split(load_records(args.data), read_split_csv(model_folder(args.model) / SPLIT_FILE),
                           root=args.data)
     xrays_all = [load_xray(r.file) for r in records]
     pixels_all = [x.pixels for x in xrays_all]

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cxr_core.io.imaging import load_xray  # noqa: E402
-from cxr_core.models.lungs import CARD_FILE, INPUT_SIZE, LUNGSEG_DIR, MODEL_FILE, LungEstimator, build_unet, dice, read_mask, train_unet  # noqa: E402
+from cxr_core.models.lungs import LUNG_CARD_FILE, INPUT_SIZE, LUNGSEG_DIR, LUNG_MODEL_FILE, LungEstimator, build_unet, dice, read_mask, train_unet  # noqa: E402
 from cxr_core.models.runtime import import_tensorflow_quietly  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     bare = build_unet(INPUT_SIZE)  # no optimizer state in the shipped file
     bare.set_weights(model.get_weights())
-    bare.save(args.out / MODEL_FILE)
+    bare.save(args.out / LUNG_MODEL_FILE)
     card = {
         "what": "lung fields (both lungs, behind the heart included) for the audit; not a diagnostic model",
         "input_size": INPUT_SIZE,
@@ -83,10 +83,10 @@ def main() -> int:
         "train_seconds_cpu": round(seconds, 1),
         "caveat": "the masks are of adults only; pediatric films (Kermany) have no expert masks to check against",
     }
-    (args.out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    (args.out / LUNG_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     print(f"held-out Dice mean {card['held_out_dice_mean']:.3f} (min {card['held_out_dice_min']:.3f}); "
           f"train {card['train_dice_mean']:.3f}; {seconds:.0f} s; "
-          f"{(args.out / MODEL_FILE).stat().st_size / 1e6:.2f} MB")
+          f"{(args.out / LUNG_MODEL_FILE).stat().st_size / 1e6:.2f} MB")
     return 0
 
 

@@ -21,7 +21,8 @@ class Settings:
     changes them with environment variables alone:
 
     - ``CXR_WEIGHTS_DIR``: the model registry folder (default ``<repo>/weights``).
-    - ``CXR_DATA_DIR``: where the database file, drafts and samples live (default ``<repo>/data``).
+    - ``CXR_DATA_DIR``: where the database file, drafts and samples live (default ``<repo>/data``); samples
+      are read from ``CXR_DATA_DIR/samples`` when it holds a ``samples.json``, else the bundled ones.
     - ``CXR_DATABASE_URL``: any SQLAlchemy URL (default ``sqlite:///<data_dir>/annotations.db``).
     - ``CXR_IMPORT_ROOTS``: the only server folders the pages may read films or datasets from, separated by
       ``os.pathsep`` (default: none, so the pages take uploads only until an administrator sets it).
@@ -51,7 +52,11 @@ class Settings:
 
     @property
     def samples_dir(self) -> Path:
-        return REPO_ROOT / "data" / "samples"
+        """``<data_dir>/samples`` when it holds a ``samples.json``, else the samples bundled with the code."""
+        from cxr_core.io.samples import SAMPLES_JSON
+
+        own = self.data_dir / "samples"
+        return own if (own / SAMPLES_JSON).is_file() else REPO_ROOT / "data" / "samples"
 
 
 def get_settings() -> Settings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,3 +271,13 @@ def test_a_model_name_cannot_reach_outside_the_weights_folder(name, tmp_path):
     (tmp_path / "x").mkdir()  # a folder a traversal would find
     with pytest.raises(ModelError, match="not allowed"):
         load_model(name, weights_dir=tmp_path / "w")
+
+
+def test_model_folder_is_the_registry_folder_of_a_checked_name(tmp_path, monkeypatch):
+    from cxr_core.models.manifest import model_folder, registry_dir
+
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path))
+    assert registry_dir() == tmp_path and registry_dir(tmp_path / "other") == tmp_path / "other"
+    assert model_folder("demo") == tmp_path / "demo" and model_folder("demo", "/x") == Path("/x/demo")
+    with pytest.raises(ModelError, match="not allowed"):
+        model_folder("../outside")

@@ -15,7 +15,16 @@ import pytest
 
 from cxr_core.errors import CXRError, ModelError, WeightsUnavailableError
 from cxr_core.models.manifest import READY, ModelCard, load_model, save_model
-from cxr_core.models.zoo import DEFAULT_CLASSES, SPECS, HeadSpec, build_model, canonical_class, get_spec
+from cxr_core.models.zoo import (
+    ALL_LAYERS,
+    DEFAULT_CLASSES,
+    SPECS,
+    HeadSpec,
+    build_model,
+    canonical_class,
+    get_spec,
+    trainable_layers,
+)
 
 from conftest import smooth_image
 
@@ -123,7 +132,7 @@ def test_trainable_layers_follow_the_spec_and_batchnorm_stays_frozen(built):
     assert not [l.name for l in model.layers if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
     trainable = [l.trainable for l in layers]
     n = get_spec(arch).trainable_base_layers
-    if n is None:  # Xception: every non-BatchNorm layer
+    if n == ALL_LAYERS:  # Xception: every non-BatchNorm layer
         expected = [not isinstance(l, keras.layers.BatchNormalization) for l in layers]
     else:  # ResNet50/VGG16: the last 10 only; EfficientNetV2B0: none
         expected = [
@@ -208,3 +217,19 @@ def test_input_below_the_architecture_minimum_is_refused():
 def test_a_single_class_is_refused():
     with pytest.raises(ModelError, match=r"a classifier needs at least 2 classes, got \['Normal'\]"):
         build_model("vgg16", ["Normal"], weights=None, input_size=32)
+
+
+def test_train_all_layers_has_one_encoding_and_the_old_spellings_are_read_at_the_boundary():
+    from cxr_core.errors import ModelError
+    from cxr_core.training.train import TrainConfig, trainable_layers_of
+
+    for old in ("all", "ALL", " none ", -1, "-1", ALL_LAYERS):
+        assert trainable_layers(old) == ALL_LAYERS
+    assert (trainable_layers("10"), trainable_layers(0), trainable_layers(None)) == (10, 0, None)
+    for bad in ("-2", "ten", 2.5, True):
+        with pytest.raises(ModelError, match="number of the base's last layers .* or 'all'"):
+            trainable_layers(bad)
+    assert {spec.trainable_base_layers for spec in SPECS.values()} == {10, 0, ALL_LAYERS}
+    assert trainable_layers_of(TrainConfig(arch="xception", name="x")) == ALL_LAYERS  # not given: the zoo's
+    assert trainable_layers_of(TrainConfig(arch="vgg16", name="v")) == 10
+    assert trainable_layers_of(TrainConfig(arch="vgg16", name="v", trainable_layers=ALL_LAYERS)) == ALL_LAYERS

@@ -43,8 +43,6 @@ FINDINGS: dict[str, str] = {
 TOOLS: dict[str, str] = {"Polygon": "polygon", "Freehand": "freedraw", "Rectangle": "rect", "Circle": "circle"}
 #: Opacity of a region's fill, so the film stays readable under the mark.
 FILL_ALPHA = 0.2
-#: Files a server folder may hold, by extension (DICOM files may also have none).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", "")
 #: Most images one session takes from a folder in one go.
 MAX_FOLDER_IMAGES = 2000
 
@@ -291,6 +289,7 @@ def read_samples(samples_dir: Path, files: Sequence[str] | None = None) -> Sessi
     label. No samples.json, or an empty one, gives no images and one error line saying so.
     """
     from cxr_core.io.imaging import load_xray
+    from cxr_core.io.samples import sample_entries
 
     entries, why = sample_entries(samples_dir, files)
     if not entries:
@@ -309,7 +308,7 @@ def read_folder(folder: str | Path, *, limit: int = MAX_FOLDER_IMAGES) -> Sessio
     """Every readable X-ray directly in ``folder`` on the server, by file name.
 
     Hidden files are skipped, and so are files whose extension is not an image one
-    (:data:`IMAGE_SUFFIXES`); files that do not decode become error lines.
+    (:data:`cxr_core.io.imaging.IMAGE_SUFFIXES`, or none: DICOM); files that do not decode become error lines.
 
     Raises
     ------
@@ -317,22 +316,6 @@ def read_folder(folder: str | Path, *, limit: int = MAX_FOLDER_IMAGES) -> Sessio
         ``folder`` is not a folder, or holds more than ``limit`` image files.
     """
     return read_uploads((p.name, p.read_bytes()) for p in folder_files(folder, limit=limit))
-
-
-def sample_entries(samples_dir: Path, files: Sequence[str] | None = None) -> tuple[list[dict], str]:
-    """The entries of ``samples_dir/samples.json`` (all, or those named in ``files``), or ``[]`` and why none."""
-    try:
-        entries = json.loads((samples_dir / "samples.json").read_text())
-    except (OSError, ValueError):
-        entries = []
-    entries = [e for e in entries if isinstance(e, dict) and e.get("file")] if isinstance(entries, list) else []
-    if not entries:
-        return [], f"no bundled samples are installed ({samples_dir / 'samples.json'})"
-    if files is not None:
-        entries = [e for e in entries if e["file"] in set(files)]
-        if not entries:
-            return [], "no sample chosen"
-    return entries, ""
 
 
 def folder_files(folder: str | Path, *, limit: int = MAX_FOLDER_IMAGES) -> list[Path]:
@@ -343,11 +326,12 @@ def folder_files(folder: str | Path, *, limit: int = MAX_FOLDER_IMAGES) -> list[
     AnnotationInputError
         ``folder`` is not a folder, or holds more than ``limit`` image files.
     """
+    from cxr_core.io.imaging import is_image_name
+
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise AnnotationInputError(f"{str(folder)!r} is not a folder on the server; expected a folder of X-rays")
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.is_file() and is_image_name(p, bare=True))
     if len(files) > limit:
         raise AnnotationInputError(f"{path} holds {len(files)} image files; at most {limit} go in one session")
     return files

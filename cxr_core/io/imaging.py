@@ -33,6 +33,19 @@ _MAGIC = {
     b"MM\x00*": "tiff",
 }
 ACCEPTED = "PNG, JPEG, TIFF or DICOM"
+#: File name endings of the formats above, the one list every folder reader uses (a DICOM file may have none).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
+
+
+def is_image_name(path: str | Path, *, bare: bool = False) -> bool:
+    """Whether a file's name ends like an X-ray CXR Review reads (:data:`IMAGE_SUFFIXES`, any case).
+
+    Hidden files (a leading dot) never count. ``bare=True`` counts a name with no ending too, as
+    DICOM files often come without one; the decoder then decides.
+    """
+    name = Path(path).name
+    suffix = Path(name).suffix.lower()
+    return not name.startswith(".") and (suffix in IMAGE_SUFFIXES or (bare and not suffix))
 #: Pillow modes decoded straight to float32 (5 bytes a pixel at the peak); others go through float64 RGB(A).
 GREY_MODES = frozenset({"L", "I;16", "I;16B", "I;16L", "I;16N"})
 #: A file declaring more than this many pixels per byte of itself is a decompression bomb: real films,

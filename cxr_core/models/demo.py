@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from cxr_core.models.zoo import ALL_LAYERS
 from cxr_core.training.dataset import Record, load_records
 from cxr_core.training.train import TrainConfig, TrainResult, train
 
@@ -20,7 +21,7 @@ CLASSES = ("COVID-19", "Normal", "Pneumonia")
 #: The demo recipe. From scratch (ImageNet weights cannot be downloaded here), every layer trained,
 #: sized to finish on 2 shared CPU cores in well under an hour.
 RECIPE = dict(
-    arch="efficientnetv2b0", name=NAME, classes=CLASSES, weights=None, trainable_layers=None,
+    arch="efficientnetv2b0", name=NAME, classes=CLASSES, weights=None, trainable_layers=ALL_LAYERS,
     input_size=192, epochs=40, batch_size=16, lr=1e-3, seed=7, early_stopping_patience=8, lr_patience=3,
     max_minutes=38,
 )
@@ -115,7 +116,7 @@ def add_source_breakdown(loaded, test: list[Record], *, weights_dir: Path | str 
     import numpy as np
 
     from cxr_core.training.evaluate import predict_records
-    from cxr_core.models.manifest import _weights_dir, write_card
+    from cxr_core.models.manifest import model_folder, write_card
 
     predicted = np.asarray(loaded.card.classes)[predict_records(loaded, test).argmax(axis=1)]
     groups: dict[str, list[bool]] = {}
@@ -128,7 +129,7 @@ def add_source_breakdown(loaded, test: list[Record], *, weights_dir: Path | str 
         "Test accuracy by class and source (small groups are anecdotes, not estimates): " + "; ".join(
             f"{k} {v['correct']}/{v['images']}" for k, v in breakdown.items())
     ]
-    write_card(_weights_dir(weights_dir) / card.name, card)
+    write_card(model_folder(card.name, weights_dir), card)
     return breakdown
 
 
@@ -159,6 +160,8 @@ def write_samples(records: list[Record], dest: Path | str, per_class: int = 4) -
     import json
     import shutil
 
+    from cxr_core.io.samples import SAMPLES_JSON
+
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -171,7 +174,7 @@ def write_samples(records: list[Record], dest: Path | str, per_class: int = 4) -
             "original": f"{rec.extra.get('source_repository', '')}: {rec.extra.get('original_path', '')}",
             "split": "test (of the demo model's patient-disjoint split)",
         })
-    (dest / "samples.json").write_text(json.dumps(entries, indent=2) + "\n")
+    (dest / SAMPLES_JSON).write_text(json.dumps(entries, indent=2) + "\n")
     lines = [
         "# Sample chest X-rays: attribution",
         "",

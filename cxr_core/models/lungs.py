@@ -32,9 +32,14 @@ def lungseg_dir() -> Path:
     from cxr_core.config import get_settings
 
     own = get_settings().weights_dir / "lungseg"
-    return own if (own / MODEL_FILE).is_file() else LUNGSEG_DIR
-MODEL_FILE = "lungseg.keras"
-CARD_FILE = "lungseg.json"
+    return own if (own / LUNG_MODEL_FILE).is_file() else LUNGSEG_DIR
+
+
+#: The lung model's files in its folder (the classifier registry's are ``manifest.MODEL_FILE``/``CARD_FILE``).
+LUNG_MODEL_FILE = "lungseg.keras"
+LUNG_CARD_FILE = "lungseg.json"
+#: The old names, still imported by :mod:`cxr_core.safety.screening` until its owner switches (issue 13).
+MODEL_FILE, CARD_FILE = LUNG_MODEL_FILE, LUNG_CARD_FILE
 INPUT_SIZE = 128
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
@@ -166,10 +171,10 @@ class LungEstimator:
         import keras
 
         folder = Path(folder) if folder is not None else lungseg_dir()
-        model_file, card_file = folder / MODEL_FILE, folder / CARD_FILE
+        model_file, card_file = folder / LUNG_MODEL_FILE, folder / LUNG_CARD_FILE
         if not model_file.is_file() or not card_file.is_file():
             raise ModelError(
-                f"no lung model in {folder} (expected {MODEL_FILE} and {CARD_FILE}); "
+                f"no lung model in {folder} (expected {LUNG_MODEL_FILE} and {LUNG_CARD_FILE}); "
                 "pass expert masks with --lung-masks or retrain with bench/train_lungseg.py"
             )
         try:

@@ -138,8 +138,19 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def _weights_dir(weights_dir: Path | str | None) -> Path:
-    return Path(weights_dir) if weights_dir is not None else get_settings().weights_dir
+def registry_dir(folder: Path | str | None = None) -> Path:
+    """The registry folder: ``folder`` when given, else ``CXR_WEIGHTS_DIR`` (:mod:`cxr_core.config`)."""
+    return Path(folder) if folder is not None else get_settings().weights_dir
+
+
+def model_folder(name: str, folder: Path | str | None = None) -> Path:
+    """``<registry>/<name>``, the one folder of model ``name`` (its name checked: it cannot leave the registry)."""
+    return registry_dir(folder) / check_model_name(name)
+
+
+#: The old private name, still imported by :mod:`cxr_core.safety.screening` until its owner switches to the
+#: public :func:`registry_dir` (issue 13); nothing else uses it.
+_weights_dir = registry_dir
 
 
 def read_card(folder: Path) -> ModelCard:
@@ -178,7 +189,7 @@ def check_entry(folder: Path) -> ModelEntry:
 
 def list_models(weights_dir: Path | str | None = None) -> list[ModelEntry]:
     """Every folder of the registry with a card or a model file, sorted by name (demo models first)."""
-    root = _weights_dir(weights_dir)
+    root = registry_dir(weights_dir)
     if not root.is_dir():
         return []
     entries = [
@@ -190,7 +201,7 @@ def list_models(weights_dir: Path | str | None = None) -> list[ModelEntry]:
 
 def save_model(model, card: ModelCard, weights_dir: Path | str | None = None) -> ModelEntry:
     """Save ``model`` under ``weights/<card.name>/`` and write its card with the file's checksum."""
-    folder = _weights_dir(weights_dir) / check_model_name(card.name)
+    folder = model_folder(card.name, weights_dir)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ("tmp-" + MODEL_FILE)
     model.save(tmp)
@@ -212,7 +223,7 @@ def load_model(name: str, weights_dir: Path | str | None = None) -> LoadedModel:
     ModelError
         Unreadable card or model, or outputs that do not match the card's classes.
     """
-    folder = _weights_dir(weights_dir) / check_model_name(name)
+    folder = model_folder(name, weights_dir)
     if not folder.is_dir():
         known = ", ".join(e.name for e in list_models(weights_dir)) or "none"
         raise ModelNotFoundError(f"no registered model named {name!r} in {folder.parent} (registered: {known})")
@@ -337,7 +348,7 @@ def import_model(
     if kind != "probabilities":
         card.notes = [*card.notes, _OUTPUT_NOTES[kind].format(layer=final.name, file=path.name,
                                                               sha=file_sha256(path))]
-    folder = _weights_dir(weights_dir) / check_model_name(name)
+    folder = model_folder(name, weights_dir)
     if not replace and ((folder / CARD_FILE).exists() or (folder / MODEL_FILE).exists()):
         raise ModelError(f"a model named {name!r} is already registered in {folder}; choose another name, "
                          "or replace it (--replace)")

@@ -30,6 +30,38 @@ PREPROCESSING_MODES = ("caffe", "tf", "raw", "unit")
 #: (logits; CXR Review appends the softmax) or one sigmoid unit (two classes: 1 - p, p).
 OUTPUT_KINDS = ("probabilities", "logits", "sigmoid")
 
+#: "Fine-tune every layer of the base": the one encoding, in specs, training configs and cards.
+#: A fine-tuning depth is this or a count of the base's last layers (0 = a frozen base); ``None``
+#: only ever means "not given: use the architecture's own".
+ALL_LAYERS = "all"
+
+
+def trainable_layers(value: object) -> int | str | None:
+    """A fine-tuning depth as the command line, JSON and the tuner write it, in the one encoding.
+
+    ``None`` stays ``None`` (not given); ``"all"`` (any case), and the older spellings ``"none"``
+    and ``-1``, give :data:`ALL_LAYERS`; a whole number 0 or more, or its text, gives that count.
+
+    Raises
+    ------
+    ModelError
+        Anything else; the message names the value and what is accepted.
+
+    Examples
+    --------
+    >>> trainable_layers("10"), trainable_layers("ALL"), trainable_layers(-1), trainable_layers(None)
+    (10, 'all', 'all', None)
+    """
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in (ALL_LAYERS, "none", "-1"):
+        return ALL_LAYERS
+    if not isinstance(value, bool) and text.isdigit():
+        return int(text)
+    raise ModelError(f"trainable layers must be a number of the base's last layers (0 = frozen) or 'all'; "
+                     f"got {value!r}")
+
 
 @dataclass(frozen=True)
 class HeadSpec:
@@ -55,7 +87,7 @@ class ModelSpec:
         ``"raw"`` (0..255; the network rescales itself) or ``"unit"`` ([0, 1]).
     last_conv_layer : the layer Grad-CAM reads.
     head : the classification head the study used.
-    trainable_base_layers : how many of the base's last layers are fine-tuned (None = all).
+    trainable_base_layers : how many of the base's last layers are fine-tuned, or :data:`ALL_LAYERS`.
     imagenet_file : the Keras file name of the no-top ImageNet weights (for air-gapped installs).
     base_name : the base's layer name when it is nested inside an imported model.
     mask_markers : inpaint burned-in markers and black out the border before the network sees the
@@ -72,7 +104,7 @@ class ModelSpec:
     preprocessing: str
     last_conv_layer: str
     head: HeadSpec = field(default_factory=HeadSpec)
-    trainable_base_layers: int | None = None
+    trainable_base_layers: int | str = ALL_LAYERS
     imagenet_file: str = ""
     base_name: str = ""
     mask_markers: bool = False
@@ -98,7 +130,7 @@ SPECS: dict[str, ModelSpec] = {
     ),
     "xception": ModelSpec(
         "xception", "Xception", "Xception", 299, "tf", "block14_sepconv2_act",
-        HeadSpec(pooling="avg", hidden_units=(64,)), trainable_base_layers=None,
+        HeadSpec(pooling="avg", hidden_units=(64,)), trainable_base_layers=ALL_LAYERS,
         imagenet_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5", base_name="xception",
     ),
     "efficientnetv2b0": ModelSpec(
@@ -145,7 +177,7 @@ def build_model(
     *,
     input_size: int | None = None,
     head: HeadSpec | None = None,
-    trainable_base_layers: int | None | str = "default",
+    trainable_base_layers: int | str | None = None,
 ):
     """Build a classifier with the base flat on the input tensor, so every layer is reachable.
 
@@ -156,8 +188,8 @@ def build_model(
     weights : ``"imagenet"``, ``None`` (random) or a path to a local no-top weights file.
     input_size : square input side; defaults to the spec's.
     head : head override (hidden units, activation, ...); defaults to the study's head.
-    trainable_base_layers : fine-tune the last N base layers (None = all, 0 = frozen base);
-        BatchNorm layers stay frozen either way.
+    trainable_base_layers : fine-tune the last N base layers (0 = frozen base) or :data:`ALL_LAYERS`;
+        ``None``: the spec's. BatchNorm layers stay frozen either way.
 
     Returns
     -------
@@ -188,10 +220,11 @@ def build_model(
         if weights == "imagenet":
             raise WeightsUnavailableError(_imagenet_help(spec)) from exc
         raise ModelError(f"could not build {spec.display_name} with weights {weights}: {exc}") from exc
-    n_trainable = spec.trainable_base_layers if trainable_base_layers == "default" else trainable_base_layers
+    n_trainable = trainable_layers(spec.trainable_base_layers if trainable_base_layers is None
+                                   else trainable_base_layers)
     base_layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
     for i, layer in enumerate(base_layers):
-        fine_tuned = n_trainable is None or i >= len(base_layers) - int(n_trainable)
+        fine_tuned = n_trainable == ALL_LAYERS or i >= len(base_layers) - int(n_trainable)
         layer.trainable = fine_tuned and not isinstance(layer, keras.layers.BatchNormalization)
     pool = keras.layers.GlobalMaxPooling2D if head.pooling == "max" else keras.layers.GlobalAveragePooling2D
     x = pool(name="pool")(base.output)

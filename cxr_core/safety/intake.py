@@ -158,7 +158,7 @@ def from_folder(folder: str | Path, *, limit: int | None = None) -> list[IntakeF
 
 def from_samples(samples_dir: Path, files: Sequence[str] | None = None) -> tuple[list[IntakeFile], str]:
     """The bundled samples (all, or those in ``files``) with their labels; ``([], why)`` when there are none."""
-    from cxr_core.annotation import sample_entries
+    from cxr_core.io.samples import sample_entries
 
     entries, why = sample_entries(samples_dir, files)
     return [_server_file(samples_dir / str(e["file"]), e.get("label") or None) for e in entries], why

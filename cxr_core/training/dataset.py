@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.errors import CXRError, DataError
+from cxr_core.io.imaging import IMAGE_SUFFIXES
 from cxr_core.models.zoo import CLASS_ALIASES, DEFAULT_CLASSES, ModelSpec, canonical_class
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"}
 MANIFEST_NAME = "manifest.csv"
 
 

@@ -7,6 +7,9 @@ contrast; no horizontal flip, which would move the heart), weights classes for i
 early and restores the best epoch, then saves ``weights/<name>/`` with ``split.csv`` and a card
 holding the test metrics (computed by :mod:`cxr_core.training.evaluate` on the reloaded model, as the
 ``evaluate`` command will). :func:`after_training` is the calibration hook.
+
+About 430 lines by choice: the recipe, the pipeline and the card it writes are read together; the
+dataset, evaluation and tuning already live in their own modules.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from cxr_core.training.dataset import (
     write_split_csv,
 )
 from cxr_core.errors import DataError
-from cxr_core.models.zoo import HeadSpec, ModelSpec, get_spec
+from cxr_core.models.zoo import HeadSpec, ModelSpec, get_spec, trainable_layers
 
 SPLIT_FILE = "split.csv"
 
@@ -40,8 +43,8 @@ SPLIT_FILE = "split.csv"
 class TrainConfig:
     """How to train. ``weights``: ``"imagenet"``, a no-top weights file, or ``None`` (from scratch).
 
-    ``trainable_layers``: ``"default"`` (the zoo's), ``None`` (all) or N last base layers. When
-    training from scratch with every layer trainable, BatchNorm layers are trained too.
+    ``trainable_layers``: N last base layers, :data:`~cxr_core.models.zoo.ALL_LAYERS`, or ``None`` (the
+    zoo's for ``arch``). When training from scratch with every layer trainable, BatchNorm layers are trained too.
     """
 
     arch: str
@@ -49,7 +52,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-4
-    trainable_layers: int | None | str = "default"
+    trainable_layers: int | str | None = None
     weights: str | None = "imagenet"
     input_size: int | None = None
     seed: int = 0
@@ -148,24 +151,41 @@ def make_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, training:
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def strategy():
-    """``MirroredStrategy`` over every GPU when there are several, else the default strategy."""
+def trainable_layers_of(config: TrainConfig) -> int | str:
+    """The fine-tuning depth ``config`` trains with: its own, else the zoo's for its architecture."""
+    return trainable_layers(config.trainable_layers if config.trainable_layers is not None
+                            else get_spec(config.arch).trainable_base_layers)
+
+
+def mirrored_strategy():
+    """``MirroredStrategy`` over every GPU when there are several, else None (one device needs none)."""
     import tensorflow as tf
 
-    return tf.distribute.MirroredStrategy() if len(_gpus()) > 1 else tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy() if len(gpus()) > 1 else None
+
+
+def strategy():
+    """:func:`mirrored_strategy` when there are several GPUs, else TensorFlow's default strategy."""
+    import tensorflow as tf
+
+    several = mirrored_strategy()
+    return several if several is not None else tf.distribute.get_strategy()
 
 
 def build_for_training(config: TrainConfig, classes: Sequence[str], spec: ModelSpec, *,
-                       lr: float | None = None, trainable_layers="unset"):
-    """Build and compile the model (inside the current distribution strategy's scope)."""
+                       lr: float | None = None, trainable_layers: int | str | None = None):
+    """Build and compile the model (inside the current distribution strategy's scope).
+
+    ``trainable_layers`` overrides ``config.trainable_layers`` when given (the tuner's trial depth).
+    """
     import keras
 
-    from cxr_core.models.zoo import build_model
+    from cxr_core.models.zoo import ALL_LAYERS, build_model
 
-    trainable = config.trainable_layers if trainable_layers == "unset" else trainable_layers
+    trainable = trainable_layers_of(config) if trainable_layers is None else trainable_layers
     model = build_model(config.arch, list(classes), config.weights, input_size=spec.input_size, head=spec.head,
                         trainable_base_layers=trainable)
-    if config.weights is None and trainable is None:
+    if config.weights is None and trainable == ALL_LAYERS:
         for layer in model.layers:  # from scratch: BatchNorm must learn its statistics too
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = True
@@ -249,11 +269,12 @@ def fit(config: TrainConfig, classes: Sequence[str], data: dict, log: Callable[[
 def _device() -> str:
     import os
 
-    gpus = _gpus()
-    return f"{len(gpus)} GPU(s)" if gpus else f"CPU only ({os.cpu_count()} cores)"
+    found = gpus()
+    return f"{len(found)} GPU(s)" if found else f"CPU only ({os.cpu_count()} cores)"
 
 
-def _gpus() -> list:
+def gpus() -> list:
+    """The GPUs TensorFlow sees (logical devices)."""
     import tensorflow as tf
 
     return tf.config.list_logical_devices("GPU")
@@ -269,7 +290,7 @@ def _base_card(config: TrainConfig, classes: Sequence[str], spec: ModelSpec, rec
         "recipe": {
             "weights": "ImageNet" if config.weights == "imagenet" else (
                 "none (trained from scratch)" if config.weights is None else f"file {Path(config.weights).name}"),
-            "trainable_base_layers": "all" if config.trainable_layers is None else config.trainable_layers,
+            "trainable_base_layers": trainable_layers_of(config),
             "epochs_max": config.epochs, "epochs_run": epochs_run, "best_epoch": best,
             "batch_size": config.batch_size, "learning_rate": config.lr, "optimizer": "Adam",
             "loss": "sparse categorical cross-entropy, balanced class weights",
@@ -334,7 +355,7 @@ def train(
     card_fields : extra :class:`~cxr_core.models.manifest.ModelCard` fields (licences, notes, demo, intended_use, ...).
     """
     from cxr_core.training.evaluate import evaluate_model
-    from cxr_core.models.manifest import _weights_dir, load_model, save_model, write_card
+    from cxr_core.models.manifest import load_model, model_folder, save_model, write_card
     from cxr_core.models.runtime import import_tensorflow_quietly
 
     import_tensorflow_quietly()
@@ -354,8 +375,7 @@ def train(
         model, history, tuning = tune(config, classes, data, log)
         hp = tuning["hyperparameters"]
         config = TrainConfig(**{**asdict(config), "hidden_units": (hp["hidden_units"],), "activation": hp["activation"],
-                                "lr": hp["lr"], "trainable_layers": None if hp["trainable_layers"] < 0
-                                else hp["trainable_layers"]})
+                                "lr": hp["lr"], "trainable_layers": trainable_layers(hp["trainable_layers"])})
         spec = config.spec()
     else:
         model, history = fit(config, classes, data, log)
@@ -364,7 +384,7 @@ def train(
     if tuning:
         card.training_data["tuning"] = tuning
     save_model(inference_copy(model), card, weights_dir)
-    folder = _weights_dir(weights_dir) / config.name
+    folder = model_folder(config.name, weights_dir)
     write_split_csv(records, folder / SPLIT_FILE, root=data_root)
     loaded = load_model(config.name, weights_dir)
     card = loaded.card

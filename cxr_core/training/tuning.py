@@ -10,15 +10,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from cxr_core.models.zoo import ALL_LAYERS, trainable_layers
 from cxr_core.training.dataset import class_weights
-from cxr_core.training.train import TrainConfig, _gpus, build_for_training, callbacks, make_dataset, strategy
+from cxr_core.training.train import TrainConfig, build_for_training, callbacks, make_dataset, mirrored_strategy
 
 #: The search space of ``--tune`` (the study tuned hidden units, activation, learning rate, trainable layers).
 TUNE_SPACE = {
     "hidden_units": [64, 128, 256, 512],
     "activation": ["relu", "elu", "tanh"],
     "lr": (1e-5, 1e-2),
-    "trainable_layers": [0, 10, 20, 40, -1],  # -1: every layer
+    "trainable_layers": ["0", "10", "20", "40", ALL_LAYERS],  # text, as --trainable-layers takes it
 }
 
 
@@ -42,12 +43,12 @@ def tune(config: TrainConfig, classes: Sequence[str], data: dict, log: Callable[
         lr = hp.Float("lr", *TUNE_SPACE["lr"], sampling="log")
         layers = hp.Choice("trainable_layers", TUNE_SPACE["trainable_layers"])
         trial = TrainConfig(**{**asdict(config), "hidden_units": (units,), "activation": activation})
-        return build_for_training(trial, classes, trial.spec(), lr=lr, trainable_layers=None if layers < 0 else layers)
+        return build_for_training(trial, classes, trial.spec(), lr=lr, trainable_layers=trainable_layers(layers))
 
     workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="cxr-tune-"))
     tuner = kt.RandomSearch(hypermodel, objective="val_loss", max_trials=config.tune_trials, seed=config.seed,
                             directory=str(workdir), project_name=config.name, overwrite=True,
-                            distribution_strategy=strategy() if len(_gpus()) > 1 else None)
+                            distribution_strategy=mirrored_strategy())
     x_train, y_train = data["train"]
     tuner.search(make_dataset(x_train, y_train, config, training=True),
                  validation_data=make_dataset(*data["val"], config, training=False), epochs=config.epochs,

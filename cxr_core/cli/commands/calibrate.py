@@ -44,12 +44,12 @@ def _sides(args, loaded) -> dict:
     """Records of the data grouped by split, the model's own split.csv applied when the data has none."""
     from cxr_core.training.dataset import apply_split, by_split, load_records, read_split_csv
     from cxr_core.training.evaluate import match_classes
-    from cxr_core.models.manifest import _weights_dir
+    from cxr_core.models.manifest import model_folder
     from cxr_core.training.train import SPLIT_FILE
 
     records = load_records(args.data)
     to_class = match_classes([r.label for r in records], loaded.card.classes)
-    split_file = _weights_dir(None) / loaded.name / SPLIT_FILE
+    split_file = model_folder(loaded.name) / SPLIT_FILE
     if all(not r.split for r in records) and split_file.is_file():
         root = args.data if args.data.is_dir() else args.data.parent
         records = apply_split(records, read_split_csv(split_file), root=root)
@@ -70,7 +70,7 @@ def run(args) -> int:
 
     from cxr_core.safety import screening
     from cxr_core.training.evaluate import predict_records
-    from cxr_core.models.manifest import _weights_dir, load_model, write_card
+    from cxr_core.models.manifest import CARD_FILE, load_model, model_folder, write_card
     from cxr_core.models.runtime import import_tensorflow_quietly
     from cxr_core.training.train import after_training
 
@@ -90,7 +90,7 @@ def run(args) -> int:
     calibration["fitted_on"] = f"{args.split} split ({len(fit_pair[1])} images)"
     calibration["reported_on"] = (f"{args.report_split} split" if report_pair is not None
                                   else f"{args.split} split (no {args.report_split} split)")
-    folder = _weights_dir(None) / loaded.name
+    folder = model_folder(loaded.name)
     ood = None
     with tempfile.TemporaryDirectory(prefix="cxr-calibrate-") as scratch:
         if not args.no_ood:  # fitted into a scratch registry; copied beside the model only with --record
@@ -129,7 +129,7 @@ def run(args) -> int:
               f"{ood['val_refusal_rate']:.1%} of the {ood['n_val']} {args.split} films"
               + (f"; saved {folder / ood['file']}" if args.record else ""))
     if args.record:
-        print(f"card updated: {folder / 'card.json'}")
+        print(f"card updated: {folder / CARD_FILE}")
     else:
         print("not recorded: the model's card and files are unchanged (add --record to store this fit)")
     return 0

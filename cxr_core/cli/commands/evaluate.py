@@ -42,7 +42,7 @@ def _mapping(text: str | None) -> dict[str, str]:
 def run(args) -> int:
     from cxr_core.training.dataset import apply_split, load_records, read_split_csv
     from cxr_core.training.evaluate import evaluate_model, match_classes, table2_row
-    from cxr_core.models.manifest import _weights_dir, load_model, write_card
+    from cxr_core.models.manifest import CARD_FILE, load_model, model_folder, write_card
     from cxr_core.models.runtime import import_tensorflow_quietly
     from cxr_core.training.train import SPLIT_FILE
 
@@ -53,7 +53,7 @@ def run(args) -> int:
     mapping = _mapping(args.map)
     records = load_records(args.data)
     match_classes([r.label for r in records], loaded.card.classes, mapping)  # refuse before predicting
-    folder = _weights_dir(None) / args.model
+    folder = model_folder(args.model)
     own_split = False
     if all(not r.split for r in records) and (folder / SPLIT_FILE).is_file() and args.split != "all":
         root = args.data if args.data.is_dir() else args.data.parent
@@ -96,7 +96,7 @@ def run(args) -> int:
         card = loaded.card
         card.metrics = {**card.metrics, key: metrics}
         write_card(folder, card)
-        print(f"recorded as {key!r} in {folder / 'card.json'}", file=sys.stderr if args.json == "-" else sys.stdout)
+        print(f"recorded as {key!r} in {folder / CARD_FILE}", file=sys.stderr if args.json == "-" else sys.stdout)
     elif args.json != "-":
         print("not recorded: the model's card is unchanged (add --record to keep these numbers in it)")
     return 0

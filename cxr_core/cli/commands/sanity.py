@@ -36,7 +36,8 @@ def register(sub) -> None:
 def film_paths(data: Path, limit: int) -> list[Path]:
     """Up to ``limit`` image files of ``data``, taken in turn from each class (evenly spaced in name order when
     the folder has no labels)."""
-    from cxr_core.training.dataset import IMAGE_SUFFIXES, load_records
+    from cxr_core.io.imaging import IMAGE_SUFFIXES
+    from cxr_core.training.dataset import load_records
 
     if limit < 1:
         raise DataError(f"--limit must be at least 1; got {limit}")
@@ -90,7 +91,7 @@ def print_summary(result: dict) -> None:
 
 def run(args) -> int:
     from cxr_core.io.imaging import load_xray
-    from cxr_core.models.manifest import _weights_dir, load_model
+    from cxr_core.models.manifest import load_model, model_folder
     from cxr_core.models.runtime import import_tensorflow_quietly
     from cxr_core.explain.sanity import METHODS, RECORD_FILE, run_sanity
 
@@ -109,7 +110,7 @@ def run(args) -> int:
                              progress=lambda msg: print(msg, file=sys.stderr)))
     text = json.dumps(result, indent=2) + "\n"
     print_summary(result)
-    targets = ([Path(args.json)] if args.json else []) + ([_weights_dir(None) / args.model / RECORD_FILE]
+    targets = ([Path(args.json)] if args.json else []) + ([model_folder(args.model) / RECORD_FILE]
                                                           if args.record else [])
     for target in targets:
         try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cxr_core.errors import DataError
-
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a classifier on DIR/{train,val,test}/<class>/* or a CSV manifest")
@@ -32,22 +30,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _trainable(text: str | None):
-    if text is None:
-        return "default"
-    if text.strip().lower() in ("all", "none"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise DataError(f"--trainable-layers must be a number or 'all', got {text!r}") from None
-
-
 def run(args) -> int:
     from cxr_core.training.dataset import load_records
     from cxr_core.training.evaluate import table2_row
     from cxr_core.training.train import TrainConfig, train
-    from cxr_core.models.zoo import canonical_class, get_spec
+    from cxr_core.models.zoo import canonical_class, get_spec, trainable_layers
 
     spec = get_spec(args.arch)
     classes = tuple(canonical_class(c) for c in args.classes.split(",")) if args.classes else None
@@ -55,7 +42,7 @@ def run(args) -> int:
     weights = None if args.no_imagenet else (str(args.imagenet_weights) if args.imagenet_weights else "imagenet")
     config = TrainConfig(
         arch=spec.arch, name=args.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        trainable_layers=_trainable(args.trainable_layers), weights=weights, input_size=args.input_size,
+        trainable_layers=trainable_layers(args.trainable_layers), weights=weights, input_size=args.input_size,
         seed=args.seed, classes=classes, augment=not args.no_augment, progress=sys.stdout.isatty(),
         max_minutes=args.max_minutes, tune_trials=args.tune, mask_markers=args.mask_markers,
     )
