@@ -13,6 +13,9 @@ one-sided empty mask scores 0 (NaN only when both are empty). Threshold-free met
 when the expert mask is empty (AUC also when it is full; hit and mass also for a constant map).
 Aggregates: seeded bootstrap intervals (:mod:`cxr_core.stats`), groups per model × class × reader × session with
 "Normal" images reported apart, reader-versus-reader IoU and expert-versus-model diagnosis kappa.
+
+One module of about 440 lines by choice: per-image metrics, aggregates and kappa share the input
+checks and the empty-mask rule, and ``cxr_core.agreement`` is the import path pages, CLI and tests use.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cxr_core.annotation import drawing_key, region_labels
-from cxr_core.annotation.canvas_view import View, frame_fit, from_view, refit_drawing, rescale_drawing, to_view
+from cxr_core.annotation.canvas_frames import View, frame_fit, from_view, refit_drawing, rescale_drawing, to_view
 from cxr_core.annotation.masks import canvas_objects
 
 # --- which film ------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ The record (``sanity --json FILE``, ``--record`` -> ``weights/NAME/sanity.json``
     random_baseline{faithfulness{...as above}}
     row = {step, block, layers[], spearman, spearman_abs, ssim, blank_maps}; spearman, spearman_abs, ssim and
     auc are {mean, ci95: [lo, hi]} over films
+
+One module of about 430 lines by choice: the randomisation, the comparison and the verdict are one study,
+read top to bottom; the record's schema above is its table of contents.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Annotations (immutable, versioned), drafts and model results.
+"""Annotations (immutable, versioned), first-shown times and drafts.
 
 A submission rasterises the canvas JSON at the image's stored resolution
 (:func:`cxr_core.annotation.masks.region_masks`), writes version 1 and deletes the reader's draft, in the
 caller's transaction. A revision writes version n+1 pointing at version n; rows are never
-updated or deleted. Use through :mod:`cxr_core.storage`, which re-exports these names.
+updated or deleted. Use through :mod:`cxr_core.storage`, which re-exports these names. The checks
+of an answer are in :mod:`cxr_core.storage.checks`, model results in :mod:`cxr_core.storage.model_results`.
 
 A reader may answer "exclude" instead of a diagnosis (``exclusion=`` one of
 :data:`EXCLUSION_REASONS`); the reading is then stored with diagnosis :data:`EXCLUDED`.
@@ -13,7 +14,6 @@ submission or revision copies that time into ``Annotation.shown_at``.
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -24,115 +24,33 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cxr_core import __version__ as APP_VERSION
-from cxr_core.errors import CXRError
-from cxr_core.annotation.masks import canvas_objects, region_masks
-from cxr_core.storage.codec import decode_heatmap, decode_mask, encode_heatmap, encode_mask
+from cxr_core.annotation.masks import region_masks
+from cxr_core.storage import checks
+from cxr_core.storage.checks import (
+    AlreadySubmittedError,
+    AnnotationError,
+    NotAssignedError,
+    StaleVersionError,
+    canvas_dict,
+    check_answer,
+    check_canvas_size,
+    check_exclusion,
+    flush_or_conflict,
+    is_excluded,
+)
+from cxr_core.storage.codec import decode_mask, encode_mask
 from cxr_core.storage.schema import (
     EXCLUDED,
     EXCLUSION_REASONS,
     Annotation,
     Draft,
     Image,
-    ModelResult,
     QueueItem,
     ReadingStart,
     utcnow,
 )
 from cxr_core.models.zoo import DEFAULT_CLASSES
 
-#: The expert's diagnosis when they cannot choose a class.
-UNCERTAIN = "uncertain"
-#: Canvas JSON keys not stored (the background image would store the X-ray a second time).
-_DROPPED_CANVAS_KEYS = ("backgroundImage", "overlayImage")
-
-
-class AnnotationError(CXRError):
-    """An annotation or draft that cannot be saved as given."""
-
-
-class NotAssignedError(AnnotationError):
-    """The image is not in that reader's queue for that session."""
-
-
-class AlreadySubmittedError(AnnotationError):
-    """A first submission for an image the reader already submitted (revise instead)."""
-
-
-class StaleVersionError(AnnotationError):
-    """A revision of a version that is no longer the latest."""
-
-
-class ConcurrentEditError(AnnotationError):
-    """Another save of the same reading landed first; reload and try again."""
-
-
-def _canvas_version(canvas_json: Mapping[str, Any]) -> str:
-    try:
-        package = importlib.metadata.version("streamlit-drawable-canvas")
-    except importlib.metadata.PackageNotFoundError:
-        package = "unknown"
-    return f"drawable-canvas {package}; fabric {canvas_json.get('version', 'unknown')}"[:64]
-
-
-def _canvas_dict(canvas_json: Any) -> dict[str, Any]:
-    """The canvas JSON as a dict with an ``objects`` list, background image dropped."""
-    if isinstance(canvas_json, Mapping):
-        data = {k: v for k, v in canvas_json.items() if k not in _DROPPED_CANVAS_KEYS}
-    else:
-        data = {}
-    data["objects"] = canvas_objects(canvas_json)  # validates strings, lists and dicts alike
-    return data
-
-
-def _is_excluded(diagnosis: Any) -> bool:
-    return isinstance(diagnosis, str) and diagnosis.strip().lower() == EXCLUDED
-
-
-def _check_exclusion(exclusion: Any) -> str | None:
-    """The canonical reason, ``None`` for no exclusion; anything else is refused."""
-    if exclusion is None:
-        return None
-    for reason in EXCLUSION_REASONS:
-        if isinstance(exclusion, str) and exclusion.strip().lower() == reason:
-            return reason
-    raise AnnotationError(
-        f"exclusion reason {exclusion!r}; expected one of {', '.join(repr(r) for r in EXCLUSION_REASONS)} (or None)"
-    )
-
-
-def _check_diagnosis(diagnosis: str, classes: Sequence[str]) -> str:
-    accepted = [*classes, UNCERTAIN]
-    if _is_excluded(diagnosis):
-        raise AnnotationError(
-            f"diagnosis {diagnosis!r} needs an exclusion reason; pass exclusion= one of "
-            f"{', '.join(repr(r) for r in EXCLUSION_REASONS)}, or choose one of {', '.join(accepted)}"
-        )
-    for name in accepted:
-        if isinstance(diagnosis, str) and diagnosis.strip().lower() == name.lower():
-            return name
-    raise AnnotationError(f"diagnosis {diagnosis!r}; expected one of {', '.join(accepted)}")
-
-
-def _check_answer(diagnosis: Any, confidence: Any, exclusion: Any, classes: Sequence[str]) -> dict[str, Any]:
-    """Diagnosis, confidence and exclusion as stored: an exclusion stores EXCLUDED and an optional confidence."""
-    reason = _check_exclusion(exclusion)
-    if reason is not None:
-        return dict(diagnosis=EXCLUDED, exclusion=reason,
-                    confidence=None if confidence is None else _check_confidence(confidence))
-    return dict(diagnosis=_check_diagnosis(diagnosis, classes), exclusion=None,
-                confidence=_check_confidence(confidence))
-
-
-def _check_confidence(confidence: Any) -> int:
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, np.integer)) or not 1 <= confidence <= 5:
-        raise AnnotationError(f"confidence {confidence!r}; expected an integer 1 (guess) to 5 (certain)")
-    return int(confidence)
-
-
-def _check_canvas_size(width: Any, height: Any) -> tuple[int, int]:
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (width, height)):
-        raise AnnotationError(f"canvas size {width!r} x {height!r}; expected two positive integers")
-    return int(width), int(height)
 
 
 def _queue_item(s: Session, session_id: int, reader_id: int, image_sha: str) -> None:
@@ -166,13 +84,6 @@ def _rasterise(
         mask |= region.mask
     summary = [{"index": r.index, "type": r.kind, "label": r.label.strip(), "area_px": r.area} for r in regions]
     return summary, mask
-
-
-def _flush(s: Session, what: str) -> None:
-    try:
-        s.flush()
-    except IntegrityError as err:
-        raise ConcurrentEditError(f"{what} collided with another save ({err.orig}); reload and try again") from err
 
 
 def _reading(reader_id: int, image_sha: str, session_id: int) -> tuple[Any, ...]:
@@ -290,7 +201,7 @@ def submit_annotation(
     )
     s.add(annotation)
     delete_draft(s, reader_id=reader_id, image_sha=image_sha, session_id=session_id)
-    _flush(s, "submission")
+    flush_or_conflict(s, "submission")
     return annotation
 
 
@@ -298,15 +209,15 @@ def _annotation_fields(
     s, image_sha, diagnosis, confidence, exclusion, canvas_json, canvas_width, canvas_height, background_fit, labels,
     comment, app_version, canvas_version, classes,
 ) -> dict[str, Any]:
-    answer = _check_answer(diagnosis, confidence, exclusion, classes)
-    canvas = _canvas_dict(canvas_json)
-    width, height = _check_canvas_size(canvas_width, canvas_height)
+    answer = check_answer(diagnosis, confidence, exclusion, classes)
+    canvas = canvas_dict(canvas_json)
+    width, height = check_canvas_size(canvas_width, canvas_height)
     regions, mask = _rasterise(s, image_sha, canvas, background_fit, labels)
     return dict(
         **answer, regions=regions, canvas_json=canvas, canvas_width=width, canvas_height=height,
         background_fit=dict(background_fit) if background_fit is not None else None,
         mask_png=encode_mask(mask), mask_area=int(mask.sum()), app_version=str(app_version)[:64],
-        canvas_version=(canvas_version or _canvas_version(canvas))[:64], comment=comment,
+        canvas_version=(canvas_version or checks.canvas_version(canvas))[:64], comment=comment,
     )
 
 
@@ -363,9 +274,9 @@ def revise_annotation(
         return old if value is _KEEP else value
 
     if exclusion is _KEEP:
-        ends_it = diagnosis is not _KEEP and not _is_excluded(diagnosis)
+        ends_it = diagnosis is not _KEEP and not is_excluded(diagnosis)
         exclusion = None if ends_it else prev.exclusion
-    if _check_exclusion(exclusion) is None and diagnosis is _KEEP and prev.exclusion is not None:
+    if check_exclusion(exclusion) is None and diagnosis is _KEEP and prev.exclusion is not None:
         raise AnnotationError(
             f"annotation {prev.id} is an exclusion ({prev.exclusion!r}); give a diagnosis to read the film instead"
         )
@@ -382,7 +293,7 @@ def revise_annotation(
         shown_at=_shown_at(s, prev.session_id, prev.reader_id, prev.image_sha, version), **fields,
     )
     s.add(annotation)
-    _flush(s, "revision")
+    flush_or_conflict(s, "revision")
     return annotation
 
 
@@ -468,14 +379,14 @@ def save_draft(
     may be half done).
     """
     _queue_item(s, session_id, reader_id, image_sha)
-    reason = _check_exclusion(exclusion)
-    if reason is None and _is_excluded(diagnosis):
+    reason = check_exclusion(exclusion)
+    if reason is None and is_excluded(diagnosis):
         raise AnnotationError(
             f"diagnosis {diagnosis!r} needs an exclusion reason; pass exclusion= one of "
             f"{', '.join(repr(r) for r in EXCLUSION_REASONS)}"
         )
-    canvas = _canvas_dict(canvas_json)
-    width, height = _check_canvas_size(canvas_width, canvas_height)
+    canvas = canvas_dict(canvas_json)
+    width, height = check_canvas_size(canvas_width, canvas_height)
     values = dict(
         canvas_json=canvas, canvas_width=width, canvas_height=height,
         background_fit=dict(background_fit) if background_fit is not None else None,
@@ -489,7 +400,7 @@ def save_draft(
     else:
         for key, value in values.items():
             setattr(draft, key, value)
-    _flush(s, "draft")
+    flush_or_conflict(s, "draft")
     return draft
 
 
@@ -506,61 +417,3 @@ def delete_draft(s: Session, *, reader_id: int, image_sha: str, session_id: int)
         delete(Draft).where(Draft.reader_id == reader_id, Draft.image_sha == image_sha, Draft.session_id == session_id)
     )
     return bool(result.rowcount)
-
-
-# --- model results ---------------------------------------------------------------------------
-
-
-def save_model_result(
-    s: Session,
-    *,
-    image_sha: str,
-    model_name: str,
-    model_checksum: str,
-    method: str,
-    target: str,
-    probabilities: Mapping[str, float],
-    heatmap: np.ndarray | None = None,
-    heatmap_dtype: type = np.float16,
-) -> ModelResult:
-    """Store a model's output for a stored image; the same key again returns the stored row.
-
-    Show it only through :mod:`cxr_core.safety.blinding`.
-    """
-    if s.get(Image, image_sha) is None:
-        raise AnnotationError(f"image {image_sha[:12]}... is not stored; add it with add_image() first")
-    probs = {str(k): float(v) for k, v in probabilities.items()}
-    if not probs or not all(np.isfinite(v) and 0 <= v <= 1 for v in probs.values()):
-        raise AnnotationError(f"probabilities {probs!r:.100}; expected class -> value in [0, 1]")
-    found = get_model_result(
-        s, image_sha=image_sha, model_name=model_name, model_checksum=model_checksum, method=method, target=target
-    )
-    if found is not None:
-        return found
-    result = ModelResult(
-        image_sha=image_sha, model_name=model_name, model_checksum=model_checksum, method=method, target=target,
-        probabilities=probs, heatmap_npz=None if heatmap is None else encode_heatmap(heatmap, dtype=heatmap_dtype),
-    )
-    s.add(result)
-    _flush(s, "model result")
-    return result
-
-
-def get_model_result(
-    s: Session, *, image_sha: str, model_name: str, model_checksum: str, method: str, target: str
-) -> ModelResult | None:
-    """The stored result for exactly this image, model file, method and target, or ``None``."""
-    return s.scalar(select(ModelResult).where(
-        ModelResult.image_sha == image_sha, ModelResult.model_name == model_name,
-        ModelResult.model_checksum == model_checksum, ModelResult.method == method, ModelResult.target == target,
-    ))
-
-
-def model_results_for_image(s: Session, image_sha: str) -> list[ModelResult]:
-    """All stored results for an image, oldest first (check blinding before showing them)."""
-    return list(s.scalars(select(ModelResult).where(ModelResult.image_sha == image_sha).order_by(ModelResult.id)))
-
-
-def result_heatmap(result: ModelResult) -> np.ndarray | None:
-    """The stored heatmap as (H, W) float32, or ``None``."""
-    return None if result.heatmap_npz is None else decode_heatmap(result.heatmap_npz)
