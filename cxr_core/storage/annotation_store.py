@@ -10,6 +10,8 @@ A reader may answer "exclude" instead of a diagnosis (``exclusion=`` one of
 :data:`EXCLUSION_REASONS`); the reading is then stored with diagnosis :data:`EXCLUDED`.
 :func:`record_shown` notes, once per version, when the film was first shown to the reader; a
 submission or revision copies that time into ``Annotation.shown_at``.
+
+About 420 lines by choice: submit, revise, draft and first-shown share the queue check and the reading's key.
 """
 
 from __future__ import annotations
