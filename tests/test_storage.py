@@ -630,7 +630,7 @@ def test_make_engine_creates_folder_and_sets_pragmas(tmp_path):
     path = tmp_path / "new" / "deeper" / "a.db"
     engine = storage.make_engine(f"sqlite:///{path}", busy_timeout_ms=4321)
     try:
-        assert path.exists() and storage.current_revision(engine) == "0004"
+        assert path.exists() and storage.current_revision(engine) == "0005"
         with engine.connect() as conn:
             pragmas = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
                        ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")}
@@ -664,7 +664,7 @@ def test_bad_input_names_what_was_given(factory):
     (r0, _), shas, sid = seed_db(factory)
     cases = [
         (lambda s: storage.add_reader(s, "x", "boss"), StorageError,
-         "role 'boss'; expected one of reviewer, sme, admin"),
+         "role 'boss'; expected one of reviewer, sme, researcher, admin"),
         (lambda s: storage.add_reader(s, "r0"), StorageError, "already exists"),
         (lambda s: storage.add_reader(s, "  "), StorageError, "empty"),
         (lambda s: storage.create_session(s, name="study", image_shas=shas, reader_ids=[r0]), StorageError,
