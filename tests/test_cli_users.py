@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from cxr_core import auth, storage
 
 PW = "operator chose this one"

@@ -11,10 +11,10 @@ import pytest
 from alembic import command
 from sqlalchemy import MetaData, insert, inspect, text
 from sqlalchemy.exc import DBAPIError
+from test_migrations import _dump, _old_readers_and_session
 
 from cxr_core import auth, storage
 from cxr_core.storage.codec import encode_mask
-from test_migrations import _dump, _old_readers_and_session
 
 TABLES = ("readers", "images", "annotation_sessions", "session_images", "session_readers", "queue_items",
           "annotations", "drafts", "model_results", "reading_starts")
@@ -61,7 +61,7 @@ def test_readers_and_annotations_survive_0004_to_0005_and_back(tmp_path):
     engine = storage.make_engine(f"sqlite:///{tmp_path / 'm5.db'}", migrate=False)
     try:
         storage.init_db(engine, "0004")
-        (dr, boss), sid, sha = _fill_at_0004(engine)
+        (dr, boss), sid, _ = _fill_at_0004(engine)
         before = _dump(engine, TABLES)
 
         storage.init_db(engine)
