@@ -1,12 +1,12 @@
 """CXR Review: the Streamlit entry point. Registers every page with st.navigation and shows the banner.
 
 Run with ``make run`` (or ``streamlit run app.py``). Pages live in ``pages/``, one file each; the
-cached ``cxr_core`` wrappers and session-state keys they share live in ``ui_state.py``.
+cached ``cxr_core`` wrappers and session-state keys they share live in the ``ui`` package.
 """
 
 import streamlit as st
 
-import ui_state
+from ui import common
 
 st.set_page_config(page_title="CXR Review", page_icon=":material/radiology:", layout="wide")
 
@@ -19,5 +19,5 @@ pages = st.navigation([
     st.Page("pages/agreement.py", title="Heatmap agreement", icon=":material/compare:"),
 ])
 
-st.warning(ui_state.BANNER, icon=":material/info:")
+st.warning(common.BANNER, icon=":material/info:")
 pages.run()

@@ -4,11 +4,12 @@ import math
 
 import streamlit as st
 
-import ui_state as ui
 from cxr_core import agreement
 from cxr_core.agreement import reports
-from cxr_core.errors import CXRError
 from cxr_core.agreement.session_scores import BASELINE, CONSENSUS_READERS, SessionScoresError, diagnosis, excluded_note
+from cxr_core.errors import CXRError
+from ui import agreement as agr
+from ui import common
 
 st.title("Heatmap agreement")
 st.caption(
@@ -20,21 +21,21 @@ st.caption(
 )
 
 # --- who is looking, which session ----------------------------------------------------------------
-sessions = dict(ui.agreement_sessions())
+sessions = dict(agr.agreement_sessions())
 if not sessions:
     st.info("No reading sessions yet. An administrator creates them on the **Reading sessions** page.")
     st.stop()
-models = ui.agreement_models()
+models = agr.agreement_models()
 if not models:
     st.error("No model is installed, so there are no heatmaps to compare. Run `make demo-model` or see the Models "
              "page.")
     st.stop()
 
 top = st.columns([2, 3, 2])
-session_name = top[0].selectbox("Session", list(sessions), key=ui.AGREEMENT_SESSION,
+session_name = top[0].selectbox("Session", list(sessions), key=agr.AGREEMENT_SESSION,
                                 format_func=lambda n: n + (" (blind)" if sessions[n] else ""))
 try:
-    view = ui.agreement_view(session_name)
+    view = agr.agreement_view(session_name)
 except CXRError as err:
     st.error(f"Nothing is shown: {err}", icon=":material/visibility_off:")
     st.stop()
@@ -48,17 +49,17 @@ if view.hidden:
     st.info(f"{len(view.hidden)} image(s) of this session are left out: they are still pending {whose}, and model "
             "output for them stays hidden until the reading is submitted.", icon=":material/visibility_off:")
 
-chosen = top[1].multiselect("Models", list(models), default=list(models)[:1], key=ui.AGREEMENT_MODELS)
-method = top[2].radio("Heatmap method", list(ui.AGREEMENT_METHODS), format_func=ui.AGREEMENT_METHODS.get,
-                      key=ui.AGREEMENT_METHOD, horizontal=True)
+chosen = top[1].multiselect("Models", list(models), default=list(models)[:1], key=agr.AGREEMENT_MODELS)
+method = top[2].radio("Heatmap method", list(common.METHOD_LABELS), format_func=common.METHOD_LABELS.get,
+                      key=agr.AGREEMENT_METHOD, horizontal=True)
 if not chosen:
     st.info("Choose at least one model.")
     st.stop()
 
-data = ui.agreement_data(session_name, view)
+data = agr.agreement_data(session_name, view)
 if data.excluded:
     st.info(excluded_note(data.excluded), icon=":material/block:")
-time_rows = ui.agreement_times(data)
+time_rows = agr.agreement_times(data)
 timed = next((t["n"] for t in time_rows if t["reader"] is None), 0)
 with st.expander(f"Time per case ({timed} timed reading(s), every reader of the session)"):
     st.caption("From the film first being shown to the reading being submitted (server clock), every submitted "
@@ -78,18 +79,18 @@ if not data.readings:
     st.stop()
 
 # --- heatmaps not yet computed --------------------------------------------------------------------
-missing = {name: ui.agreement_missing(data, models[name], method) for name in chosen}
+missing = {name: agr.agreement_missing(data, models[name], method) for name in chosen}
 if any(missing.values()):
     total = sum(missing.values())
     st.warning(f"{total} heatmap(s) are not computed yet ({', '.join(f'{n}: {k}' for n, k in missing.items() if k)}), "
-               f"{ui.AGREEMENT_METHODS[method]} and the random baseline. Readings without one are left out below.",
+               f"{common.METHOD_LABELS[method]} and the random baseline. Readings without one are left out below.",
                icon=":material/pending:")
     if st.button(f"Compute the {total} missing heatmap(s)", key="agreement_compute", icon=":material/play_arrow:"):
         bar = st.progress(0.0, text="Computing heatmaps...")
         try:
             for name in chosen:
                 if missing[name]:
-                    ui.agreement_compute(data, models[name], method, progress=lambda d, t, n=name: bar.progress(
+                    agr.agreement_compute(data, models[name], method, progress=lambda d, t, n=name: bar.progress(
                         d / max(t, 1), text=f"{n}: {d} of {t} heatmaps"))
         except CXRError as err:
             st.error(f"Heatmaps could not be computed: {err}")
@@ -98,17 +99,18 @@ if any(missing.values()):
 
 # --- threshold, rule and filters (recomputed live) ------------------------------------------------
 controls = st.columns([2, 2, 2, 3])
-kind = controls[0].radio("Binarise heatmaps by", list(ui.THRESHOLD_KINDS), format_func=ui.THRESHOLD_KINDS.get,
-                         key=ui.AGREEMENT_THRESHOLD)
-fixed = controls[1].slider("Fixed threshold", 0.05, 0.95, 0.5, 0.05, key=ui.AGREEMENT_FIXED, disabled=kind != "fixed",
+kind = controls[0].radio("Binarise heatmaps by", list(agr.THRESHOLD_KINDS), format_func=agr.THRESHOLD_KINDS.get,
+                         key=agr.AGREEMENT_THRESHOLD)
+fixed = controls[1].slider("Fixed threshold", 0.05, 0.95, 0.5, 0.05, key=agr.AGREEMENT_FIXED, disabled=kind != "fixed",
                            help="keeps pixels of the min-max normalised heatmap above this value")
-top_k = controls[1].slider("Top k% of pixels", 1, 50, 15, 1, key=ui.AGREEMENT_TOP, disabled=kind != "top")
-rule = controls[2].radio("Empty-mask rule", agreement.RULES, format_func=ui.RULE_LABELS.get, key=ui.AGREEMENT_RULE,
+top_k = controls[1].slider("Top k% of pixels", 1, 50, 15, 1, key=agr.AGREEMENT_TOP, disabled=kind != "top")
+rule = controls[2].radio("Empty-mask rule", agreement.RULES, format_func=agr.RULE_LABELS.get, key=agr.AGREEMENT_RULE,
                          help="True positives only leaves an image out of IoU and Dice when the expert or the "
                               "heatmap mask is empty; Full scores a one-sided empty mask as 0.")
-threshold = ui.threshold_spec(kind, fixed, top_k)
+threshold = agr.threshold_spec(kind, fixed, top_k)
 try:
-    pairsets, all_scores = ui.agreement_scores(session_name, view, [models[n] for n in chosen], method, threshold, rule)
+    pairsets, all_scores = agr.agreement_scores(session_name, view, [models[n] for n in chosen], method, threshold,
+                                                rule)
 except (CXRError, SessionScoresError) as err:
     st.error(str(err))
     st.stop()
@@ -120,11 +122,11 @@ readers = sorted({s.reader for s in all_scores} - set(CONSENSUS_READERS))
 pseudo = [c for c in CONSENSUS_READERS if any(s.reader == c for s in all_scores)]
 with controls[3]:
     pick_classes = st.multiselect("Expert's class", classes, default=classes,
-                                  key=ui.agreement_filter_key(ui.AGREEMENT_CLASSES, session_name, classes))
+                                  key=agr.agreement_filter_key(agr.AGREEMENT_CLASSES, session_name, classes))
     pick_readers = st.multiselect("Reader", readers, default=readers,
-                                  key=ui.agreement_filter_key(ui.AGREEMENT_READERS, session_name, readers))
+                                  key=agr.agreement_filter_key(agr.AGREEMENT_READERS, session_name, readers))
     pick_consensus = st.multiselect(
-        "Consensus of the readers", pseudo, default=[], key=ui.agreement_filter_key(ui.AGREEMENT_CONSENSUS,
+        "Consensus of the readers", pseudo, default=[], key=agr.agreement_filter_key(agr.AGREEMENT_CONSENSUS,
                                                                                     session_name, pseudo),
         disabled=not pseudo, placeholder="none" if pseudo else "needs a film read by two or more readers",
         help="Score the heatmaps against a consensus of the readers of each film two or more read, as an extra "
@@ -161,7 +163,7 @@ for pairs in [p for p in pairsets if p.method != BASELINE]:
     base = _summary([s for s in scores if s.model == name and s.method == BASELINE])
     kappa = diagnosis(pairs, lambda k, n=name: (n, method, k.image_id, k.reader) in keep)
     with st.container(border=True):
-        st.markdown(f"**{name}** · {ui.AGREEMENT_METHODS[method]}, beside a random heatmap")
+        st.markdown(f"**{name}** · {common.METHOD_LABELS[method]}, beside a random heatmap")
         cards = st.columns(4)
         for col, (metric, label) in zip(cards, (("iou", "mIoU"), ("hit", "Hit rate"), ("mass", "Relevance mass"))):
             iv = own[metric] if own else None
@@ -169,37 +171,37 @@ for pairs in [p for p in pairsets if p.method != BASELINE]:
             delta = (f"{iv.mean - biv.mean:+.3f} vs random" if iv and biv and math.isfinite(iv.mean)
                      and math.isfinite(biv.mean) else None)
             col.metric(label, _value(iv), delta=delta, delta_color="normal" if delta else "off")
-            col.caption(f"95% CI {ui.format_ci(iv)}, n={iv.n if iv else 0}; random {ui.format_interval(biv)}")
+            col.caption(f"95% CI {agr.format_ci(iv)}, n={iv.n if iv else 0}; random {agr.format_interval(biv)}")
         if kappa is None:
             cards[3].metric("Diagnosis kappa", "–")
             cards[3].caption("No reading with a definite class.")
         else:
             iv = agreement.Interval(kappa.kappa, kappa.kappa_lo, kappa.kappa_hi, kappa.n)
             cards[3].metric("Diagnosis kappa", _value(iv))
-            cards[3].caption(f"95% CI {ui.format_ci(iv)}; expert's class vs model's top class, agreement "
+            cards[3].caption(f"95% CI {agr.format_ci(iv)}; expert's class vs model's top class, agreement "
                              f"{kappa.agreement:.0%} of {kappa.n} readings")
 
 normal = [g for g in agreement.aggregate(scores, by=("model", "method")) if g.normal]
 if normal:
     st.markdown("**Normal readings, reported apart** (no lesion to localise; not in the means above)")
     st.dataframe([{"model": g.group["model"], "method": g.group["method"], "readings": g.n_images,
-                   **{label: ui.format_interval(g.metrics[m]) for m, label in (("iou", "IoU"), ("mass", "mass"))}}
+                   **{label: agr.format_interval(g.metrics[m]) for m, label in (("iou", "IoU"), ("mass", "mass"))}}
                   for g in normal], hide_index=True)
 
 # --- distributions and tables ---------------------------------------------------------------------
 st.subheader("Distributions per model and class")
-metric = st.segmented_control("Metric", list(ui.METRIC_LABELS), format_func=ui.METRIC_LABELS.get, default="iou",
-                              key=ui.AGREEMENT_METRIC) or "iou"
-st.plotly_chart(ui.distribution_figure(scores, metric), width="stretch", key="agreement_distribution")
+metric = st.segmented_control("Metric", list(agr.METRIC_LABELS), format_func=agr.METRIC_LABELS.get, default="iou",
+                              key=agr.AGREEMENT_METRIC) or "iou"
+st.plotly_chart(agr.distribution_figure(scores, metric), width="stretch", key="agreement_distribution")
 with st.expander("Every group: model × method × class × reader"):
     st.dataframe([{**g.group, "normal": g.normal, "readings": g.n_images,
-                   **{ui.METRIC_LABELS[m]: ui.format_interval(g.metrics[m]) for m in agreement.AGGREGATE_METRICS}}
+                   **{agr.METRIC_LABELS[m]: agr.format_interval(g.metrics[m]) for m in agreement.AGGREGATE_METRICS}}
                   for g in agreement.aggregate(scores, by=("model", "method", "target", "reader"))], hide_index=True)
 shown_ids = {s.image_id for s in scores}
-pairs_rr = [p for p in ui.agreement_reader_pairs(data, pick_readers, rule) if p.image_id in shown_ids]
+pairs_rr = [p for p in agr.agreement_reader_pairs(data, pick_readers, rule) if p.image_id in shown_ids]
 with st.expander(f"Reader versus reader ({len(pairs_rr)} pairs)"):
     if pairs_rr:
-        st.caption(f"Mean IoU between experts' masks: {ui.format_interval(ui.interval([p.iou for p in pairs_rr]))}")
+        st.caption(f"Mean IoU between experts' masks: {agr.format_interval(agr.interval([p.iou for p in pairs_rr]))}")
         st.dataframe([{"image": p.image_id, "reader A": p.reader_a, "reader B": p.reader_b, "IoU": p.iou,
                        "Dice": p.dice} for p in pairs_rr], hide_index=True)
     else:
@@ -210,23 +212,23 @@ st.subheader("Gallery")
 st.markdown(f"<span style='color:rgb{reports.EXPERT_RGB}'>■</span> expert's outline &nbsp; "
             f"<span style='color:rgb{reports.HEATMAP_RGB}'>■</span> binarised heatmap's outline ({threshold})",
             unsafe_allow_html=True)
-by_label = {f"{p.model.name} · {'random baseline' if p.method == BASELINE else ui.AGREEMENT_METHODS[p.method]}": p
+by_label = {f"{p.model.name} · {'random baseline' if p.method == BASELINE else common.METHOD_LABELS[p.method]}": p
             for p in pairsets}
 g_cols = st.columns(3)
-shown_pairs = by_label[g_cols[0].selectbox("Heatmaps of", list(by_label), key=ui.AGREEMENT_GALLERY_MODEL)]
-order = g_cols[1].radio("Order", ["worst", "best"], key=ui.AGREEMENT_SORT, horizontal=True,
+shown_pairs = by_label[g_cols[0].selectbox("Heatmaps of", list(by_label), key=agr.AGREEMENT_GALLERY_MODEL)]
+order = g_cols[1].radio("Order", ["worst", "best"], key=agr.AGREEMENT_SORT, horizontal=True,
                         format_func=lambda o: {"worst": "Lowest IoU first", "best": "Highest IoU first"}[o])
 rows = [s for s in scores if s.model == shown_pairs.model.name and s.method == shown_pairs.method]
 ranked = sorted(rows, key=lambda s: (not math.isfinite(s.iou), s.iou if order == "worst" else -s.iou))  # NaN last
-pages = max(1, math.ceil(len(ranked) / ui.GALLERY_PAGE))
-page = g_cols[2].number_input(f"Page (of {pages})", 1, pages, 1, key=ui.AGREEMENT_PAGE) if pages > 1 else 1
-on_page = ranked[(page - 1) * ui.GALLERY_PAGE: page * ui.GALLERY_PAGE]
+pages = max(1, math.ceil(len(ranked) / agr.GALLERY_PAGE))
+page = g_cols[2].number_input(f"Page (of {pages})", 1, pages, 1, key=agr.AGREEMENT_PAGE) if pages > 1 else 1
+on_page = ranked[(page - 1) * agr.GALLERY_PAGE: page * agr.GALLERY_PAGE]
 for start in range(0, len(on_page), 4):  # row by row, so the order reads left to right
     for col, s in zip(st.columns(4), on_page[start:start + 4]):
         iou = "IoU –" if not math.isfinite(s.iou) else f"IoU {s.iou:.3f}"
         hit = "" if not math.isfinite(s.hit) else (" · hit" if s.hit else " · miss")
         mass = "" if not math.isfinite(s.mass) else f" · mass {s.mass:.2f}"
-        col.image(ui.gallery_picture(view, shown_pairs, s),
+        col.image(agr.gallery_picture(view, shown_pairs, s),
                   caption=f"{s.image_id} · {s.reader} ({s.target}) · {iou}{hit}{mass}")
 st.caption("IoU – : left out by the empty-mask rule (an empty expert or heatmap mask).")
 
@@ -240,5 +242,5 @@ for col, (fmt, label, suffix, mime) in zip(exports, (
         ("json", "JSON (everything)", "json", "application/json"),
         ("html", "HTML report (opens offline)", "html", "text/html"),
         ("coco", "COCO (each drawn region, consensus and heatmap masks)", "coco.json", "application/json"))):
-    col.download_button(label, lambda fmt=fmt: ui.agreement_export(fmt, data, pairsets, scores, rule),
+    col.download_button(label, lambda fmt=fmt: agr.agreement_export(fmt, data, pairsets, scores, rule),
                         f"{stem}.{suffix}", mime, on_click="ignore", icon=":material/download:")

@@ -3,16 +3,16 @@
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
-import ui_annotate as ua
-import ui_state as ui
 from cxr_core import annotation as ann
 from cxr_core import storage
 from cxr_core.annotation.canvas_view import REGIONS, ZOOMS, to_view
 from cxr_core.errors import CXRError
 from cxr_core.annotation.reading import Answers
 from cxr_core.models.zoo import DEFAULT_CLASSES
-from ui_figures import score_bars
-from ui_viewport import viewport
+from ui import annotate as ua
+from ui import common
+from ui.figures import score_bars
+from ui.viewport import viewport
 
 st.title("Annotate X-rays", help=(
     "Your reading session's chest X-rays, one by one: outline where you see disease, name each finding, give your "
@@ -22,26 +22,26 @@ st.caption("Mark and answer each film of your session. In a blind session no mod
            "shown to you, on any page, until you have submitted your reading of it. Model scores are not diagnoses.")
 
 # --- who, which session, which film ---------------------------------------------------------------
-with ui.reading() as s:
+with common.reading() as s:
     reader_names = [r.name for r in storage.list_readers(s)]
 if not reader_names:
     st.info("No readers yet. An administrator adds readers and reading sessions on the **Sessions** page.")
     st.stop()
 
 name = st.sidebar.selectbox("Who are you?", reader_names, index=None, placeholder="Choose your name",
-                         key=ui.ANNOTATE_READER, bind="query-params", persist_state="session",
+                         key=common.ANNOTATE_READER, bind="query-params", persist_state="session",
                          help="Your choice applies to every page: model output for images you still have to read "
                               "blind is hidden everywhere.")
 if name is None:
     st.info("Choose your name to see your reading sessions.")
     st.stop()
-with ui.reading() as s:
+with common.reading() as s:
     reader = storage.get_reader(s, name)
     sessions = {x.name: x for x in storage.list_sessions(s, reader_id=reader.id)}
 if not sessions:
     st.info(f"{name} has no reading sessions yet; an administrator assigns them on the **Sessions** page.")
     st.stop()
-session_name = st.sidebar.selectbox("Reading session", list(sessions), key=ui.ANNOTATE_SESSION,
+session_name = st.sidebar.selectbox("Reading session", list(sessions), key=ua.ANNOTATE_SESSION,
                                      bind="query-params", persist_state="session",
                                      format_func=lambda n: n + (" (blind)" if sessions[n].blind else ""))
 session = sessions[session_name]
@@ -51,7 +51,7 @@ session = sessions[session_name]
 for line in ua.flush_all():
     st.error(line, icon=":material/error:")
 
-with ui.reading() as s:
+with common.reading() as s:
     queue = storage.reader_queue(s, session.id, reader.id)
 position = ua.open_film(session.id, reader.id, queue)
 entry = queue.entries[position]
@@ -68,19 +68,19 @@ next_col.button("Next film", key="annotate_next", icon=":material/chevron_right:
                 on_click=ua.go, args=(*nav, queue.total, 1), disabled=position == queue.total - 1,
                 shortcut="PageDown", help="The film after this one in your order (Page Down).")
 film_col, status_col = side_col.columns([1, 1.2], vertical_alignment="bottom")
-film_col.selectbox("Film", [e.position for e in queue.entries], key=ui.annotate_image_key(*nav),
+film_col.selectbox("Film", [e.position for e in queue.entries], key=ua.annotate_image_key(*nav),
                    format_func=lambda p: f"Film {p + 1} of {queue.total}", on_change=ua.picked, args=nav,
                    help="Films in your own order. Whatever you drew on a film stays saved when you move on.")
 status_col.markdown(f"Film {position + 1}: **{ua.entry_status(entry)}**")
 side_col.progress(queue.progress, text=f"Your progress in {session.name}: {queue.progress_text}")
-flash = st.session_state.pop(ui.ANNOTATE_FLASH, None)  # shown beside the canvas: nothing above it moves
-problem = st.session_state.pop(ui.ANNOTATE_ERROR, None)  # a save from a button that did not happen
+flash = st.session_state.pop(ua.ANNOTATE_FLASH, None)  # shown beside the canvas: nothing above it moves
+problem = st.session_state.pop(ua.ANNOTATE_ERROR, None)  # a save from a button that did not happen
 if queue.next_pending is None:
     flash = (flash + " " if flash else "") + (f"You have read every film of this session ({queue.total}). Thank "
                                               "you. You can look back at any of them, and revise your reading.")
 
-item = ui.stored_item(entry.image_sha)
-allowed, reason = ui.model_output_allowed(entry.image_sha)
+item = common.stored_item(entry.image_sha)
+allowed, reason = common.model_output_allowed(entry.image_sha)
 view = ua.current_view()
 reading_id = (session.id, reader.id, entry.image_sha)
 revising: set = st.session_state.setdefault(ua.ANNOTATE_REVISING, set())
@@ -93,10 +93,10 @@ def display_controls(col, *, with_tools: bool) -> tuple[str, str, float, float, 
     """Tool and finding (when drawing), zoom, region, invert, level and window, beside the canvas."""
     tool = finding = None
     if with_tools:
-        tool = col.radio("Drawing tool", list(ann.TOOLS), key=ui.ANNOTATE_TOOL, horizontal=True,
+        tool = col.radio("Drawing tool", list(ann.TOOLS), key=ua.ANNOTATE_TOOL, horizontal=True,
                          help="Polygon: click each corner, then click the first corner again to close it. "
                               "Freehand: hold the button and draw round the region; it is closed for you.")
-        finding = col.selectbox("Finding for the next mark", list(ann.FINDINGS), key=ui.ANNOTATE_FINDING,
+        finding = col.selectbox("Finding for the next mark", list(ann.FINDINGS), key=ua.ANNOTATE_FINDING,
                                 help="Each mark keeps the finding chosen when it was drawn, shown by its colour.")
     zoom_col, region_col = col.columns([1.3, 1])
     zoom_col.radio("Zoom", list(ZOOMS), key=ua.ANNOTATE_ZOOM, horizontal=True, format_func=ua.ZOOM_LABELS.get,
@@ -104,9 +104,9 @@ def display_controls(col, *, with_tools: bool) -> tuple[str, str, float, float, 
     region_col.selectbox("Zoom region", list(REGIONS), key=ua.ANNOTATE_REGION, index=list(REGIONS).index("centre"),
                          help="The part of the film shown when zoomed in.")
     level_col, window_col = col.columns(2)
-    level = level_col.slider("Level (brightness)", 0.0, 1.0, 0.5, 0.01, key=ui.ANNOTATE_LEVEL,
+    level = level_col.slider("Level (brightness)", 0.0, 1.0, 0.5, 0.01, key=ua.ANNOTATE_LEVEL,
                              help="Centre of the display window: lower makes the film brighter. Display only.")
-    window = window_col.slider("Window (contrast)", 0.05, 1.0, 1.0, 0.01, key=ui.ANNOTATE_WINDOW,
+    window = window_col.slider("Window (contrast)", 0.05, 1.0, 1.0, 0.01, key=ua.ANNOTATE_WINDOW,
                                help="Width of the display window: narrower gives more contrast. Display only.")
     invert = col.checkbox("Invert", key=ua.ANNOTATE_INVERT, help="Show the film negative. Display only.")
     return tool, finding, level, window, invert
@@ -114,16 +114,16 @@ def display_controls(col, *, with_tools: bool) -> tuple[str, str, float, float, 
 
 def model_result_panel(col) -> tuple:
     """The model's scores in ``col``, and its heatmap (or None) for the canvas; only called once the gate allows it."""
-    ready = ui.ready_models(ui.registry())
+    ready = common.ready_models(common.registry())
     if not ready:
         col.info("No model is installed, so there is no model result to compare with. See the Models page.")
         return None, ""
     by_name = {e.name: e for e in ready}
-    model = by_name[col.selectbox("Model", list(by_name), key=ui.reading_key("model", *reading_id))]
-    analysis = ui.analyse(model, item, "gradcam", None)
+    model = by_name[col.selectbox("Model", list(by_name), key=ua.reading_key("model", *reading_id))]
+    analysis = common.analyse(model, item, "gradcam", None)
     pred = analysis.prediction
     col.plotly_chart(score_bars(pred.classes, pred.probabilities, title=f"Model scores: {model.name}", height=220),
-                     width="stretch", key=ui.reading_key("scores", *reading_id), config={"displayModeBar": False})
+                     width="stretch", key=ua.reading_key("scores", *reading_id), config={"displayModeBar": False})
     col.caption("The model's top class and heatmap are what an experimental classifier computed, not a diagnosis.")
     if analysis.cam is None:
         col.warning(analysis.cam_error, icon=":material/block:")
@@ -148,10 +148,10 @@ def cancel_revision(rid) -> None:
     """"Cancel revision": leave without a new version; the revision's draft is dropped."""
     revising.discard(reading_id)
     try:
-        with ui.db().begin() as s:
+        with common.db().begin() as s:
             storage.delete_draft(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
     except CXRError as err:  # the revision's draft stays; nothing else changed
-        st.session_state[ui.ANNOTATE_ERROR] = f"The revision's draft could not be removed: {err}"
+        st.session_state[ua.ANNOTATE_ERROR] = f"The revision's draft could not be removed: {err}"
     ua.forget(rid)
 
 
@@ -163,7 +163,7 @@ def answer_text(a) -> str:
 
 # --- a submitted film: the reader's marks, and the model's heatmap over them once revealed ----------
 if entry.done and reading_id not in revising:
-    with ui.reading() as s:
+    with common.reading() as s:
         done = storage.latest_annotation(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
     frame = ua.frame_for(item, vp)
     with side_col:
@@ -183,13 +183,13 @@ if entry.done and reading_id not in revising:
                       "Area (pixels)": [r["area_px"] for r in done.regions]})
         else:
             st.caption("You marked no region on this film.")
-        st.button("Revise my reading", key=ui.reading_key("revise_start", *reading_id), icon=":material/edit:",
+        st.button("Revise my reading", key=ua.reading_key("revise_start", *reading_id), icon=":material/edit:",
                   on_click=start_revision,
                   help="Edit your marks and answers; saving stores a new version and keeps this one.")
         heatmap, heatmap_key = None, ""
         if not allowed:
             st.info(reason, icon=":material/visibility_off:")
-        elif st.toggle("Reveal the model's result for this image", key=ui.reading_key("reveal", *reading_id)):
+        elif st.toggle("Reveal the model's result for this image", key=ua.reading_key("reveal", *reading_id)):
             heatmap, heatmap_key = model_result_panel(side_col)
         _, _, level, window, invert = display_controls(side_col, with_tools=False)
     submitted = frame.bring_in(done.canvas_json, fit=done.background_fit, width=done.canvas_width,
@@ -201,7 +201,7 @@ if entry.done and reading_id not in revising:
                   background_image_fit="stretch",
                   initial_drawing=to_view(submitted, view, frame.width, frame.height, film_shape=frame.film_shape),
                   width=frame.width, height=frame.height, disabled=True, drawing_mode="rect",
-                  key=ui.reading_key("submitted_canvas", *reading_id)
+                  key=ua.reading_key("submitted_canvas", *reading_id)
                   + f":v{done.version}:{view.zoom}:{view.x:.3f}:{view.y:.3f}:{frame.width}x{frame.height}")
         st.caption(f"Your marks as submitted (version {done.version}); read-only.")
     st.stop()
@@ -212,16 +212,16 @@ rid = (mode, *reading_id)
 done = None
 # When the film was first shown for the version being made (time per case): written once per film and
 # version in this browser session, in its own short write; a database that cannot record it never stops the reading.
-shown = st.session_state.setdefault(ui.ANNOTATE_SHOWN, set())
+shown = st.session_state.setdefault(ua.ANNOTATE_SHOWN, set())
 if (*rid, entry.version) not in shown:
     try:
-        with ui.db().begin() as s:
+        with common.db().begin() as s:
             storage.record_shown(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
         shown.add((*rid, entry.version))
     except CXRError as err:
         side_col.warning(f"The time this film was first shown was not recorded: {err}", icon=":material/schedule:")
 if mode == "read":
-    with ui.reading() as s:
+    with common.reading() as s:
         draft = storage.get_draft(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
         stored = dict(drawing=draft.canvas_json if draft else None, fit=draft.background_fit if draft else None,
                       width=draft.canvas_width if draft else 1, height=draft.canvas_height if draft else 1,
@@ -229,7 +229,7 @@ if mode == "read":
                                       draft.confidence if draft else None, draft.exclusion if draft else None,
                                       draft.comment if draft else None))
 else:
-    with ui.reading() as s:
+    with common.reading() as s:
         done = storage.latest_annotation(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
         draft = storage.get_draft(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id)
         base = draft or done
@@ -249,12 +249,12 @@ with side_col:
     heatmap, heatmap_key = None, ""
     if not allowed:
         st.info(reason, icon=":material/visibility_off:")
-    elif st.toggle("Reveal the model's result for this image", key=ui.reading_key("reveal", *reading_id)):
+    elif st.toggle("Reveal the model's result for this image", key=ua.reading_key("reveal", *reading_id)):
         heatmap, heatmap_key = model_result_panel(side_col)  # an open (not blind) session allows it while reading
     tool, finding, level, window, invert = display_controls(side_col, with_tools=True)
 with canvas_col:
     result = st_canvas(
-        fill_color=ann.finding_fill(finding), stroke_width=ui.CANVAS_STROKE, stroke_color=ann.finding_color(finding),
+        fill_color=ann.finding_fill(finding), stroke_width=ua.CANVAS_STROKE, stroke_color=ann.finding_color(finding),
         background_image=ua.picture(item, reading.view, reading.frame, level=level, window=window, invert=invert,
                                     heatmap=heatmap, heatmap_key=heatmap_key,
                                     opacity=st.session_state.get(ua.ANNOTATE_OPACITY, 0.5), vp=vp),
@@ -286,7 +286,7 @@ with side_col:
     else:
         st.caption("No region marked yet. A film without findings can be submitted without marks.")
     if mode == "read":
-        st.button("Clear all marks", key=ui.reading_key("clear", *reading_id), icon=":material/delete_sweep:",
+        st.button("Clear all marks", key=ua.reading_key("clear", *reading_id), icon=":material/delete_sweep:",
                   on_click=ua.clear, args=(rid,), help="Removes every mark, your answers and the saved draft of "
                                                        "this film.")
     excluded = st.checkbox("Exclude: not a chest film / not readable", key=ua.widget_key("exclude", rid),
@@ -304,11 +304,11 @@ with side_col:
     ua.answers_from_widgets(rid, reading)
     if mode == "read":
         submit = st.button("Submit reading", type="primary", icon=":material/send:",
-                           key=ui.reading_key("submit", *reading_id))
+                           key=ua.reading_key("submit", *reading_id))
     else:
         submit = st.button(f"Save as version {done.version + 1}", type="primary", icon=":material/save:",
-                           key=ui.reading_key("revise", *reading_id))
-        st.button("Cancel revision", key=ui.reading_key("revise_cancel", *reading_id),
+                           key=ua.reading_key("revise", *reading_id))
+        st.button("Cancel revision", key=ua.reading_key("revise_cancel", *reading_id),
                            on_click=cancel_revision, args=(rid,), help="Leave without saving a new version.")
 
 # The draft follows every change (marks, diagnosis, confidence, exclusion).
@@ -327,7 +327,7 @@ if submit:
                   canvas_width=reading.frame.width, canvas_height=reading.frame.height,
                   background_fit=reading.frame.fit, labels=marks.labels, comment=a.comment, exclusion=a.exclusion)
     try:
-        with ui.db().begin() as s:
+        with common.db().begin() as s:
             if mode == "read":
                 storage.submit_annotation(s, reader_id=reader.id, image_sha=entry.image_sha, session_id=session.id,
                                           **answer)
@@ -341,12 +341,12 @@ if submit:
     ua.forget(rid, widgets=False)
     if mode == "read":
         nxt = ua.go_after_submit(session.id, reader.id, after, position)
-        st.session_state[ui.ANNOTATE_FLASH] = (
+        st.session_state[ua.ANNOTATE_FLASH] = (
             f"Film {position + 1} saved ({after.progress_text}). "
             + (f"Next: film {nxt + 1}." if nxt != position else "That was your last film.")
             + " To look back at it or reveal the model's result, pick it again in the film list.")
     else:
         revising.discard(reading_id)
-        st.session_state[ui.ANNOTATE_FLASH] = f"Film {position + 1}: your revised reading is saved as version " \
+        st.session_state[ua.ANNOTATE_FLASH] = f"Film {position + 1}: your revised reading is saved as version " \
                                               f"{saved.version}; version {done.version} is kept."
     st.rerun()

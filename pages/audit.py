@@ -11,10 +11,10 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_state as ui
 from cxr_core.audit import REGIONS, fmt_share, run_audit, to_json
 from cxr_core.audit.report import REGION_LABELS, render_html, shortcut_lines
 from cxr_core.errors import CXRError
+from ui import common
 
 AUDIT_REPORT = "audit_report"  # the audit shown (to_json dict)
 AUDIT_BY = "audit_by"          # "predicted" or "label"
@@ -61,7 +61,7 @@ def region_figure(summary: dict, region: str):
 
 
 def run_form() -> None:
-    ready = ui.ready_models(ui.registry())
+    ready = common.ready_models(common.registry())
     if not ready:
         st.info("No ready model is registered; `make demo-model` builds the demo model.")
         return
@@ -86,7 +86,7 @@ def run_form() -> None:
     entry = next(e for e in ready if e.name == name)
     try:
         items = items_from(Path(data.strip()), int(limit) or None)
-        engine, reason = ui._cam_engine(ui._weights_key(), entry.name, entry.card.sha256)
+        engine, reason = common.cam_engine(common.weights_key(), entry.name, entry.card.sha256)
         if engine is None:
             st.error(reason)
             return
@@ -160,7 +160,7 @@ if not data["flagged"]:
 grid = st.columns(4)
 for i, f in enumerate(data["flagged"]):
     with grid[i % 4]:
-        allowed, reason = ui.model_output_allowed(f["sha256"]) if f.get("sha256") else (True, "")
+        allowed, reason = common.model_output_allowed(f["sha256"]) if f.get("sha256") else (True, "")
         if allowed:
             st.image(base64.b64decode(f["thumbnail_png_base64"]), width="stretch")
         else:

@@ -3,10 +3,12 @@ and the last recorded heatmap sanity check."""
 
 import streamlit as st
 
-import ui_state as ui
-import ui_figures as fig
 from cxr_core.errors import CXRError
 from cxr_core.explain.sanity import read_record as read_sanity_record
+from cxr_core.models.status import checksum_line, missing_architectures
+from cxr_core.models.zoo import DEFAULT_CLASSES
+from ui import common, models
+from ui import figures as fig
 
 st.title("Models")
 st.caption(
@@ -16,17 +18,17 @@ st.caption(
     "Test metrics describe a test set, not your patients; model scores are not diagnoses."
 )
 
-entries = ui.registry()
+entries = common.registry()
 if not entries:
     st.info("No model is registered yet. `make demo-model` builds the demo model; "
             "the list below says how to add others.")
-per_class = st.toggle("Show per-class rows in the metrics tables", key=ui.MODELS_PER_CLASS, persist_state="session")
+per_class = st.toggle("Show per-class rows in the metrics tables", key=models.MODELS_PER_CLASS, persist_state="session")
 
 for entry in entries:
     card = entry.card
     with st.container(border=True):
         st.subheader(entry.name + (" (demo)" if card is not None and card.demo else ""))
-        ok, line = ui.checksum_line(entry)
+        ok, line = checksum_line(entry)
         if ok:
             st.success(line, icon=":material/verified:")
         else:
@@ -36,7 +38,7 @@ for entry in entries:
 
         facts, use = st.columns([3, 2], gap="large")
         with facts:
-            missing = [c for c in ui.DEFAULT_CLASSES if c not in card.classes]
+            missing = [c for c in DEFAULT_CLASSES if c not in card.classes]
             st.table({
                 "Fact": ["Architecture", "Classes", "Input size", "Preprocessing", "Grad-CAM layer"],
                 "Value": [card.architecture, ", ".join(card.classes), f"{card.input_size} x {card.input_size} pixels",
@@ -112,7 +114,7 @@ for entry in entries:
                        "check again.", icon=":material/warning:")
         baseline = (record.get("random_baseline") or {}).get("faithfulness") or {}
         for method, result in record["methods"].items():
-            label = ui.METHOD_LABELS.get(method, method)
+            label = common.METHOD_LABELS.get(method, method)
             verdict = str(result.get("verdict", "?"))
             text = f"{label}: {verdict} — {result.get('reason', '')}"
             if verdict == "pass":
@@ -130,7 +132,7 @@ for entry in entries:
             auc_col.caption("Deletion: pixels removed in heatmap order, the score should fall fast. Insertion: "
                             "pixels restored in heatmap order, it should rise fast. Compare with a random heatmap.")
 
-missing_archs = ui.missing_architectures(entries)
+missing_archs = missing_architectures(entries)
 if missing_archs:
     st.subheader("Architectures without an installed model")
     for display_name, how in missing_archs:

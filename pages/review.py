@@ -5,12 +5,15 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_state as ui
-from cxr_core.io.csv_safe import dict_rows_csv
 from cxr_core.errors import CXRError
 from cxr_core.explain.overlay import COLORMAPS, ZOOMS, legend_band
+from cxr_core.io.csv_safe import dict_rows_csv
+from cxr_core.io.film_facts import image_facts
+from cxr_core.models.status import missing_architectures
+from cxr_core.models.zoo import DEFAULT_CLASSES
 from cxr_core.safety.screening import decision_record
-from ui_figures import score_bars
+from ui import common, review
+from ui.figures import score_bars
 
 st.title("Review X-rays")
 st.caption(
@@ -24,13 +27,14 @@ st.caption(
 up_col, sample_col = st.columns([3, 2], gap="large")
 with up_col:
     uploads = st.file_uploader(
-        "Chest X-rays (PNG, JPEG, TIFF or DICOM); several at once", accept_multiple_files=True, key=ui.REVIEW_UPLOADS,
+        "Chest X-rays (PNG, JPEG, TIFF or DICOM); several at once", accept_multiple_files=True,
+        key=review.REVIEW_UPLOADS,
     )
 with sample_col:
-    samples = {s["file"]: s for s in ui.list_samples()}
+    samples = {s["file"]: s for s in common.list_samples()}
     if samples:
         chosen = st.multiselect(
-            "Or try a bundled sample", list(samples), key=ui.REVIEW_SAMPLES, persist_state="session",
+            "Or try a bundled sample", list(samples), key=review.REVIEW_SAMPLES, persist_state="session",
             format_func=lambda f: f"{f} (labelled {samples[f].get('label', '?')})",
             help="Real, openly licensed chest X-rays from the demo model's test split; "
                  "the source shows in the image details.",
@@ -39,7 +43,7 @@ with sample_col:
         chosen = []
         st.caption("No bundled samples are installed (data/samples/samples.json).")
 
-items = [ui.upload_item(u) for u in uploads or []] + [ui.sample_item(samples[f]) for f in chosen]
+items = [common.upload_item(u) for u in uploads or []] + [common.sample_item(samples[f]) for f in chosen]
 if not items:
     st.info("Upload one or more chest X-rays, or pick a bundled sample, to begin.")
     st.stop()
@@ -57,10 +61,10 @@ if not good:
     st.stop()
 
 # --- the model ------------------------------------------------------------------------------------
-entries = ui.registry()
-ready = ui.ready_models(entries)
+entries = common.registry()
+ready = common.ready_models(entries)
 unusable = [e for e in entries if not e.ready]
-missing = ui.missing_architectures(entries)
+missing = missing_architectures(entries)
 model_col, other_col = st.columns([3, 2], gap="large")
 with other_col, st.expander(f"Models not installed or not usable ({len(unusable) + len(missing)})"):
     for e in unusable:
@@ -74,8 +78,8 @@ if not ready:
                     "for how to train or import one.")
     st.stop()
 by_name = {e.name: e for e in ready}
-if st.session_state.get(ui.REVIEW_MODEL) not in by_name:
-    st.session_state[ui.REVIEW_MODEL] = ready[0].name  # the registry lists demo models first
+if st.session_state.get(review.REVIEW_MODEL) not in by_name:
+    st.session_state[review.REVIEW_MODEL] = ready[0].name  # the registry lists demo models first
 
 
 def _model_label(name: str) -> str:
@@ -83,14 +87,14 @@ def _model_label(name: str) -> str:
     return f"{name}: {card.architecture}, {len(card.classes)} classes" + (" (demo)" if card.demo else "")
 
 
-entry = by_name[model_col.selectbox("Model", list(by_name), key=ui.REVIEW_MODEL, persist_state="session",
+entry = by_name[model_col.selectbox("Model", list(by_name), key=review.REVIEW_MODEL, persist_state="session",
                                    format_func=_model_label)]
 card = entry.card
 
 # --- a batch: one row a film ----------------------------------------------------------------------
 if len(good) > 1:
     st.subheader(f"All {len(good)} films, read by {entry.name}")
-    rows = ui.review_summary(good, entry)
+    rows = review.review_summary(good, entry)
     st.dataframe(
         [r.page_row() for r in rows], hide_index=True, width="stretch", key="review_summary_table",
         column_config={"Score (%)": st.column_config.NumberColumn(format="%.1f%%"),
@@ -111,17 +115,17 @@ if len(good) > 1:
                    f"{'are' if skipped > 1 else 'is'} not in this table.")
 
 keys = [i.key for i in good]
-if st.session_state.get(ui.REVIEW_SELECTED) not in keys:
-    st.session_state[ui.REVIEW_SELECTED] = keys[0]
+if st.session_state.get(review.REVIEW_SELECTED) not in keys:
+    st.session_state[review.REVIEW_SELECTED] = keys[0]
 by_key = {i.key: i for i in good}
-selected = st.radio("Image to review", keys, key=ui.REVIEW_SELECTED, format_func=lambda k: by_key[k].name,
+selected = st.radio("Image to review", keys, key=review.REVIEW_SELECTED, format_func=lambda k: by_key[k].name,
                     horizontal=True)
 item = by_key[selected]
 
 # --- this image, this model -----------------------------------------------------------------------
 st.divider()
 st.subheader(f"{item.name}, read by {entry.name}")
-notes = ui.review_warnings(item, entry)
+notes = review.review_warnings(item, entry)
 if notes:
     with st.expander(f"Warnings ({len(notes)})", icon=":material/warning:"):
         st.markdown("\n".join(f"- {note}" for note in notes))
@@ -130,31 +134,31 @@ view_col, side_col = st.columns([5, 2], gap="medium")
 with side_col:
     scores_box = st.container()
     st.markdown("**Heatmap settings**")
-    target_key = ui.review_target_key(entry.name)
+    target_key = review.review_target_key(entry.name)
     target_choice = st.selectbox(
-        "Heatmap explains", [ui.PREDICTED, *card.classes], key=target_key, persist_state="session",
-        format_func=lambda c: "the top-scoring class" if c == ui.PREDICTED else c,
+        "Heatmap explains", [review.PREDICTED, *card.classes], key=target_key, persist_state="session",
+        format_func=lambda c: "the top-scoring class" if c == review.PREDICTED else c,
         help="Grad-CAM shows the regions that raised the model's score for this class.",
     )
-    method = st.radio("Method", list(ui.METHOD_LABELS), key=ui.REVIEW_METHOD, persist_state="session",
-                      format_func=ui.METHOD_LABELS.get, horizontal=True)
-    if st.session_state.get(ui.REVIEW_VIEW) not in ui.VIEWS:
-        st.session_state[ui.REVIEW_VIEW] = ui.VIEWS[0]
-    view = st.radio("View", ui.VIEWS, key=ui.REVIEW_VIEW, persist_state="session", horizontal=True)
+    method = st.radio("Method", list(common.METHOD_LABELS), key=review.REVIEW_METHOD, persist_state="session",
+                      format_func=common.METHOD_LABELS.get, horizontal=True)
+    if st.session_state.get(review.REVIEW_VIEW) not in review.VIEWS:
+        st.session_state[review.REVIEW_VIEW] = review.VIEWS[0]
+    view = st.radio("View", review.VIEWS, key=review.REVIEW_VIEW, persist_state="session", horizontal=True)
     outline = view != "Original" and st.checkbox(
-        "Outline the hot region (Otsu)", key=ui.REVIEW_OUTLINE, persist_state="session",
+        "Outline the hot region (Otsu)", key=review.REVIEW_OUTLINE, persist_state="session",
         help="Draws the edge of the region Otsu's threshold cuts from the heatmap, the region the agreement "
              "page compares with expert marks. Set the opacity to 0 to see it on the plain film.")
-    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=ui.REVIEW_OPACITY, persist_state="session",
+    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=review.REVIEW_OPACITY, persist_state="session",
                         help="How strongly the hottest region is tinted; where the heatmap is low the film "
                              "is never tinted.")
-    colormap = st.selectbox("Colour map", COLORMAPS, key=ui.REVIEW_COLORMAP, persist_state="session")
+    colormap = st.selectbox("Colour map", COLORMAPS, key=review.REVIEW_COLORMAP, persist_state="session")
 
-allowed, reason = ui.model_output_allowed(item.xray.sha256, item.xray.pixels)
+allowed, reason = common.model_output_allowed(item.xray.sha256, item.xray.pixels)
 # Screening: an input that does not look like a frontal chest film gets no scores and no heatmap,
 # unless an expert overrides the refusal (logged, and recorded in the downloaded JSON).
 try:
-    decision = ui.screen_item(entry, item) if allowed else None
+    decision = common.screen_item(entry, item) if allowed else None
 except CXRError as exc:  # e.g. a detector file that does not match the model's card
     st.error(f"{entry.name} could not screen this image: {exc}", icon=":material/error:")
     st.stop()
@@ -163,16 +167,16 @@ if decision is not None:
     ood = decision_record(decision)
     if not decision.ok:
         with scores_box:
-            st.error(ui.refusal_text(decision), icon=":material/block:")
+            st.error(review.refusal_text(decision), icon=":material/block:")
             override = st.checkbox("Show the model's output anyway (expert override; this is logged)",
-                                   key=ui.review_override_key(item.key))
+                                   key=review.review_override_key(item.key))
         if override:
-            ood = ui.ood_override(entry, item, decision)
+            ood = review.ood_override(entry, item, decision)
         else:
-            refused, allowed, reason = True, False, ui.refusal_text(decision)
-target = None if target_choice == ui.PREDICTED else target_choice
+            refused, allowed, reason = True, False, review.refusal_text(decision)
+target = None if target_choice == review.PREDICTED else target_choice
 try:
-    analysis = ui.analyse(entry, item, method, target) if allowed else None
+    analysis = common.analyse(entry, item, method, target) if allowed else None
 except CXRError as exc:  # e.g. a file that passes its checksum but is not a loadable model
     st.error(f"{entry.name} could not be run: {exc}", icon=":material/error:")
     st.stop()
@@ -195,21 +199,21 @@ with scores_box:
 
 with view_col:
     zoom_col, across_col, down_col = st.columns(3)
-    zoom = zoom_col.segmented_control("Zoom", ZOOMS, key=ui.REVIEW_ZOOM, default=1, required=True,
+    zoom = zoom_col.segmented_control("Zoom", ZOOMS, key=review.REVIEW_ZOOM, default=1, required=True,
                                       persist_state="session",
                                       format_func=lambda z: "Whole film" if z == 1 else f"{z}x",
                                       help="Zoom shows a part of the film at its own resolution.") or 1
     centre = (0.5, 0.5)
     if zoom != 1:
-        across = across_col.slider("Zoom centre, across (%)", 0, 100, 50, 5, key=ui.REVIEW_ZOOM_COL,
+        across = across_col.slider("Zoom centre, across (%)", 0, 100, 50, 5, key=review.REVIEW_ZOOM_COL,
                                    help="0 is the film's left edge as displayed.")
-        down = down_col.slider("Zoom centre, down (%)", 0, 100, 50, 5, key=ui.REVIEW_ZOOM_ROW,
+        down = down_col.slider("Zoom centre, down (%)", 0, 100, 50, 5, key=review.REVIEW_ZOOM_ROW,
                                help="0 is the film's top edge.")
         centre = (down / 100, across / 100)
     zoomed = "" if zoom == 1 else f", {zoom}x zoom"
 
     def picture(shown_view: str, with_outline: bool = False):
-        return ui.overlay_image(item, analysis, shown_view, colormap, opacity, outline=with_outline, zoom=zoom,
+        return review.overlay_image(item, analysis, shown_view, colormap, opacity, outline=with_outline, zoom=zoom,
                                 centre=centre)
 
     cam = analysis.cam if analysis is not None else None
@@ -220,11 +224,11 @@ with view_col:
         st.warning(analysis.cam_error, icon=":material/block:")
         st.image(picture("Original"), caption=f"{item.name} (no heatmap){zoomed}", width="stretch")
     elif cam.all_zero:
-        st.info(f"No positive evidence for {cam.target}: the {ui.METHOD_LABELS[method]} map is empty for this image, "
-                "so there is no heatmap to show.", icon=":material/blur_off:")
+        st.info(f"No positive evidence for {cam.target}: the {common.METHOD_LABELS[method]} map is empty for this "
+                "image, so there is no heatmap to show.", icon=":material/blur_off:")
         st.image(picture("Original"), caption=f"{item.name} (no heatmap){zoomed}", width="stretch")
     else:
-        label = f"{ui.METHOD_LABELS[method]} for {cam.target}"
+        label = f"{common.METHOD_LABELS[method]} for {cam.target}"
         shown = f"{label} overlay" + (" with the Otsu outline" if outline else "") + zoomed
         if view == "Side by side":
             left, right = st.columns(2)
@@ -243,17 +247,17 @@ with view_col:
 with side_col:
     with st.expander("DICOM details (non-identifying)" if item.xray.source_format == "dicom" else "Image details",
                      expanded=item.xray.source_format == "dicom"):
-        facts = ui.image_facts(item)
+        facts = image_facts(item.xray, item.name, item.attribution)
         st.table({"Fact": [k for k, _ in facts], "Value": [v for _, v in facts]}, hide_header=True)
     if analysis is not None:
         stem = Path(item.name).stem
-        record = ui.result_record(item, entry, analysis, ood)
+        record = review.result_record(item, entry, analysis, ood)
         st.download_button("Download result (JSON)", json.dumps(record, indent=2), f"{stem}.{entry.name}.json",
                            "application/json", on_click="ignore", icon=":material/download:")
         if cam is not None and not cam.all_zero:
             st.download_button(
                 "Download overlay (PNG, full size)",
-                ui.full_size_overlay_png(item, analysis, colormap, opacity, outline, model=entry.name),
+                review.full_size_overlay_png(item, analysis, colormap, opacity, outline, model=entry.name),
                 f"{stem}.{entry.name}.{method}.overlay.png", "image/png", on_click="ignore", icon=":material/download:",
             )
 
@@ -261,17 +265,17 @@ with side_col:
 def _compare_cell(other) -> None:
     """One model's scores and heatmap for the selected image, in its own bordered cell."""
     st.markdown(f"**{other.name}** ({other.card.architecture}" + (", demo)" if other.card.demo else ")"))
-    missing_classes = [c for c in ui.DEFAULT_CLASSES if c not in other.card.classes]
+    missing_classes = [c for c in DEFAULT_CLASSES if c not in other.card.classes]
     if missing_classes:
         st.caption(f"No output for {', '.join(missing_classes)}.")
     try:
-        screened = ui.screen_item(other, item)
+        screened = common.screen_item(other, item)
         if not screened.ok and not override:
-            st.error(ui.refusal_text(screened), icon=":material/block:")
+            st.error(review.refusal_text(screened), icon=":material/block:")
             return
         if not screened.ok:
-            ui.ood_override(other, item, screened)
-        result = ui.analyse(other, item, method, None)
+            review.ood_override(other, item, screened)
+        result = common.analyse(other, item, method, None)
     except CXRError as exc:
         st.error(f"{other.name} could not be run: {exc}", icon=":material/error:")
         return
@@ -283,13 +287,14 @@ def _compare_cell(other) -> None:
     elif result.cam.all_zero:
         st.info(f"No positive evidence for {result.cam.target}.", icon=":material/blur_off:")
     else:
-        st.image(ui.overlay_image(item, result, "Overlay", colormap, opacity),
-                 caption=f"{other.name}: {ui.METHOD_LABELS[method]} for {result.cam.target}")
+        st.image(review.overlay_image(item, result, "Overlay", colormap, opacity),
+                 caption=f"{other.name}: {common.METHOD_LABELS[method]} for {result.cam.target}")
 
 
 st.divider()
-if st.toggle("Compare all installed models on this image", key=ui.REVIEW_COMPARE, persist_state="session",
-             help=f"Runs each of the {len(ready)} installed models with {ui.METHOD_LABELS[method]} on the top class."):
+if st.toggle("Compare all installed models on this image", key=review.REVIEW_COMPARE, persist_state="session",
+             help=f"Runs each of the {len(ready)} installed models with {common.METHOD_LABELS[method]} "
+                  "on the top class."):
     if not allowed:
         st.info(reason, icon=":material/visibility_off:")
     else:

@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-import ui_state as ui
 from cxr_core import storage
-from cxr_core.safety import intake
 from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
+from cxr_core.safety import intake
+from ui import common, sessions
 
 st.title("Reading sessions")
 st.caption(
@@ -16,12 +16,12 @@ st.caption(
     "flagged and left out unless you keep them. It shows no model output. Model scores are not diagnoses, and "
     "in a blind session readers see none until they submit."
 )
-flash = st.session_state.pop(ui.SESSIONS_FLASH, None)
+flash = st.session_state.pop(sessions.SESSIONS_FLASH, None)
 if flash:
     st.success(flash, icon=":material/check_circle:")
 
 # --- readers --------------------------------------------------------------------------------------
-with ui.reading() as s:
+with common.reading() as s:
     readers = storage.list_readers(s)
 st.subheader(f"Readers ({len(readers)})")
 if readers:
@@ -30,18 +30,18 @@ else:
     st.info("No readers yet. Add yourself as an administrator first, then the experts who will read.")
 with st.form("sessions_add_reader", clear_on_submit=True, border=True):
     name_col, role_col = st.columns([3, 1])
-    new_name = name_col.text_input("New reader's name", key=ui.SESSIONS_NEW_READER)
-    new_role = role_col.selectbox("Role", storage.ROLES, index=1, key=ui.SESSIONS_NEW_ROLE,
+    new_name = name_col.text_input("New reader's name", key=sessions.SESSIONS_NEW_READER)
+    new_role = role_col.selectbox("Role", storage.ROLES, index=1, key=sessions.SESSIONS_NEW_ROLE,
                                   help="sme: a subject-matter expert who annotates; admin: creates sessions; "
                                        "reviewer: reviews results.")
     if st.form_submit_button("Add reader", icon=":material/person_add:"):
         try:
-            with ui.db().begin() as s:
+            with common.db().begin() as s:
                 storage.add_reader(s, new_name, new_role)
         except CXRError as err:
             st.error(str(err))
         else:
-            st.session_state[ui.SESSIONS_FLASH] = f"Added {new_name.strip()} ({new_role})."
+            st.session_state[sessions.SESSIONS_FLASH] = f"Added {new_name.strip()} ({new_role})."
             st.rerun()
 
 admins = {r.name: r.id for r in readers if r.role == "admin"}
@@ -52,23 +52,24 @@ st.subheader("New reading session")
 if not admins:
     st.info("Add a reader with the role **admin** to create sessions.")
 else:
-    admin = st.selectbox("Created by (administrator)", list(admins), key=ui.SESSIONS_ADMIN)
-    session_name = st.text_input("Session name", key=ui.SESSIONS_NAME, placeholder="e.g. Blind read, batch 1")
+    admin = st.selectbox("Created by (administrator)", list(admins), key=sessions.SESSIONS_ADMIN)
+    session_name = st.text_input("Session name", key=sessions.SESSIONS_NAME, placeholder="e.g. Blind read, batch 1")
     blind = st.checkbox("Blind: readers see no model output for an image until they submit their reading",
-                        value=True, key=ui.SESSIONS_BLIND)
+                        value=True, key=sessions.SESSIONS_BLIND)
     source = st.radio("Images from", ["Uploaded files", "Bundled samples", "A folder on the server"],
-                      key=ui.SESSIONS_SOURCE, horizontal=True)
+                      key=sessions.SESSIONS_SOURCE, horizontal=True)
     samples_dir = get_settings().samples_dir
     files, why_none = [], ""
     if source == "Uploaded files":
         uploads = st.file_uploader("Chest X-rays (PNG, JPEG, TIFF or DICOM)", accept_multiple_files=True,
-                                   key=ui.SESSIONS_UPLOADS) or []
+                                   key=sessions.SESSIONS_UPLOADS) or []
         files = intake.from_uploads((f.name, f.getvalue()) for f in uploads)
     elif source == "Bundled samples":
-        samples = ui.list_samples()
+        samples = common.list_samples()
         if samples:
             sample_files = st.multiselect(
-                "Samples", [x["file"] for x in samples], default=[x["file"] for x in samples], key=ui.SESSIONS_SAMPLES,
+                "Samples", [x["file"] for x in samples], default=[x["file"] for x in samples],
+                key=sessions.SESSIONS_SAMPLES,
                 format_func=lambda f: f"{f} (labelled {next(x.get('label', '?') for x in samples if x['file'] == f)})",
             )
             files, why_none = intake.from_samples(samples_dir, sample_files)
@@ -76,7 +77,7 @@ else:
             st.info(f"No bundled samples are installed ({samples_dir / 'samples.json'} is missing or empty). "
                     "Upload files or use a folder instead.")
     else:
-        folder = st.text_input("Folder on the server", key=ui.SESSIONS_FOLDER, placeholder="/data/study/batch1",
+        folder = st.text_input("Folder on the server", key=sessions.SESSIONS_FOLDER, placeholder="/data/study/batch1",
                                help="Every PNG, JPEG, TIFF or DICOM file directly in this folder.")
         if folder.strip():
             try:
@@ -89,9 +90,9 @@ else:
     # --- screening: each film as the review page screens it, before the session exists -------------
     screened, keep = [], set()
     if files:
-        screening = ui.sessions_screening()
+        screening = sessions.sessions_screening()
         bar = st.empty()
-        screened = ui.sessions_screen(
+        screened = sessions.sessions_screen(
             files, screening, progress=lambda done, todo, name: bar.progress(
                 done / max(todo, 1), text=f"Screening {name} ({done + 1} of {todo})"))
         bar.empty()
@@ -114,14 +115,14 @@ else:
                 pic.image(x.thumb, caption=x.name)
                 text.markdown(f"**{x.name}** does not look like a frontal chest X-ray:\n\n"
                               + "\n".join(f"- {r}" for r in x.decision.reasons))
-                if text.checkbox(f"Keep {x.name} in the session anyway", key=ui.sessions_keep_key(x.ident)):
+                if text.checkbox(f"Keep {x.name} in the session anyway", key=sessions.sessions_keep_key(x.ident)):
                     keep.add(x.ident)
     elif why_none and source != "Uploaded files":
         st.caption(f"No images yet: {why_none}.")
 
-    chosen = st.multiselect("Readers", list(by_name), key=ui.SESSIONS_READERS,
+    chosen = st.multiselect("Readers", list(by_name), key=sessions.SESSIONS_READERS,
                             format_func=lambda n: f"{n} ({next(r.role for r in readers if r.name == n)})")
-    shuffle = st.checkbox("Shuffle the order of the images for each reader", value=True, key=ui.SESSIONS_SHUFFLE)
+    shuffle = st.checkbox("Shuffle the order of the images for each reader", value=True, key=sessions.SESSIONS_SHUFFLE)
     going = len(intake.chosen(screened, keep))
     st.caption(f"{going} film(s) will go into the session.")
 
@@ -131,7 +132,7 @@ else:
                 raise CXRError(why_none or "no images chosen; upload files, pick samples or give a folder")
             if not chosen:
                 raise CXRError("no readers chosen; a session needs at least one reader")
-            with st.spinner("Storing the films..."), ui.db().begin() as s:
+            with st.spinner("Storing the films..."), common.db().begin() as s:
                 result = intake.create_session(
                     s, name=session_name, files=files, screened=screened, keep=keep,
                     reader_ids=[by_name[n] for n in chosen], blind=blind, created_by=admins[admin], shuffle=shuffle,
@@ -140,14 +141,14 @@ else:
         except CXRError as err:
             st.error(f"Session not created: {err}")
         else:
-            st.session_state[ui.SESSIONS_FLASH] = (
+            st.session_state[sessions.SESSIONS_FLASH] = (
                 f"Created session {result.session.name!r}: {result.stored} image(s), {len(chosen)} reader(s)"
                 + (", each in their own order." if shuffle else ", all in the same order.")
                 + (" " + result.summary() if result.summary() else ""))
             st.rerun()
 
 # --- sessions and progress ------------------------------------------------------------------------
-with ui.reading() as s:
+with common.reading() as s:
     progress = []
     for x in storage.list_sessions(s):
         assigned = storage.session_readers(s, x.id)
@@ -167,8 +168,8 @@ for x, queues, unassigned in progress:
             add_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
             more = add_col.multiselect("Add readers", [r.name for r in unassigned], key=f"sessions_assign::{x.id}")
             if button_col.button("Assign", key=f"sessions_assign_button::{x.id}", disabled=not more):
-                with ui.db().begin() as s:
+                with common.db().begin() as s:
                     for n in more:
                         storage.assign_reader(s, x.id, by_name[n])
-                st.session_state[ui.SESSIONS_FLASH] = f"Assigned {', '.join(more)} to {x.name!r}."
+                st.session_state[sessions.SESSIONS_FLASH] = f"Assigned {', '.join(more)} to {x.name!r}."
                 st.rerun()

@@ -52,7 +52,7 @@ N = len(FILMS)
 READER = "Dr T"
 SESSION = "Five films"
 WAIT_MS = 180_000  # 2 shared cores: a rerun can take many seconds
-STROKE = 3  # the page's outline width (ui_state.CANVAS_STROKE), in CSS pixels; checked on every stored mark
+STROKE = 3  # the page's outline width (ui.annotate.CANVAS_STROKE), in CSS pixels; checked on every stored mark
 PICKER = "Film"  # the film picker's label; its options read "Film 2 of 5"
 
 

@@ -11,11 +11,12 @@ import math
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import ui_state as ui
 from conftest import REPO
 from cxr_core import agreement
 from cxr_core.agreement import session_scores as ss
 from test_session_scores import build_study, engine_loader, model_refs
+from ui import agreement as agr
+from ui import common
 
 TIMEOUT = 600  # the compute test loads a tiny model and traces its CAM step; 2 cores are shared
 PAGE = "pages/agreement.py"
@@ -44,7 +45,7 @@ def open_page(reader: str | None = "Researcher") -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
     if reader is not None:
         at.switch_page("pages/annotate.py").run()
-        at.selectbox(key=ui.ANNOTATE_READER).select(reader).run()
+        at.selectbox(key=common.ANNOTATE_READER).select(reader).run()
     at.switch_page(PAGE).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -95,21 +96,21 @@ def test_missing_heatmaps_are_computed_on_request(tmp_path, use_registry, monkey
     assert cards(at) == {"mIoU": shown(want["iou"]), "Hit rate": shown(want["hit"]),
                          "Relevance mass": shown(want["mass"]), "Diagnosis kappa": shown(want["kappa"])}
     base = expected(url, use_registry, method="random")
-    assert any(c.value.endswith(f"random {ui.format_interval(base['mass'])}") for c in at.caption)
+    assert any(c.value.endswith(f"random {agr.format_interval(base['mass'])}") for c in at.caption)
     assert len(gallery(at)) == 6  # every reading, img2 included: the researcher has nothing pending
 
 
 def test_threshold_and_rule_recompute_live(db_url, use_registry):
     at = open_page()
     assert cards(at)["mIoU"] == shown(expected(db_url, use_registry)["iou"])
-    at.radio(key=ui.AGREEMENT_THRESHOLD).set_value("fixed").run()
-    at.slider(key=ui.AGREEMENT_FIXED).set_value(0.3).run()
+    at.radio(key=agr.AGREEMENT_THRESHOLD).set_value("fixed").run()
+    at.slider(key=agr.AGREEMENT_FIXED).set_value(0.3).run()
     assert not at.exception
     assert any("threshold **0.3**, rule **true_positive_only**" in c.value for c in at.caption)
     assert cards(at)["mIoU"] == shown(expected(db_url, use_registry, "0.3")["iou"])
-    at.radio(key=ui.AGREEMENT_THRESHOLD).set_value("top").run()
-    at.slider(key=ui.AGREEMENT_TOP).set_value(40).run()
-    at.radio(key=ui.AGREEMENT_RULE).set_value("full").run()
+    at.radio(key=agr.AGREEMENT_THRESHOLD).set_value("top").run()
+    at.slider(key=agr.AGREEMENT_TOP).set_value(40).run()
+    at.radio(key=agr.AGREEMENT_RULE).set_value("full").run()
     assert any("threshold **top40%**, rule **full**" in c.value for c in at.caption)
     want = expected(db_url, use_registry, "top40%", "full")
     assert cards(at)["mIoU"] == shown(want["iou"]) and cards(at)["Relevance mass"] == shown(want["mass"])
@@ -123,22 +124,22 @@ def iou_of(caption: str) -> float:
 
 def test_gallery_sorts_by_iou_and_follows_the_filters(db_url, use_registry):
     at = open_page()
-    at.radio(key=ui.AGREEMENT_THRESHOLD).set_value("top").run()  # top 15%: every reading has a heatmap mask
+    at.radio(key=agr.AGREEMENT_THRESHOLD).set_value("top").run()  # top 15%: every reading has a heatmap mask
     worst = [iou_of(c) for c in gallery(at)]
     finite = [v for v in worst if not math.isnan(v)]
     assert len(worst) == 6 and finite == sorted(finite) and worst[:len(finite)] == finite  # undefined last
-    at.radio(key=ui.AGREEMENT_SORT).set_value("best").run()
+    at.radio(key=agr.AGREEMENT_SORT).set_value("best").run()
     best = [iou_of(c) for c in gallery(at)]
     assert [v for v in best if not math.isnan(v)] == sorted(finite, reverse=True)
-    readers = at.multiselect(key=ui.agreement_filter_key(ui.AGREEMENT_READERS, "Blind 1", ["Dr A", "Dr B"]))
+    readers = at.multiselect(key=agr.agreement_filter_key(agr.AGREEMENT_READERS, "Blind 1", ["Dr A", "Dr B"]))
     readers.set_value(["Dr A"]).run()
     assert gallery(at) and all(" · Dr A (" in c for c in gallery(at))
-    classes = at.multiselect(key=ui.agreement_filter_key(
-        ui.AGREEMENT_CLASSES, "Blind 1", ["COVID-19", "Normal", "Pneumonia", "Tuberculosis", "uncertain"]))
+    classes = at.multiselect(key=agr.agreement_filter_key(
+        agr.AGREEMENT_CLASSES, "Blind 1", ["COVID-19", "Normal", "Pneumonia", "Tuberculosis", "uncertain"]))
     classes.set_value(["COVID-19"]).run()
     assert [c.split(" · ")[:2] for c in gallery(at)] == [["img0.png", "Dr A (COVID-19)"]]
     assert any("1 image(s), 1 reader(s)" in c.value for c in at.caption)
-    at.selectbox(key=ui.AGREEMENT_GALLERY_MODEL).set_value("tiny-effnet · random baseline").run()
+    at.selectbox(key=agr.AGREEMENT_GALLERY_MODEL).set_value("tiny-effnet · random baseline").run()
     assert len(gallery(at)) == 1 and not at.exception
     labels = [b.label for b in at.get("download_button")]
     assert [label.split(" ")[0] for label in labels] == ["Time", "CSV", "JSON", "HTML", "COCO"]  # time per case first
@@ -163,7 +164,7 @@ def test_images_pending_blind_reading_are_left_out(db_url, use_registry, reader,
 
 
 def test_downloads_hold_the_scores_shown(db_url, use_registry):
-    """What the page's four download buttons produce (ui.agreement_export), for Dr A's readings at top 30%."""
+    """What the page's four download buttons produce (agr.agreement_export), for Dr A's readings at top 30%."""
     import csv
     import io
     import json
@@ -177,15 +178,15 @@ def test_downloads_hold_the_scores_shown(db_url, use_registry):
         data = ss.read_session(s, "Blind 1")
         pairsets = [ss.load_pairs(s, data, ref, m) for m in ("gradcam", "random")]
     scores = [x for p in pairsets for x in ss.score_pairs(p, "top30%", "full") if x.reader == "Dr A"]
-    rows = list(csv.DictReader(io.StringIO(ui.agreement_export("csv", data, pairsets, scores, "full"))))
+    rows = list(csv.DictReader(io.StringIO(agr.agreement_export("csv", data, pairsets, scores, "full"))))
     assert [(r["image_id"], r["method"], r["threshold"]) for r in rows] == [
         (x.image_id, x.method, "top30%") for x in scores]
-    payload = json.loads(ui.agreement_export("json", data, pairsets, scores, "full"))
+    payload = json.loads(agr.agreement_export("json", data, pairsets, scores, "full"))
     assert payload["meta"]["readers"] == ["Dr A"] and len(payload["scores"]) == 6
     assert payload["method"]["rules"] == ["full"] and payload["gallery"]
-    coco = json.loads(ui.agreement_export("coco", data, pairsets, scores, "full"))
+    coco = json.loads(agr.agreement_export("coco", data, pairsets, scores, "full"))
     assert {a["attributes"]["reader"] for a in coco["annotations"]} == {"Dr A"}
-    html = ui.agreement_export("html", data, pairsets, scores, "full")
+    html = agr.agreement_export("html", data, pairsets, scores, "full")
 
     class Images(HTMLParser):
         def __init__(self):
@@ -204,8 +205,8 @@ def test_downloads_hold_the_scores_shown(db_url, use_registry):
 def test_consensus_is_a_separate_filter_chosen_by_nobody_by_default(db_url, use_registry):
     at = open_page()
     majority, staple = ss.CONSENSUS_READERS
-    readers = at.multiselect(key=ui.agreement_filter_key(ui.AGREEMENT_READERS, "Blind 1", ["Dr A", "Dr B"]))
-    pseudo = at.multiselect(key=ui.agreement_filter_key(ui.AGREEMENT_CONSENSUS, "Blind 1", [majority, staple]))
+    readers = at.multiselect(key=agr.agreement_filter_key(agr.AGREEMENT_READERS, "Blind 1", ["Dr A", "Dr B"]))
+    pseudo = at.multiselect(key=agr.agreement_filter_key(agr.AGREEMENT_CONSENSUS, "Blind 1", [majority, staple]))
     assert readers.options == ["Dr A", "Dr B"] and pseudo.options == [majority, staple] and pseudo.value == []
     assert len(gallery(at)) == 6 and not any("Consensus" in c for c in gallery(at))
     pseudo.set_value([majority]).run()

@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
-import ui_annotate as ua
-import ui_state as ui
 from conftest import FIXTURES, REPO
 from cxr_core import __version__ as APP_VERSION
 from cxr_core import annotation as ann
 from cxr_core import storage
 from cxr_core.annotation.canvas_view import View, frame_fit, from_view, to_view
 from cxr_core.annotation.masks import region_masks
+from ui import annotate as ua
+from ui import common, review
 
 TIMEOUT = 300  # the blindness test imports TensorFlow and runs tiny models; 2 cores are shared
 CHEST = "covid_hannover_b343e657.png"  # 512 x 419: letterboxed in the square canvas
@@ -70,7 +70,7 @@ def open_page(page: str, reader: str | None = None) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
     at.switch_page("pages/annotate.py").run()
     if reader is not None:
-        at.selectbox(key=ui.ANNOTATE_READER).select(reader).run()
+        at.selectbox(key=common.ANNOTATE_READER).select(reader).run()
     if page != "pages/annotate.py":
         at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -78,11 +78,11 @@ def open_page(page: str, reader: str | None = None) -> AppTest:
 
 
 def key(kind: str, study: Study, name: str, reader: str = "Dr A") -> str:
-    return ui.reading_key(kind, study.session_id, study.readers[reader], study.shas[name])
+    return ua.reading_key(kind, study.session_id, study.readers[reader], study.shas[name])
 
 
 def canvas_key(study: Study, name: str, generation: int = 0) -> str:
-    return ui.annotate_canvas_key(study.session_id, study.readers["Dr A"], study.shas[name], generation)
+    return ua.annotate_canvas_key(study.session_id, study.readers["Dr A"], study.shas[name], generation)
 
 
 def draw(at: AppTest, study: Study, name: str, objects: list[dict], fit: dict) -> None:
@@ -156,14 +156,14 @@ def test_the_page_says_what_it_shows_and_asks_who_you_are(study):
     at = open_page("pages/annotate.py")
     assert "blind" in at.caption[0].value and "not diagnoses" in at.caption[0].value
     assert [i.value for i in at.info] == ["Choose your name to see your reading sessions."]
-    at.selectbox(key=ui.ANNOTATE_READER).select("Dr B").run()
+    at.selectbox(key=common.ANNOTATE_READER).select("Dr B").run()
     assert "Dr B has no reading sessions yet" in at.info[0].value
 
 
 def test_submit_stores_polygon_and_rectangle_with_their_areas_then_opens_the_next_image(study):
     at = open_page("pages/annotate.py", "Dr A")
     assert at.get("progress")[0].proto.text == "Your progress in Blind 1: 0 of 2 done"
-    assert at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).value == 0
+    assert at.selectbox(key=ua.annotate_image_key(study.session_id, study.readers["Dr A"])).value == 0
     fit, size = picture_fit(at), canvas_size(at)
     s, ox, oy = fit["scale_x"], fit["offset_x"], fit["offset_y"]
     # Rectangle: 100 x 60 image px from column 60, row 50 (its fill inside the 1.5 px half-stroke).
@@ -199,7 +199,7 @@ def test_submit_stores_polygon_and_rectangle_with_their_areas_then_opens_the_nex
     # The next image is open, blank, and progress moved on.
     assert "Film 1 saved (1 of 2 done). Next: film 2." in at.success[0].value
     assert at.get("progress")[0].proto.text == "Your progress in Blind 1: 1 of 2 done"
-    assert at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).value == 1
+    assert at.selectbox(key=ua.annotate_image_key(study.session_id, study.readers["Dr A"])).value == 1
     assert canvas_data(at)["initialDrawing"]["objects"] == []
 
 
@@ -238,7 +238,7 @@ def test_draft_is_saved_on_change_and_restored_after_a_rerun_and_a_refresh(study
     assert canvas_data(again)["initialDrawing"]["objects"] == marks
     assert again.radio(key=key("diagnosis", study, CHEST)).value == "Pneumonia"
     assert again.table[0].value["Finding"].tolist() == ["nodule/mass", "effusion"]
-    assert again.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).options == [
+    assert again.selectbox(key=ua.annotate_image_key(study.session_id, study.readers["Dr A"])).options == [
         "Film 1 of 2", "Film 2 of 2"]
     assert any(m.value == "Film 1: **draft saved**" for m in again.markdown)
 
@@ -253,9 +253,9 @@ def test_draft_is_saved_on_change_and_restored_after_a_rerun_and_a_refresh(study
 def test_finding_and_tool_set_the_next_mark_colour_and_window_level_changes_only_the_picture(study):
     at = open_page("pages/annotate.py", "Dr A")
     before = canvas_data(at)
-    at.selectbox(key=ui.ANNOTATE_FINDING).select("effusion")
-    at.radio(key=ui.ANNOTATE_TOOL).set_value("Freehand")
-    at.slider(key=ui.ANNOTATE_WINDOW).set_value(0.3).run()
+    at.selectbox(key=ua.ANNOTATE_FINDING).select("effusion")
+    at.radio(key=ua.ANNOTATE_TOOL).set_value("Freehand")
+    at.slider(key=ua.ANNOTATE_WINDOW).set_value(0.3).run()
     after = canvas_data(at)
     assert (after["strokeColor"], after["fillColor"], after["drawingMode"]) == (
         ann.FINDINGS["effusion"], ann.finding_fill("effusion"), "freedraw")
@@ -268,12 +268,12 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
 
     # Control: Dr B reads nothing blind, so the review page shows scores and a heatmap for the same film.
     control = open_page("pages/review.py", "Dr B")
-    control.file_uploader(key=ui.REVIEW_UPLOADS).set_value(upload).run()
+    control.file_uploader(key=review.REVIEW_UPLOADS).set_value(upload).run()
     assert shows_scores_and_heatmap(control), "the review page shows model output when the gate allows it"
 
     # Nobody chosen: the film is pending for someone in a blind session, so it stays hidden.
     anonymous = open_page("pages/review.py")
-    anonymous.file_uploader(key=ui.REVIEW_UPLOADS).set_value(upload).run()
+    anonymous.file_uploader(key=review.REVIEW_UPLOADS).set_value(upload).run()
     assert model_output_on_page(anonymous) == []
 
     # Dr A, with the film pending: nothing on the annotate page, nothing on the review page.
@@ -282,8 +282,8 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
     assert "pending in your blind session(s) 'Blind 1'" in at.info[0].value
     assert not at.get("toggle")  # no reveal switch while pending
     at.switch_page("pages/review.py").run()
-    at.file_uploader(key=ui.REVIEW_UPLOADS).set_value(upload).run()
-    at.toggle(key=ui.REVIEW_COMPARE).set_value(True).run()
+    at.file_uploader(key=review.REVIEW_UPLOADS).set_value(upload).run()
+    at.toggle(key=review.REVIEW_COMPARE).set_value(True).run()
     assert not at.exception, [e.value for e in at.exception]
     assert model_output_on_page(at) == []
     assert any("pending in your blind session" in i.value for i in at.info)
@@ -295,7 +295,7 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
     at.radio(key=key("confidence", study, CHEST)).set_value(3).run()
     at.button(key=key("submit", study, CHEST)).click().run()
     assert model_output_on_page(at) == []  # the next film (OTHER) is pending
-    at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"])).select(0).run()
+    at.selectbox(key=ua.annotate_image_key(study.session_id, study.readers["Dr A"])).select(0).run()
     assert model_output_on_page(at) == []  # revealing is the reader's choice
     assert canvases(at)[0].key.startswith("annotate_submitted_canvas")  # their marks, read-only
     hidden = canvas_data(at)
@@ -310,7 +310,7 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
         at.slider(key=ua.ANNOTATE_OPACITY).set_value(0.9).run()
         assert canvas_data(at)["backgroundImageURL"] != shown["backgroundImageURL"]
     at.switch_page("pages/review.py").run()
-    at.file_uploader(key=ui.REVIEW_UPLOADS).set_value(upload).run()
+    at.file_uploader(key=review.REVIEW_UPLOADS).set_value(upload).run()
     assert shows_scores_and_heatmap(at)
 
 
@@ -318,7 +318,7 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
 
 
 def picker(at: AppTest, study: Study):
-    return at.selectbox(key=ui.annotate_image_key(study.session_id, study.readers["Dr A"]))
+    return at.selectbox(key=ua.annotate_image_key(study.session_id, study.readers["Dr A"]))
 
 
 def film_status(at: AppTest) -> str:

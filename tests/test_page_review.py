@@ -134,11 +134,11 @@ def test_corrupt_file_shows_its_error_and_the_other_file_still_works(use_registr
 
 def cam_targets(model: str, method: str) -> tuple[list[str], list[str]]:
     """(classes with a heatmap, classes with no positive evidence) of a tiny model for the CHEST film."""
-    import ui_state
     from cxr_core.io.imaging import load_xray
+    from ui import common
 
-    entry = [e for e in ui_state.registry() if e.name == model][0]
-    engine, _ = ui_state._cam_engine(ui_state._weights_key(), entry.name, entry.card.sha256)
+    entry = [e for e in common.registry() if e.name == model][0]
+    engine, _ = common.cam_engine(common.weights_key(), entry.name, entry.card.sha256)
     xray = load_xray(FIXTURES / "cxr" / CHEST)
     zero = {c: engine.run([xray], method=method, target=c)[0].all_zero for c in engine.classes}
     return [c for c, z in zero.items() if not z], [c for c, z in zero.items() if z]
@@ -207,10 +207,10 @@ def test_compare_models_shows_every_installed_model(use_registry):
 
 
 def test_hook_hides_every_score_and_heatmap(use_registry, monkeypatch):
-    import ui_state
+    from ui import common
 
     hidden = (False, "Blind session: annotate this image first.")
-    monkeypatch.setattr(ui_state, "model_output_allowed", lambda sha, pixels=None: hidden)
+    monkeypatch.setattr(common, "model_output_allowed", lambda sha, pixels=None: hidden)
     at = upload(start(), png(CHEST))
     at.toggle(key="review_compare").set_value(True).run()
     assert not charts(at)
@@ -284,22 +284,22 @@ def test_bundled_sample_can_be_reviewed(use_registry, tmp_path, monkeypatch):
 
 def test_downloads_have_the_cli_fields_and_the_original_size(use_registry):
     """The JSON download carries the CLI's fields (file, model, scores, cam); the PNG is at the film's size."""
-    import ui_state
     from cxr_core.io.imaging import load_xray
+    from ui import common, review
 
-    entry = [e for e in ui_state.registry() if e.name == "tiny-effnet"][0]
+    entry = [e for e in common.registry() if e.name == "tiny-effnet"][0]
     xray = load_xray(FIXTURES / "cxr" / CHEST)
-    item = ui_state.Item("k", CHEST, xray, display=xray.pixels[::4, ::4])
-    analysis = ui_state.analyse(entry, item, "gradcam++", "Normal")
+    item = common.Item("k", CHEST, xray, display=xray.pixels[::4, ::4])
+    analysis = common.analyse(entry, item, "gradcam++", "Normal")
     assert analysis.cam.heatmap.shape == item.display.shape  # kept at display size
-    record = ui_state.result_record(item, entry, analysis)
+    record = review.result_record(item, entry, analysis)
     json.dumps(record)
     cli_fields = {"file", "model", "classes", "probabilities", "raw_probabilities", "temperature", "predicted", "cam"}
     assert cli_fields <= set(record)
     assert record["file"] == CHEST and record["model"] == "tiny-effnet"
     assert record["cam"]["method"] == "gradcam++" and record["cam"]["target"] == "Normal"
     assert record["image_sha256"] == xray.sha256
-    png_bytes = ui_state.full_size_overlay_png(item, analysis, "turbo", 0.4, outline=True, model="tiny-effnet")()
+    png_bytes = review.full_size_overlay_png(item, analysis, "turbo", 0.4, outline=True, model="tiny-effnet")()
     picture = Image.open(io.BytesIO(png_bytes))
     h, w = xray.shape
     band = legend_band(w, colormap="turbo", caption="tiny-effnet · Grad-CAM++ · target Normal")
@@ -410,11 +410,11 @@ def test_batch_summary_table_and_its_csv(use_registry, media):
 
 
 def test_summary_csv_cells_cannot_run_as_formulas():
-    import ui_state
     from cxr_core.io.csv_safe import dict_rows_csv
+    from cxr_core.models.summary import SummaryRow
 
-    row = ui_state.SummaryRow(film="film-0123abcd", name="=cmd|' /C calc'!A0.png", top_class="=EVIL()", score=0.5,
-                              refused="no", warnings=("-2+3", "plain"))
+    row = SummaryRow(film="film-0123abcd", name="=cmd|' /C calc'!A0.png", top_class="=EVIL()", score=0.5,
+                     refused="no", warnings=("-2+3", "plain"))
     text = dict_rows_csv([row.csv_row("@model")])  # as the page writes it
     assert "calc" not in text  # the file name stays on the page
     assert text.splitlines()[1] == "film-0123abcd,'@model,'=EVIL(),50.0,no,,2,'-2+3 | plain"

@@ -14,13 +14,13 @@ import skimage.data
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import ui_state as ui
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
 from cxr_core import storage
 from cxr_core.safety import intake
 from cxr_core.safety.ood import DETECTOR_REASON
 from cxr_core.config import Settings
+from ui import sessions
 
 TIMEOUT = 120
 CXR = sorted(p.name for p in (FIXTURES / "cxr").glob("*.png"))  # 4 real films
@@ -50,8 +50,8 @@ def open_sessions() -> AppTest:
 
 
 def add_reader(at: AppTest, name: str, role: str) -> None:
-    at.text_input(key=ui.SESSIONS_NEW_READER).input(name)
-    at.selectbox(key=ui.SESSIONS_NEW_ROLE).select(role)
+    at.text_input(key=sessions.SESSIONS_NEW_READER).input(name)
+    at.selectbox(key=sessions.SESSIONS_NEW_ROLE).select(role)
     at.button[0].click().run()  # the form's submit button comes first on the page
 
 
@@ -60,10 +60,10 @@ def progress(at: AppTest) -> list[str]:
 
 
 def create(at: AppTest, name: str, readers: list[str], *, source: str, shuffle: bool = True) -> None:
-    at.text_input(key=ui.SESSIONS_NAME).input(name)
-    at.multiselect(key=ui.SESSIONS_READERS).set_value(readers)
-    at.checkbox(key=ui.SESSIONS_SHUFFLE).set_value(shuffle)
-    at.radio(key=ui.SESSIONS_SOURCE).set_value(source).run()
+    at.text_input(key=sessions.SESSIONS_NAME).input(name)
+    at.multiselect(key=sessions.SESSIONS_READERS).set_value(readers)
+    at.checkbox(key=sessions.SESSIONS_SHUFFLE).set_value(shuffle)
+    at.radio(key=sessions.SESSIONS_SOURCE).set_value(source).run()
 
 
 def click_create(at: AppTest) -> None:
@@ -82,7 +82,7 @@ def test_readers_are_added_with_roles_and_sessions_need_an_administrator(db):
     assert "already exists" in at.error[0].value
     add_reader(at, "Ada", "admin")
     assert at.table[0].value.to_dict("list") == {"Name": ["Ada", "Dr A"], "Role": ["admin", "sme"]}
-    assert at.selectbox(key=ui.SESSIONS_ADMIN).value == "Ada"
+    assert at.selectbox(key=sessions.SESSIONS_ADMIN).value == "Ada"
     with db.begin() as s:
         assert [(r.name, r.role) for r in storage.list_readers(s)] == [("Ada", "admin"), ("Dr A", "sme")]
 
@@ -94,7 +94,8 @@ def test_session_from_uploads_skips_unreadable_files_and_shows_progress_per_read
     at = open_sessions()
     create(at, "Uploads 1", ["Dr A", "Dr B"], source="Uploaded files")
     files = [(n, (FIXTURES / "cxr" / n).read_bytes(), "image/png") for n in CXR[:3]]
-    at.file_uploader(key=ui.SESSIONS_UPLOADS).set_value([*files, ("notes.txt", b"not an image", "text/plain")]).run()
+    uploads = [*files, ("notes.txt", b"not an image", "text/plain")]
+    at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value(uploads).run()
     click_create(at)
     assert at.success[0].value == ("Created session 'Uploads 1': 3 image(s), 2 reader(s), each in their own order. "
                                    "Left out 1 file(s) that could not be read: notes.txt.")
@@ -119,11 +120,11 @@ def test_unreadable_uploads_are_named_and_a_session_needs_readers(db):
         storage.add_reader(s, "Ada", "admin")
     at = open_sessions()
     create(at, "Bad", [], source="Uploaded files")
-    at.file_uploader(key=ui.SESSIONS_UPLOADS).set_value([("notes.txt", b"not an image", "text/plain")]).run()
+    at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value([("notes.txt", b"not an image", "text/plain")]).run()
     assert any(w.value.startswith("**notes.txt** is not readable and is left out: not an image") for w in at.warning)
     click_create(at)
     assert at.error[0].value == "Session not created: no readers chosen; a session needs at least one reader"
-    at.multiselect(key=ui.SESSIONS_READERS).set_value(["Ada"]).run()
+    at.multiselect(key=sessions.SESSIONS_READERS).set_value(["Ada"]).run()
     click_create(at)
     assert at.error[0].value.startswith("Session not created: no film left to put in the session")
     with db.begin() as s:
@@ -143,7 +144,7 @@ def test_bundled_samples_missing_are_explained_and_present_ones_carry_their_labe
     (samples_dir / "samples.json").write_text(json.dumps([{"file": CXR[0], "label": "COVID-19"},
                                                           {"file": CXR[1], "label": "Normal"}]))
     at.run()
-    assert at.multiselect(key=ui.SESSIONS_SAMPLES).value == CXR[:2]
+    assert at.multiselect(key=sessions.SESSIONS_SAMPLES).value == CXR[:2]
     click_create(at)
     assert at.success[0].value.startswith("Created session 'Samples': 2 image(s), 1 reader(s)")
     with db.begin() as s:
@@ -164,10 +165,10 @@ def test_session_from_a_server_folder_without_shuffle_keeps_one_order_and_reader
             storage.add_reader(s, n, "sme")
     at = open_sessions()
     create(at, "Folder", ["Dr A", "Dr B"], source="A folder on the server", shuffle=False)
-    at.text_input(key=ui.SESSIONS_FOLDER).input(str(tmp_path / "missing")).run()
+    at.text_input(key=sessions.SESSIONS_FOLDER).input(str(tmp_path / "missing")).run()
     click_create(at)
     assert "is not a folder on the server" in at.error[0].value
-    at.text_input(key=ui.SESSIONS_FOLDER).input(str(folder)).run()
+    at.text_input(key=sessions.SESSIONS_FOLDER).input(str(folder)).run()
     click_create(at)
     assert at.success[0].value.endswith("4 image(s), 2 reader(s), all in the same order.")
     with db.begin() as s:
@@ -237,7 +238,7 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
         storage.add_reader(s, "Dr A", "sme")
     at = open_sessions()
     create(at, "Screened", ["Dr A"], source="Uploaded files")
-    at.file_uploader(key=ui.SESSIONS_UPLOADS).set_value(mixed_uploads()).run()
+    at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value(mixed_uploads()).run()
     assert not at.exception, [e.value for e in at.exception]
 
     # Every file is listed with its verdict; no model is installed, and the page says so.
@@ -271,7 +272,7 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     # Keeping the photograph puts it in the next session, and the override is logged.
     keep_box(at, "photo.png").check().run()
     assert any(c.value == "3 film(s) will go into the session." for c in at.caption)
-    at.text_input(key=ui.SESSIONS_NAME).input("Screened, photo kept").run()
+    at.text_input(key=sessions.SESSIONS_NAME).input("Screened, photo kept").run()
     with caplog.at_level(logging.WARNING, logger="cxr_core.safety.screening"):
         click_create(at)
     assert at.success[0].value.endswith(
@@ -293,7 +294,7 @@ def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(d
         storage.add_reader(s, "Dr A", "sme")
     at = open_sessions()
     create(at, "Folder", ["Dr A"], source="A folder on the server")
-    at.text_input(key=ui.SESSIONS_FOLDER).input(str(folder)).run()
+    at.text_input(key=sessions.SESSIONS_FOLDER).input(str(folder)).run()
     assert screening_table(at)["document.png"][0] == "flagged: not a frontal chest X-ray"
     assert any("alone: **tiny-effnet** (the review page's default model) has no out-of-distribution detector"
                in c.value for c in at.caption)
@@ -328,7 +329,7 @@ def test_the_demo_models_detector_screens_the_films(db, tiny_registry, tmp_path,
         storage.add_reader(s, "Ada", "admin")
     at = open_sessions()
     create(at, "Detector", ["Ada"], source="Uploaded files")
-    at.file_uploader(key=ui.SESSIONS_UPLOADS).set_value([(CXR[0], (FIXTURES / "cxr" / CXR[0]).read_bytes(),
+    at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value([(CXR[0], (FIXTURES / "cxr" / CXR[0]).read_bytes(),
                                                           "image/png")]).run()
     assert not at.exception, [e.value for e in at.exception]
     verdict, reason = screening_table(at)[CXR[0]]

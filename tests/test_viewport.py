@@ -1,4 +1,4 @@
-"""ui_viewport in a real Chromium: the window size and the probe's place reach Python, and a canvas fits above the fold.
+"""ui.viewport in a real Chromium: the window size and the probe's place reach Python, and a canvas fits above the fold.
 
 Runs ``streamlit run tests/apps/viewport_app.py`` on a free port and drives Debian's
 ``/usr/bin/chromium`` with Playwright at the two screens the issue names, 1366 x 768 and

@@ -1,15 +1,15 @@
-"""Test app for ui_viewport: the probe in the page and in a column, and a canvas sized to the space below it."""
+"""Test app for ui.viewport: the probe in the page and in a column, and a canvas sized to the space below it."""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for ui_viewport and cxr_core
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for ui.viewport and cxr_core
 
 import streamlit as st  # noqa: E402
 from streamlit_drawable_canvas import st_canvas  # noqa: E402
 
 from cxr_core.annotation.canvas_view import canvas_size  # noqa: E402
-from ui_viewport import viewport  # noqa: E402
+from ui.viewport import viewport  # noqa: E402
 
 st.set_page_config(page_title="viewport probe", layout="wide")
 st.title("Viewport probe")

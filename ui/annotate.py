@@ -1,7 +1,8 @@
-"""The annotate page's state: which film is open, each film's :class:`cxr_core.annotation.reading.Reading`, and the picture.
+"""The annotate page's state: which film is open, each film's reading (its marks and answers), and the picture.
 
-Kept apart from ``ui_state.py`` (shared by every page) because it is the page's own machinery;
-the rules it enforces are in :mod:`cxr_core.annotation.reading`. Session-state keys start with ``annotate_``.
+What every page shares (the database, stored films, the reader chosen here: :data:`ui.common.ANNOTATE_READER`)
+is in :mod:`ui.common`; the rules this page enforces are in :mod:`cxr_core.annotation.reading`.
+Session-state keys start with ``annotate_``.
 
 Which film is open is a queue position in this module's own key (:func:`film_key`), set by the
 picker's, "Previous film"'s and "Next film"'s callbacks and after a submission; the picker's
@@ -18,12 +19,23 @@ import numpy as np
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-import ui_state as ui
 from cxr_core import storage
 from cxr_core.annotation.canvas_view import REGIONS, ZOOMS, View, canvas_size, view_picture
 from cxr_core.errors import CXRError
 from cxr_core.annotation.reading import Answers, Frame, Reading, after_submit, opening_position, step
-from ui_viewport import Viewport
+from ui import common
+from ui.common import Item
+from ui.viewport import Viewport
+
+ANNOTATE_SESSION = "annotate_session"  # session name
+ANNOTATE_ERROR = "annotate_error"  # one-run message: a button's save that did not happen
+ANNOTATE_SHOWN = "annotate_shown"  # (mode, session, reader, sha, version) whose first display is recorded
+ANNOTATE_FLASH = "annotate_flash"  # one-run message after a submit
+ANNOTATE_TOOL = "annotate_tool"
+ANNOTATE_FINDING = "annotate_finding"
+ANNOTATE_LEVEL = "annotate_level"
+ANNOTATE_WINDOW = "annotate_window"
+ANNOTATE_DRAWINGS = "annotate_drawings"  # per reading: cxr_core.annotation.reading.Reading
 
 FILM_PARAM = "film"  # address-bar parameter: "<session id>.<film number>"
 ANNOTATE_REVISING = "annotate_revising"  # set of (session, reader, image) being revised
@@ -38,6 +50,27 @@ DEFAULT_SPACE = (460, 360)
 FRAME_SLACK = 40
 
 ReadingId = tuple[str, int, int, str]  # (mode "read" or "revise", session id, reader id, image SHA)
+
+
+# --- widget keys -------------------------------------------------------------------------------
+
+#: Pen width of the annotation canvas, in CSS pixels (kept on screen whatever the zoom).
+CANVAS_STROKE = 3
+
+
+def reading_key(kind: str, session_id: int, reader_id: int, image_sha: str) -> str:
+    """Session-state key of a per-reading widget (diagnosis, confidence, comment, reveal...)."""
+    return f"annotate_{kind}::{session_id}:{reader_id}:{image_sha}"
+
+
+def annotate_image_key(session_id: int, reader_id: int) -> str:
+    """Key of the queue-position picker: one per reader and session, so a switch never carries a stale choice."""
+    return f"annotate_image::{session_id}:{reader_id}"
+
+
+def annotate_canvas_key(session_id: int, reader_id: int, image_sha: str, generation: int = 0) -> str:
+    """Key of the drawing canvas for one reading; a new generation (after "Clear all marks") remounts it empty."""
+    return f"annotate_canvas::{session_id}:{reader_id}:{image_sha}:{generation}"
 
 
 # --- which film --------------------------------------------------------------------------------
@@ -61,7 +94,7 @@ def open_film(session_id: int, reader_id: int, queue: storage.ReaderQueue) -> in
         st.session_state[key] = opening_position(queue.total, wanted, pending)
     position = min(max(int(st.session_state[key]), 0), queue.total - 1)
     st.session_state[key] = position
-    picker = ui.annotate_image_key(session_id, reader_id)
+    picker = annotate_image_key(session_id, reader_id)
     if st.session_state.get(picker) != position:
         st.session_state[picker] = position  # before the picker is drawn in this run: allowed
     if st.query_params.get(FILM_PARAM) != f"{session_id}.{position + 1}":
@@ -71,7 +104,7 @@ def open_film(session_id: int, reader_id: int, queue: storage.ReaderQueue) -> in
 
 def picked(session_id: int, reader_id: int) -> None:
     """The picker's callback: its value (a position) becomes the open film."""
-    value = st.session_state.get(ui.annotate_image_key(session_id, reader_id))
+    value = st.session_state.get(annotate_image_key(session_id, reader_id))
     if value is not None:
         st.session_state[film_key(session_id, reader_id)] = int(value)
 
@@ -103,19 +136,19 @@ def entry_status(entry: storage.QueueEntry) -> str:
 
 def readings() -> dict[ReadingId, Reading]:
     """Every film this browser session has opened for drawing, by (mode, session, reader, image)."""
-    return st.session_state.setdefault(ui.ANNOTATE_DRAWINGS, {})
+    return st.session_state.setdefault(ANNOTATE_DRAWINGS, {})
 
 
 def widget_key(kind: str, rid: ReadingId) -> str:
     """Key of a per-reading widget; a revision's widgets have their own ("revise_diagnosis", ...)."""
     mode, session_id, reader_id, sha = rid
-    return ui.reading_key(kind if mode == "read" else f"revise_{kind}", session_id, reader_id, sha)
+    return reading_key(kind if mode == "read" else f"revise_{kind}", session_id, reader_id, sha)
 
 
 def canvas_key(rid: ReadingId, generation: int) -> str:
     mode, session_id, reader_id, sha = rid
     if mode == "read":
-        return ui.annotate_canvas_key(session_id, reader_id, sha, generation)
+        return annotate_canvas_key(session_id, reader_id, sha, generation)
     return f"annotate_revise_canvas::{session_id}:{reader_id}:{sha}:{generation}"
 
 
@@ -158,7 +191,7 @@ def save_draft(rid: ReadingId, reading: Reading) -> None:
     if not reading.unsaved:
         return
     _, session_id, reader_id, sha = rid
-    with ui.db().begin() as s:
+    with common.db().begin() as s:
         storage.save_draft(s, reader_id=reader_id, image_sha=sha, session_id=session_id, **reading.draft_fields())
     reading.stored()
 
@@ -223,10 +256,10 @@ def clear(rid: ReadingId) -> None:
         return
     _, session_id, reader_id, sha = rid
     try:
-        with ui.db().begin() as s:
+        with common.db().begin() as s:
             storage.delete_draft(s, reader_id=reader_id, image_sha=sha, session_id=session_id)
     except CXRError as err:  # nothing cleared: the marks and the draft stay as they were
-        st.session_state[ui.ANNOTATE_ERROR] = f"Marks not cleared: {err}"
+        st.session_state[ANNOTATE_ERROR] = f"Marks not cleared: {err}"
         return
     reading.drawing, reading.answers = {"objects": []}, Answers()
     reading.mount(reading.view, reading.frame)
@@ -251,7 +284,7 @@ def current_view() -> View:
     return View.at(zoom if zoom in ZOOMS else 1, region if region in REGIONS else "centre")
 
 
-def frame_for(item: ui.Item, vp: Viewport | None, current: Frame | None = None) -> Frame:
+def frame_for(item: Item, vp: Viewport | None, current: Frame | None = None) -> Frame:
     """The full frame for a film: the largest canvas of the film's shape that fits the space below the probe.
 
     ``current`` (the frame the film is open in, or its draft's) is kept while the browser has not
@@ -273,12 +306,12 @@ def frame_for(item: ui.Item, vp: Viewport | None, current: Frame | None = None) 
 def _picture(url: str, image_sha: str, zoom: int, x: float, y: float, width: int, height: int, level: float,
              window: float, invert: bool, heatmap_key: str, _heatmap: np.ndarray | None, opacity: float,
              pixel_ratio: float):
-    film = ui.stored_item(image_sha).xray.pixels
+    film = common.stored_item(image_sha).xray.pixels
     return view_picture(film, View(zoom, x, y), width, height, level=level, window=window, invert=invert,
                         heatmap=_heatmap, opacity=opacity, pixel_ratio=pixel_ratio)
 
 
-def picture(item: ui.Item, view: View, frame: Frame, *, level: float, window: float, invert: bool,
+def picture(item: Item, view: View, frame: Frame, *, level: float, window: float, invert: bool,
             heatmap: np.ndarray | None = None, heatmap_key: str = "", opacity: float = 0.5,
             vp: Viewport | None = None):
     """The picture behind the canvas (exactly the canvas's size), cached per film, view and display settings.

@@ -1,0 +1,303 @@
+"""What every page shares: the banner, cached models, CAM engines and database, decoded films, the blind gate.
+
+Rules:
+
+- Models and CAM engines: ``st.cache_resource`` keyed by registry folder, name and checksum, so a
+  model loads once per process and a re-registered file is never served stale.
+- Results (predictions, screening and CAMs): ``st.cache_data(max_entries=...)`` keyed by image SHA-256,
+  model, method and target; heatmaps are kept at display size (at most :data:`DISPLAY_SIDE`).
+- Decoded uploads: a small LRU per browser session (uploads are private to a session).
+- Nothing here imports TensorFlow at import time.
+
+Who is using the app is the annotate page's reader picker (:data:`ANNOTATE_READER`), kept for the
+whole browser session; :func:`model_output_allowed` reads it on every page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import numpy as np
+import streamlit as st
+
+from cxr_core.config import get_settings
+from cxr_core.errors import CXRError
+from cxr_core.models.manifest import ModelEntry, list_models
+
+BANNER = (
+    "**Research tool.** Model scores are not diagnoses: they are the output of experimental classifiers, "
+    "shown to help reviewers study how the models behave. Do not use them for patient care."
+)
+
+#: Longest side of images and heatmaps as shown on screen (downloads use the original size).
+DISPLAY_SIDE = 1024
+THUMB_SIDE = 160
+DECODED_LRU = 16
+DECODED = "review_decoded"  # session LRU of decoded X-rays (the review page's key, kept for every page)
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+ANNOTATE_READER = "annotate_reader"  # reader name, or None when nobody is chosen (blinding is then stricter)
+
+
+# --- the blind gate ------------------------------------------------------------------------------
+
+
+def model_output_allowed(image_sha: str, pixels: np.ndarray | None = None) -> tuple[bool, str]:
+    """Whether model scores and heatmaps may be shown for this image, and if not, why.
+
+    The single gate every page calls before showing ANY probability or heatmap (for one model
+    or in the comparison). It asks :mod:`cxr_core.safety.blinding` about the reader chosen on the
+    annotate page (:data:`ANNOTATE_READER`): an image pending in one of their blind sessions
+    answers ``(False, reason)``; with nobody chosen, images pending for anyone stay hidden.
+    If the annotation database cannot be asked, the output stays hidden (fails closed).
+    With ``pixels`` (an uploaded film), a near-copy of a pending film is hidden too.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cxr_core import storage
+    from cxr_core.safety import blinding
+
+    name = current_reader_name()
+    try:
+        with reading() as s:
+            reader = storage.get_reader(s, name) if name else None
+            decision = blinding.model_output_decision(s, reader.id if reader else None, image_sha, pixels)
+    except (CXRError, SQLAlchemyError) as err:
+        return False, f"Model output hidden: the annotation database could not be checked for blind readings ({err})."
+    return decision.allowed, decision.reason
+
+
+# --- models and CAM engines ----------------------------------------------------------------------
+
+
+def registry() -> list[ModelEntry]:
+    """Every registered model with its status (cheap: cards are read, files hashed once per mtime)."""
+    return list_models()
+
+
+def ready_models(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """The entries whose file checks out and whose card was read."""
+    return [e for e in entries if e.ready and e.card is not None]
+
+
+def weights_key() -> str:
+    """The registry folder as a cache key (absolute, so one folder is one key)."""
+    return str(get_settings().weights_dir.resolve())
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the model (once per server)...")
+def _loaded_model(weights_dir: str, name: str, sha256: str):
+    from cxr_core.models.manifest import load_model
+    from cxr_core.models.runtime import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    return load_model(name, weights_dir)
+
+
+def loaded_model(entry: ModelEntry):
+    """The verified Keras model of a ready registry entry, loaded once per process."""
+    return _loaded_model(weights_key(), entry.name, entry.card.sha256)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Preparing heatmaps for this model...")
+def cam_engine(weights_dir: str, name: str, sha256: str):
+    """``(CamEngine, "")`` of a registered model, or ``(None, why not)``; built once per process."""
+    from cxr_core.explain.cam import CamEngine, CamUnavailableError
+
+    loaded = _loaded_model(weights_dir, name, sha256)
+    try:
+        return CamEngine.from_loaded(loaded), ""
+    except CamUnavailableError as exc:  # cached too: the check is not repeated on every rerun
+        return None, str(exc)
+
+
+# --- films: decoded uploads, bundled samples, stored images ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One uploaded or sample file in the review list: decoded, or the reason it cannot be."""
+
+    key: str
+    name: str
+    xray: object | None = None  # cxr_core.io.imaging.XRay
+    error: str = ""
+    display: np.ndarray | None = None  # (h, w) float32, longest side <= DISPLAY_SIDE
+    thumb: np.ndarray | None = None  # (h, w) uint8, longest side <= THUMB_SIDE
+    attribution: str = ""
+
+
+def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    h, w = pixels.shape
+    scale = side / max(h, w)
+    if scale >= 1:
+        return pixels
+    return cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _decode(key: str, name: str, data: bytes, attribution: str = "") -> Item:
+    """Decode through ``cxr_core.io.imaging``, remembering the last :data:`DECODED_LRU` files of this session."""
+    from cxr_core.io.imaging import load_xray
+
+    lru: OrderedDict = st.session_state.setdefault(DECODED, OrderedDict())
+    if key in lru:
+        lru.move_to_end(key)
+        return lru[key]
+    try:
+        xray = load_xray(data, name)
+    except CXRError as exc:
+        item = Item(key, name, error=str(exc), attribution=attribution)
+    else:
+        display = _shrink(xray.pixels, DISPLAY_SIDE)
+        thumb = (np.clip(_shrink(display, THUMB_SIDE), 0, 1) * 255).astype(np.uint8)
+        item = Item(key, name, xray, display=display, thumb=thumb, attribution=attribution)
+    lru[key] = item
+    while len(lru) > DECODED_LRU:
+        lru.popitem(last=False)
+    return item
+
+
+def upload_item(uploaded) -> Item:
+    """An ``st.file_uploader`` file as a review item (errors kept as the item's message)."""
+    return _decode(f"upload:{uploaded.file_id}:{uploaded.name}", uploaded.name, uploaded.getvalue())
+
+
+def list_samples() -> list[dict]:
+    """Bundled samples from ``data/samples/samples.json`` ({file, label, source, license, attribution}); [] if none."""
+    folder = get_settings().samples_dir
+    try:
+        entries = json.loads((folder / "samples.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [e for e in entries if isinstance(e, dict) and (folder / str(e.get("file", ""))).is_file()]
+
+
+def sample_item(sample: dict) -> Item:
+    path = get_settings().samples_dir / sample["file"]
+    credit = "; ".join(str(sample[k]) for k in ("source", "license", "attribution") if sample.get(k))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Item(f"sample:{sample['file']}", sample["file"], error=f"cannot read sample {path}: {exc}")
+    return _decode(f"sample:{sample['file']}", sample["file"], data, credit)
+
+
+# --- the annotation database ---------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def db_at(url: str):
+    """The ``sessionmaker`` of the database at ``url``, one per process (never a Session: not thread-safe)."""
+    from cxr_core import storage
+
+    return storage.session_factory(storage.make_engine(url))
+
+
+def reading(factory=None):
+    """A read-only transaction on the annotation database: it takes no write lock, so a long read never
+    blocks a reader's Submit (``with common.reading() as s:``). Writes use ``with common.db().begin() as s:``."""
+    from cxr_core.storage import read_transaction
+
+    return read_transaction(factory if factory is not None else db())
+
+
+def db():
+    """The cached ``sessionmaker`` of the annotation database (``CXR_DATABASE_URL``).
+
+    Frame writes as ``with db().begin() as s``."""
+    return db_at(get_settings().database_url)
+
+
+def current_reader_name() -> str | None:
+    """The reader chosen on the annotate page in this browser session, or None."""
+    return st.session_state.get(ANNOTATE_READER) or None
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _stored_item(url: str, image_sha: str) -> Item:
+    from cxr_core import storage
+    from cxr_core.io.imaging import XRay
+
+    with reading(db_at(url)) as s:
+        image = storage.get_image(s, image_sha)
+        if image is None:  # raised, so not cached
+            raise CXRError(f"image {image_sha[:12]}... is not in the annotation database")
+        pixels, depth = storage.image_pixels(image), image.bit_depth
+        name = image.original_name or f"image {image_sha[:12]}"
+    xray = XRay(pixels, "png", depth, image_sha, name, {"height": pixels.shape[0], "width": pixels.shape[1]})
+    display = _shrink(pixels, DISPLAY_SIDE)
+    return Item(f"db:{image_sha}", name, xray, display=display,
+                thumb=(np.clip(_shrink(display, THUMB_SIDE), 0, 1) * 255).astype(np.uint8))
+
+
+def stored_item(image_sha: str) -> Item:
+    """A stored image as a review item (for the canvas and for revealing the model), loaded once per server.
+
+    Images are keyed by pixel hash and never change, so one copy serves every browser session.
+    """
+    return _stored_item(get_settings().database_url, image_sha)
+
+
+# --- cached model results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One model's answer for one image: scores always, a heatmap when the model allows one.
+
+    ``cam`` is a :class:`cxr_core.explain.cam.CamResult` whose ``heatmap`` is at display size (the
+    ``grid`` upsampled the way ``cxr_core.explain.cam`` does); None with ``cam_error`` when unavailable.
+    """
+
+    prediction: object  # cxr_core.models.predict.Prediction
+    cam: object | None
+    cam_error: str = ""
+
+
+@st.cache_data(max_entries=64, show_spinner="Running the model...")
+def _analyse(weights_dir: str, name: str, sha256: str, image_sha: str, method: str, target: str | None,
+             display_shape: tuple[int, int], _xray) -> Analysis:
+    from cxr_core.explain.binarize import normalize, upsample
+    from cxr_core.models.predict import predict_loaded
+
+    engine, reason = cam_engine(weights_dir, name, sha256)
+    if engine is None:
+        return Analysis(predict_loaded(_loaded_model(weights_dir, name, sha256), [_xray])[0], None, reason)
+    result = engine.run([_xray], method=method, target=target)[0]
+    heatmap = (np.zeros(display_shape, np.float32) if result.all_zero
+               else normalize(upsample(result.grid, display_shape)))
+    return Analysis(result.prediction, replace(result, heatmap=heatmap))
+
+
+def analyse(entry: ModelEntry, item: Item, method: str, target: str | None) -> Analysis:
+    """Scores and heatmap of ``entry``'s model for ``item``; cached by image, model, method and target."""
+    return _analyse(weights_key(), entry.name, entry.card.sha256, item.xray.sha256, method, target,
+                    tuple(item.display.shape), item.xray)
+
+
+@st.cache_data(max_entries=64, show_spinner="Checking that this looks like a chest X-ray...")
+def screen_cached(weights_dir: str, name: str, sha256: str, image_sha: str, _xray):
+    """The ``OODDecision`` of one model's screener for one X-ray, cached by model and image SHA-256."""
+    from cxr_core.safety.screening import screener
+
+    return screener(_loaded_model(weights_dir, name, sha256), weights_dir).screen([_xray])[0]
+
+
+def screen_item(entry: ModelEntry, item: Item):
+    """:func:`cxr_core.safety.screening.screen` of ``entry``'s model for ``item`` (an ``OODDecision``); cached."""
+    return screen_cached(weights_key(), entry.name, entry.card.sha256, item.xray.sha256, item.xray)
+
+
+@st.cache_data(max_entries=256, show_spinner="Scoring the films...")
+def _predict(weights_dir: str, name: str, sha256: str, image_sha: str, _xray):
+    from cxr_core.models.predict import predict_loaded
+
+    return predict_loaded(_loaded_model(weights_dir, name, sha256), [_xray])[0]
+
+
+def predict_item(entry: ModelEntry, item: Item):
+    """``entry``'s model's :class:`cxr_core.models.predict.Prediction` for ``item`` (scores only); cached per film."""
+    return _predict(weights_key(), entry.name, entry.card.sha256, item.xray.sha256, item.xray)
