@@ -11,7 +11,8 @@ Pure Python with no Streamlit import. The rooms (see ``docs/architecture.md``):
 - :mod:`cxr_core.agreement`: heatmap-versus-expert metrics, session scores and reports;
 - :mod:`cxr_core.audit`: where a model looks across a dataset;
 - :mod:`cxr_core.training`: training, tuning, datasets, evaluation;
-- :mod:`cxr_core.cli`: ``python -m cxr_core`` and its commands.
+- :mod:`cxr_core.cli`: ``python -m cxr_core`` and its commands;
+- :mod:`cxr_core.analysis`: the one path a film takes (decode, screen, warn, predict, explain).
 
 A small stable API for scripts, whatever the rooms become::
 
@@ -19,6 +20,7 @@ A small stable API for scripts, whatever the rooms become::
     xray = cxr_core.load_xray("film.dcm")
     model = cxr_core.load_model("demo-efficientnetv2b0")
     [prediction] = cxr_core.predict(model, [xray])
+    result = cxr_core.analyse(model, xray, method="gradcam")  # screened, warned, scored and explained
 
 ``cxr_core.storage`` and ``cxr_core.annotation`` are stable module paths too. TensorFlow is imported
 lazily by the modules that need it, so ``import cxr_core`` stays cheap.
@@ -36,6 +38,7 @@ _API = {
     "list_models": ("cxr_core.models.manifest", "list_models"),
     "predict": ("cxr_core.models.predict", "predict_loaded"),
     "Prediction": ("cxr_core.models.predict", "Prediction"),
+    "analyse": ("cxr_core.analysis", "analyse"),
 }
 
 __all__ = ["__version__", *_API]

@@ -258,13 +258,12 @@ def analyse_films(model, films: Sequence, *, method: str | None = None, target: 
 
 def _predict(model, engine, bare: bool, images: Sequence[np.ndarray], batch_size: int) -> list:
     """Temperature-scaled predictions without a heatmap (the registry card's temperature, or the engine's)."""
-    from cxr_core.models.predict import Prediction, predict_arrays, scale_temperature
+    from cxr_core.models.predict import Prediction, card_temperature, predict_arrays, scale_temperature
 
     if bare:
         net, spec, classes, temperature = model.model, model.spec, model.classes, model.temperature
     else:
-        net, spec, classes = model.model, model.spec, model.card.classes
-        temperature = float(model.card.calibration.get("temperature", 1.0) or 1.0)
+        net, spec, classes, temperature = model.model, model.spec, model.card.classes, card_temperature(model.card)
     raw = predict_arrays(net, spec, images, batch_size=batch_size)
     shown = scale_temperature(raw, temperature)
     return [Prediction(tuple(classes), s, r, float(temperature)) for s, r in zip(shown, raw)]

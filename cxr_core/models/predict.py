@@ -94,7 +94,15 @@ def predict(
     return [Prediction(tuple(classes), s, r, float(temperature)) for s, r in zip(shown, raw)]
 
 
+def card_temperature(card) -> float:
+    """The temperature a model card's calibration gives its scores (1.0 when uncalibrated)."""
+    return float(card.calibration.get("temperature", 1.0) or 1.0)
+
+
 def predict_loaded(loaded, xrays: Sequence[XRay], *, batch_size: int = 16) -> list[Prediction]:
-    """:func:`predict` with a registry :class:`~cxr_core.models.manifest.LoadedModel`, using its card's temperature."""
-    temperature = float(loaded.card.calibration.get("temperature", 1.0) or 1.0)
+    """:func:`predict` with a registry :class:`~cxr_core.models.manifest.LoadedModel`, using its card's temperature.
+
+    Pages and commands analyse films through :func:`cxr_core.analysis.analyse`, which screens them first.
+    """
+    temperature = card_temperature(loaded.card)
     return predict(loaded.model, loaded.spec, xrays, loaded.card.classes, temperature=temperature, batch_size=batch_size)

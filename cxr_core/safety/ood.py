@@ -10,7 +10,8 @@ Two kinds of evidence, both on plain arrays:
   (on a log scale for positive measures), and :data:`REAL_FILM_LIMITS` is that rule applied to the
   520 real films of ``cxr-real`` (``bench/bench_ood.py`` recomputes it and the patient-held-out
   false refusals of every check). The shape of the image is not a check: wide pediatric films are
-  real chest films, and the feature detector sees every film squeezed to a square anyway.
+  real chest films, and the feature detector sees every film squeezed to a square anyway (an odd
+  shape is a reader's warning, :data:`cxr_core.safety.warnings.MAX_SQUARE_ASPECT`, never a refusal).
 - ``FeatureOOD``: distance of a model's (or the lung model's) features to the training set
   (k-th nearest neighbour on L2-normalised features [2]_, or class-conditional Mahalanobis with a
   shared Ledoit-Wolf covariance [1]_), thresholded at a high percentile of held-out
