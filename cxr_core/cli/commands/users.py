@@ -52,8 +52,13 @@ def _factory():
 def _password_from_stdin() -> str:
     from cxr_core.auth.passwords import PasswordRejected
 
-    line = sys.stdin.readline() if sys.stdin is not None else ""
-    password = line.rstrip("\r\n")
+    if sys.stdin is not None and sys.stdin.isatty():  # typed by hand: not echoed
+        import getpass
+
+        password = getpass.getpass("Password (12 characters or more): ")
+    else:
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        password = line.rstrip("\r\n")
     if not password:
         raise PasswordRejected("no password on standard input; pipe it in, e.g. `users add NAME --role sme "
                                "--password-stdin < file`")
