@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
+# Listen on this machine only; set CXR_HOST (e.g. 0.0.0.0) for a deployment behind an HTTPS reverse proxy.
+CXR_HOST ?= 127.0.0.1
 
 .PHONY: run test bench demo-model clean-venv
 
@@ -17,7 +19,8 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m streamlit run app.py --server.address $(CXR_HOST) --server.port $(PORT) --server.headless true \
+		--browser.gatherUsageStats false
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest

@@ -1,5 +1,6 @@
 """Heatmap agreement: how well each model's heatmap agrees with the experts' marks in a reading session."""
 
+import logging
 import math
 
 import streamlit as st
@@ -10,6 +11,9 @@ from cxr_core.agreement.session_scores import BASELINE, CONSENSUS_READERS, Sessi
 from cxr_core.errors import CXRError
 from ui import agreement as agr
 from ui import common
+from ui import auth as ui_auth
+
+ui_auth.require_page("page:agreement")  # the login form, or a refusal, for anyone else
 
 st.title("Heatmap agreement")
 st.caption(
@@ -78,8 +82,30 @@ if not data.readings:
     st.info("No submitted reading to compare with yet in this session (or none you may see).")
     st.stop()
 
+# --- films a model does not analyse (the one analysis path: cxr_core.analysis) ----------------------
+override = st.checkbox("Score films a model refuses as not a frontal chest X-ray (expert override; this is logged)",
+                       key=agr.AGREEMENT_OVERRIDE)
+try:
+    refused = {name: agr.agreement_refused(session_name, view, models[name]) for name in chosen}
+except CXRError as err:
+    st.error(f"The session's films could not be screened: {err}")
+    st.stop()
+if override:
+    logging.getLogger("cxr_core.safety.screening").warning(
+        "agreement page, session %r: out-of-distribution refusal overridden by %s", session_name,
+        common.current_reader_name() or "an unnamed user")
+n_refused = sum(len(rows) for rows in refused.values())
+if n_refused:
+    with st.expander(f"Not analysed ({n_refused}): films that do not look like a frontal chest X-ray",
+                     icon=":material/block:"):
+        st.caption("These films get no heatmap and are in no number below or in the exports, which list them "
+                   "with the same reasons.")
+        st.dataframe([{"film": r["image_id"], "model": r["model"], "reasons": " | ".join(r["reasons"]),
+                       "details": " | ".join(d for d in r["details"] if d)}
+                      for rows in refused.values() for r in rows], hide_index=True)
+
 # --- heatmaps not yet computed --------------------------------------------------------------------
-missing = {name: agr.agreement_missing(data, models[name], method) for name in chosen}
+missing = {name: agr.agreement_missing(data, models[name], method, refused[name]) for name in chosen}
 if any(missing.values()):
     total = sum(missing.values())
     st.warning(f"{total} heatmap(s) are not computed yet ({', '.join(f'{n}: {k}' for n, k in missing.items() if k)}), "
@@ -91,7 +117,7 @@ if any(missing.values()):
             for name in chosen:
                 if missing[name]:
                     agr.agreement_compute(data, models[name], method, progress=lambda d, t, n=name: bar.progress(
-                        d / max(t, 1), text=f"{n}: {d} of {t} heatmaps"))
+                        d / max(t, 1), text=f"{n}: {d} of {t} heatmaps"), refused=refused[name])
         except CXRError as err:
             st.error(f"Heatmaps could not be computed: {err}")
             st.stop()
@@ -110,7 +136,7 @@ rule = controls[2].radio("Empty-mask rule", agreement.RULES, format_func=agr.RUL
 threshold = agr.threshold_spec(kind, fixed, top_k)
 try:
     pairsets, all_scores = agr.agreement_scores(session_name, view, [models[n] for n in chosen], method, threshold,
-                                                rule)
+                                                rule, refused)
 except (CXRError, SessionScoresError) as err:
     st.error(str(err))
     st.stop()
@@ -242,5 +268,6 @@ for col, (fmt, label, suffix, mime) in zip(exports, (
         ("json", "JSON (everything)", "json", "application/json"),
         ("html", "HTML report (opens offline)", "html", "text/html"),
         ("coco", "COCO (each drawn region, consensus and heatmap masks)", "coco.json", "application/json"))):
-    col.download_button(label, lambda fmt=fmt: agr.agreement_export(fmt, data, pairsets, scores, rule),
+    col.download_button(label, lambda fmt=fmt: agr.agreement_export(fmt, data, pairsets, scores, rule,
+                                                                     [r for rows in refused.values() for r in rows]),
                         f"{stem}.{suffix}", mime, on_click="ignore", icon=":material/download:")

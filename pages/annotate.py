@@ -13,6 +13,9 @@ from ui import annotate as ua
 from ui import common
 from ui.figures import score_bars
 from ui.viewport import viewport
+from ui import auth as ui_auth
+
+ui_auth.require_page("page:annotate")  # the login form, or a refusal, for anyone else
 
 st.title("Annotate X-rays", help=(
     "Your reading session's chest X-rays, one by one: outline where you see disease, name each finding, give your "
@@ -120,7 +123,10 @@ def model_result_panel(col) -> tuple:
         return None, ""
     by_name = {e.name: e for e in ready}
     model = by_name[col.selectbox("Model", list(by_name), key=ua.reading_key("model", *reading_id))]
-    analysis = common.analyse(model, item, "gradcam", None)
+    analysis = common.analyse(model, item, "gradcam", None)  # the one analysis path: screened first
+    if analysis.refused:
+        col.error(common.refusal_text(analysis), icon=":material/block:")
+        return None, ""
     pred = analysis.prediction
     col.plotly_chart(score_bars(pred.classes, pred.probabilities, title=f"Model scores: {model.name}", height=220),
                      width="stretch", key=ua.reading_key("scores", *reading_id), config={"displayModeBar": False})

@@ -15,6 +15,9 @@ from cxr_core.audit import REGIONS, fmt_share, run_audit, to_json
 from cxr_core.audit.report import REGION_LABELS, render_html, shortcut_lines
 from cxr_core.errors import CXRError
 from ui import common
+from ui import auth as ui_auth
+
+ui_auth.require_page("page:audit")  # the login form, or a refusal, for anyone else
 
 AUDIT_REPORT = "audit_report"  # the audit shown (to_json dict)
 AUDIT_BY = "audit_by"          # "predicted" or "label"

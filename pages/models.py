@@ -9,6 +9,9 @@ from cxr_core.models.status import checksum_line, missing_architectures
 from cxr_core.models.zoo import DEFAULT_CLASSES
 from ui import common, models
 from ui import figures as fig
+from ui import auth as ui_auth
+
+ui_auth.require_page("page:models")  # the login form, or a refusal, for anyone else
 
 st.title("Models")
 st.caption(

@@ -11,9 +11,11 @@ from cxr_core.io.csv_safe import dict_rows_csv
 from cxr_core.io.film_facts import image_facts
 from cxr_core.models.status import missing_architectures
 from cxr_core.models.zoo import DEFAULT_CLASSES
-from cxr_core.safety.screening import decision_record
 from ui import common, review
 from ui.figures import score_bars
+from ui import auth as ui_auth
+
+ui_auth.require_page("page:review")  # the login form, or a refusal, for anyone else
 
 st.title("Review X-rays")
 st.caption(
@@ -155,31 +157,27 @@ with side_col:
     colormap = st.selectbox("Colour map", COLORMAPS, key=review.REVIEW_COLORMAP, persist_state="session")
 
 allowed, reason = common.model_output_allowed(item.xray.sha256, item.xray.pixels)
-# Screening: an input that does not look like a frontal chest film gets no scores and no heatmap,
-# unless an expert overrides the refusal (logged, and recorded in the downloaded JSON).
-try:
-    decision = common.screen_item(entry, item) if allowed else None
-except CXRError as exc:  # e.g. a detector file that does not match the model's card
-    st.error(f"{entry.name} could not screen this image: {exc}", icon=":material/error:")
-    st.stop()
+# The one analysis path (cxr_core.analysis): an input that does not look like a frontal chest film gets no
+# scores and no heatmap, unless an expert overrides the refusal (logged, and recorded in the downloaded JSON).
+target = None if target_choice == review.PREDICTED else target_choice
 ood, refused, override = None, False, False
-if decision is not None:
-    ood = decision_record(decision)
-    if not decision.ok:
+try:  # a detector that does not match its card, or a file that passes its checksum but does not load
+    analysis = common.analyse(entry, item, method, target) if allowed else None
+    if analysis is not None and analysis.refused:
         with scores_box:
-            st.error(review.refusal_text(decision), icon=":material/block:")
+            st.error(review.refusal_text(analysis), icon=":material/block:")
             override = st.checkbox("Show the model's output anyway (expert override; this is logged)",
                                    key=review.review_override_key(item.key))
         if override:
-            ood = review.ood_override(entry, item, decision)
+            analysis = common.analyse(entry, item, method, target, allow_ood=True)
+            ood = review.ood_override(entry, item, analysis)
         else:
-            refused, allowed, reason = True, False, review.refusal_text(decision)
-target = None if target_choice == review.PREDICTED else target_choice
-try:
-    analysis = common.analyse(entry, item, method, target) if allowed else None
-except CXRError as exc:  # e.g. a file that passes its checksum but is not a loadable model
+            refused, allowed, reason, analysis = True, False, review.refusal_text(analysis), None
+except CXRError as exc:
     st.error(f"{entry.name} could not be run: {exc}", icon=":material/error:")
     st.stop()
+if analysis is not None and ood is None:
+    ood = analysis.film.screening_record()
 
 with scores_box:
     if analysis is None:
@@ -269,13 +267,13 @@ def _compare_cell(other) -> None:
     if missing_classes:
         st.caption(f"No output for {', '.join(missing_classes)}.")
     try:
-        screened = common.screen_item(other, item)
-        if not screened.ok and not override:
-            st.error(review.refusal_text(screened), icon=":material/block:")
-            return
-        if not screened.ok:
-            review.ood_override(other, item, screened)
         result = common.analyse(other, item, method, None)
+        if result.refused and not override:
+            st.error(review.refusal_text(result), icon=":material/block:")
+            return
+        if result.refused:
+            result = common.analyse(other, item, method, None, allow_ood=True)
+            review.ood_override(other, item, result)
     except CXRError as exc:
         st.error(f"{other.name} could not be run: {exc}", icon=":material/error:")
         return

@@ -7,6 +7,9 @@ from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
 from cxr_core.safety import intake
 from ui import common, sessions
+from ui import auth as ui_auth
+
+ui_auth.require_page("page:sessions")  # the login form, or a refusal, for anyone else
 
 st.title("Reading sessions")
 st.caption(
