@@ -190,8 +190,6 @@ def to_html(report: Report) -> str:
     Rendered from ``session_report.html.j2`` with autoescape: every name (title, reader, session,
     image, model, refusal reason) is text; only plotly's chart markup is marked safe.
     """
-    from markupsafe import Markup
-
     from cxr_core.io.templating import render
 
     d = report.diagnosis
@@ -212,7 +210,7 @@ def to_html(report: Report) -> str:
                   "reasons": [str(x) for x in r.get("reasons", ())]} for r in report.refused],
         times=[{k: t.get(k) for k in ("reader", "n", "untimed", "median_s", "q1_s", "q3_s", "iqr_s")}
                for t in report.times],
-        charts=Markup(charts_html(report.scores)),  # plotly's own markup; the data inside it is JSON
+        charts=charts_html(report.scores),  # plotly's own markup (marked safe in the template); its data is JSON
         gallery=[(kind, [{"uri": case_uri(c), "score": c.score} for c in report.gallery if c.kind == kind])
                  for kind in ("worst", "best") if any(c.kind == kind for c in report.gallery)],
         expert_rgb=str(EXPERT_RGB), heatmap_rgb=str(HEATMAP_RGB),
