@@ -97,7 +97,7 @@ def run_form() -> None:
         report = run_audit(
             engine, items, lung_masks=Path(masks.strip()) if masks.strip() else None,
             lung_estimator=None if masks.strip() else lung_estimator(), batch_size=int(batch),
-            mask_markers_first=clean, model_name=entry.name,
+            mask_markers_first=clean, model_name=entry.name, loaded=common.loaded_model(entry),
             progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{done} of {total} images audited"),
         )
     except CXRError as exc:
@@ -140,6 +140,14 @@ if not flags:
 if data["failures"]:
     with st.expander(f"{len(data['failures'])} files could not be read"):
         st.dataframe(data["failures"], hide_index=True)
+refused = [r for r in data.get("refused", []) if not r.get("overridden")]
+if refused:
+    with st.expander(f"Not analysed ({len(refused)}): films that do not look like a frontal chest X-ray",
+                     icon=":material/block:"):
+        st.caption("The model was not run on these films; they are in no number on this page.")
+        st.dataframe([{"file": Path(r["file"]).name, "reasons": " | ".join(r["reasons"]),
+                       "details": " | ".join(d for d in r.get("details", []) if d)} for r in refused],
+                     hide_index=True)
 
 options = {"predicted": "Predicted class"} | ({"label": "True class"} if data["summary_by_label"] else {})
 cols = st.columns(2)

@@ -6,6 +6,7 @@ from cxr_core import storage
 from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
 from cxr_core.safety import intake
+from cxr_core.safety.screening import refusal_lines
 from ui import common, sessions
 from ui import auth as ui_auth
 
@@ -116,8 +117,8 @@ else:
             with st.container(border=True):
                 pic, text = st.columns([1, 5])
                 pic.image(x.thumb, caption=x.name)
-                text.markdown(f"**{x.name}** does not look like a frontal chest X-ray:\n\n"
-                              + "\n".join(f"- {r}" for r in x.decision.reasons))
+                text.markdown(f"**{x.name}** does not look like a frontal chest X-ray:\n\n"  # as every page says it
+                              + "\n".join(f"- {r}" + (f" *({d})*" if d else "") for r, d in refusal_lines(x.decision)))
                 if text.checkbox(f"Keep {x.name} in the session anyway", key=sessions.sessions_keep_key(x.ident)):
                     keep.add(x.ident)
     elif why_none and source != "Uploaded files":

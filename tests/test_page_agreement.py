@@ -43,6 +43,9 @@ def db_url(computed, use_registry, monkeypatch) -> str:
 def open_page(reader: str | None = "Researcher") -> AppTest:
     """A fresh browser session on the agreement page, having said who they are on the annotate page."""
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    # the study's films are synthetic textures that screening refuses: these tests look at them under the
+    # page's expert override (test_refused_films_are_listed_and_left_out covers the refusal)
+    at.session_state[agr.AGREEMENT_OVERRIDE] = True
     if reader is not None:
         at.switch_page("pages/annotate.py").run()
         at.selectbox(key=common.ANNOTATE_READER).select(reader).run()
@@ -264,3 +267,48 @@ def test_time_per_case_is_shown_per_reader_with_a_csv(tmp_path, use_registry, mo
         rows = time_rows(ss.read_session(s, "Blind 1"))
     assert reports.times_csv(rows).splitlines()[1].startswith("Blind 1,Dr A,1,3,")
     assert [b.label for b in expander.get("download_button")] == ["Time per case (CSV)"]
+
+
+def test_refused_films_are_listed_and_left_out(tmp_path, use_registry, monkeypatch):
+    """A noise image read beside a real chest film: the page lists it as not analysed, with the analysis
+    path's reasons and figures, computes no heatmap for it and scores the chest film alone."""
+    import numpy as np
+
+    from conftest import FIXTURES
+    from cxr_core import annotation as ann
+    from cxr_core import storage
+    from cxr_core.analysis import screen_films
+    from cxr_core.io.imaging import XRay, load_xray, pixel_sha256
+    from cxr_core.models.manifest import load_model
+
+    url = f"sqlite:///{tmp_path / 'annotations.db'}"
+    monkeypatch.setenv("CXR_DATABASE_URL", url)
+    study = build_study(url)
+    noise = np.random.default_rng(0).uniform(0, 1, (96, 96)).astype(np.float32)
+    chest = load_xray(FIXTURES / "cxr" / "covid_hannover_b343e657.png")
+    with study.factory().begin() as s:
+        shas = [storage.add_xray(s, chest).sha256, storage.add_image(s, noise, original_name="noise.png").sha256]
+        session = storage.create_session(s, name="Mixed", image_shas=shas, reader_ids=[study.readers["Dr A"]],
+                                         created_by=study.readers["Admin"], blind=False, shuffle=False)
+        for sha in shas:
+            h, w = storage.load_pixels(s, sha).shape
+            storage.submit_annotation(
+                s, reader_id=study.readers["Dr A"], image_sha=sha, session_id=session.id, diagnosis="COVID-19",
+                confidence=3, canvas_json={"objects": [{"type": "Rect", "left": w // 4, "top": h // 4, "width": w // 3,
+                                                        "height": h // 3, "originX": "left", "originY": "top",
+                                                        "strokeWidth": 0}]},
+                canvas_width=w, canvas_height=h, background_fit=ann.contain_fit(w, h, w, h), labels=["consolidation"])
+    at = open_page()
+    at.checkbox(key=agr.AGREEMENT_OVERRIDE).uncheck().run()
+    at.selectbox(key=agr.AGREEMENT_SESSION).select("Mixed").run()
+    assert not at.exception, [e.value for e in at.exception]
+    [listed] = [e for e in at.expander if e.label.startswith("Not analysed")]
+    assert listed.label.startswith("Not analysed (1)")
+    [row] = listed.dataframe[0].value.to_dict("records")
+    [direct] = screen_films(load_model("tiny-effnet"), [XRay(noise, "png", 16, pixel_sha256(noise), "noise.png")])
+    assert row["film"] == "noise.png" and row["reasons"] == " | ".join(direct.reasons)
+    assert row["details"] == " | ".join(direct.details) and "high-frequency energy" in row["details"]
+    assert any("2 heatmap(s) are not computed yet (tiny-effnet: 2)" in w.value for w in at.warning)  # chest only
+    at.button(key="agreement_compute").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(gallery(at)) == 1 and "noise.png" not in gallery(at)[0]

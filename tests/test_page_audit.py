@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO
@@ -62,15 +63,21 @@ def test_running_an_audit_from_the_page(use_registry, tmp_path):
     fix = REPO / "tests" / "fixtures" / "audit"
     for name in ("hannover_21982772.png", "hannover_4fed5061.png", "hannover_61bc50d1.png", "nih14_00030006_002.png"):
         shutil.copy(fix / name, tmp_path / name)  # a plain folder of images, unlabelled
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "hannover_00_noise.png")  # not a chest film, sorted first
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
     at.switch_page("pages/audit.py").run()
     at.selectbox[0].set_value("tiny-effnet")
     at.text_input[0].set_value(str(tmp_path))
     at.text_input[1].set_value(str(fix))
-    at.number_input[0].set_value(3)
+    at.number_input[0].set_value(4)
     at.button[0].click().run()
     assert not at.exception, [e.value for e in at.exception]
     report = at.session_state["audit_report"]
     assert report["model"] == "tiny-effnet" and report["n_images"] == 3
+    [refused] = report["refused"]  # refused by the one analysis path, listed with its reasons, never scored
+    assert refused["file"].endswith("hannover_00_noise.png") and "looks like noise" in refused["reasons"][0]
+    [listed] = [e for e in at.expander if e.label.startswith("Not analysed (1)")]
+    assert "high-frequency energy" in listed.dataframe[0].value.to_dict("records")[0]["details"]
     assert {im["lung_source"] for im in report["images"]} == {"expert"}  # 3 hannover films with masks
     assert at.header[0].value == "tiny-effnet: 3 images"

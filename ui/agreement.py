@@ -38,6 +38,7 @@ THRESHOLD_KINDS = {"otsu": "Otsu (CheXlocalize default)", "fixed": "Fixed thresh
 RULE_LABELS = {"true_positive_only": "True positives only (CheXlocalize)", "full": "Full (one-sided empty counts 0)"}
 METRIC_LABELS = {"iou": "IoU", "dice": "Dice", "hit": "Hit (pointing game)", "mass": "Relevance mass",
                  "rank": "Relevance rank", "auc": "Pixel AUC"}
+AGREEMENT_OVERRIDE = "agreement_allow_ood"  # expert override: score films a model refuses (logged)
 GALLERY_PAGE = 12
 GALLERY_SIDE = 384
 
@@ -110,16 +111,49 @@ def agreement_models() -> dict[str, object]:
     return {e.name: ModelRef.from_card(e.card) for e in common.ready_models(common.registry())}
 
 
-def agreement_missing(data, model, method: str) -> int:
-    """How many heatmaps (``method`` and the random baseline) the readings still lack for ``model``."""
+@st.cache_data(max_entries=16, show_spinner="Checking that the session's films look like chest X-rays...")
+def _agreement_refused(url: str, weights_dir: str, session_name: str, fingerprint: str, hidden: tuple[str, ...],
+                       model) -> tuple[dict, ...]:
+    from cxr_core.agreement.session_report import refusals
+    from cxr_core.analysis import screen_films
+
+    data = _agreement_data(url, session_name, fingerprint, hidden)
+    loaded = common.loaded_by_name(model.name, model.checksum)
+
+    def pixels(sha: str) -> np.ndarray:
+        from cxr_core import storage
+
+        with common.reading(common.db_at(url)) as s:
+            return storage.load_pixels(s, sha)
+
+    return tuple(refusals(data, {model.name: lambda xrays: screen_films(loaded, xrays)}, pixels))
+
+
+def agreement_refused(session_name: str, view: AgreementView, model) -> tuple[dict, ...]:
+    """The session's films ``model`` refuses as not a frontal chest X-ray, with reasons and figures
+    (:func:`cxr_core.agreement.session_report.refusals` through the one analysis path); empty under the
+    expert override (:data:`AGREEMENT_OVERRIDE`). Cached per session fingerprint and model."""
+    if st.session_state.get(AGREEMENT_OVERRIDE):
+        return ()
+    return _agreement_refused(get_settings().database_url, common.weights_key(), session_name, view.fingerprint,
+                              view.hidden, model)
+
+
+def _skip(refused) -> frozenset[str]:
+    return frozenset(r["sha256"] for r in refused)
+
+
+def agreement_missing(data, model, method: str, refused=()) -> int:
+    """How many heatmaps (``method`` and the random baseline) the readings still lack for ``model``
+    (films it refuses need none)."""
     from cxr_core.agreement import session_scores
 
     with common.reading() as s:
-        return len(session_scores.missing_jobs(s, data, model, (method, session_scores.BASELINE)))
+        return len(session_scores.missing_jobs(s, data, model, (method, session_scores.BASELINE), skip=_skip(refused)))
 
 
-def agreement_compute(data, model, method: str, progress=None) -> int:
-    """Compute and store the missing heatmaps with the cached CAM engine; how many were stored."""
+def agreement_compute(data, model, method: str, progress=None, refused=()) -> int:
+    """Compute and store the missing heatmaps with the cached CAM engine (never for a refused film)."""
     from cxr_core.agreement import session_scores
 
     def engine():
@@ -128,22 +162,26 @@ def agreement_compute(data, model, method: str, progress=None) -> int:
             raise CXRError(reason)
         return found
 
-    return session_scores.compute_missing(common.db(), data, model, engine, method, progress=progress)
+    return session_scores.compute_missing(common.db(), data, model, engine, method, progress=progress,
+                                          skip=_skip(refused))
 
 
 @st.cache_data(max_entries=16, show_spinner="Loading heatmaps...")
-def _agreement_pairs(url: str, session_name: str, fingerprint: str, hidden: tuple[str, ...], model, method: str):
+def _agreement_pairs(url: str, session_name: str, fingerprint: str, hidden: tuple[str, ...], model, method: str,
+                     skip: frozenset[str] = frozenset()):
     from cxr_core.agreement import session_scores
 
     data = _agreement_data(url, session_name, fingerprint, hidden)
     with common.reading(common.db_at(url)) as s:
-        pairs = session_scores.load_pairs(s, data, model, method)
+        pairs = session_scores.load_pairs(s, data, model, method, skip=skip)
     return pairs, session_scores.threshold_free(pairs)
 
 
-def agreement_pairs(session_name: str, view: AgreementView, model, method: str):
-    """``(PairSet, threshold-free metrics)`` of one model × method, cached per session + model + method."""
-    return _agreement_pairs(get_settings().database_url, session_name, view.fingerprint, view.hidden, model, method)
+def agreement_pairs(session_name: str, view: AgreementView, model, method: str, refused=()):
+    """``(PairSet, threshold-free metrics)`` of one model × method, cached per session + model + method;
+    readings of films the model refused are not paired."""
+    return _agreement_pairs(get_settings().database_url, session_name, view.fingerprint, view.hidden, model, method,
+                            _skip(refused))
 
 
 def threshold_spec(kind: str, fixed: float, top: float) -> str:
@@ -155,14 +193,16 @@ def threshold_spec(kind: str, fixed: float, top: float) -> str:
     return "otsu"
 
 
-def agreement_scores(session_name: str, view: AgreementView, models, method: str, threshold: str, rule: str):
-    """Scores of each model's ``method`` and random-baseline heatmaps, and the PairSets they came from."""
+def agreement_scores(session_name: str, view: AgreementView, models, method: str, threshold: str, rule: str,
+                     refused: dict | None = None):
+    """Scores of each model's ``method`` and random-baseline heatmaps, and the PairSets they came from;
+    ``refused`` (model name -> :func:`agreement_refused`) leaves each model's refused films out."""
     from cxr_core.agreement import session_scores
 
     pairsets, scores = [], []
     for model in models:
         for m in (method, session_scores.BASELINE):
-            pairs, free = agreement_pairs(session_name, view, model, m)
+            pairs, free = agreement_pairs(session_name, view, model, m, (refused or {}).get(model.name, ()))
             pairsets.append(pairs)
             scores.extend(session_scores.score_pairs(pairs, threshold, rule, free=free))
     return pairsets, scores
@@ -244,14 +284,18 @@ def agreement_times(data) -> list[dict]:
     return time_rows(data)
 
 
-def agreement_export(fmt: str, data, pairsets, scores, rule: str) -> str:
-    """The page's download in ``fmt`` (csv, json, html, coco) of exactly the scores it shows."""
+def agreement_export(fmt: str, data, pairsets, scores, rule: str, refused=()) -> str:
+    """The page's download in ``fmt`` (csv, json, html, coco) of exactly the scores it shows, with the films
+    the models refused listed as the ``report`` command lists them (``refused``: rows of :func:`agreement_refused`)."""
+    from dataclasses import replace
+
     from cxr_core.agreement import reports
     from cxr_core.agreement.session_report import build_report, to_coco
 
     if fmt == "coco":
         return to_coco(data, pairsets, scores)
     report = build_report(data, pairsets, scores, pixels=None if fmt == "csv" else agreement_pixels, rule=rule)
+    report = replace(report, refused=tuple(refused))
     if fmt == "csv":
         return reports.to_csv(report.scores, report.excluded)
     return reports.to_json(report) if fmt == "json" else reports.to_html(report)

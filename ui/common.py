@@ -100,6 +100,11 @@ def loaded_model(entry: ModelEntry):
     return _loaded_model(weights_key(), entry.name, entry.card.sha256)
 
 
+def loaded_by_name(name: str, sha256: str):
+    """:func:`loaded_model` from a model's name and file checksum (a ``ModelRef``'s ``name`` and ``checksum``)."""
+    return _loaded_model(weights_key(), name, sha256)
+
+
 @st.cache_resource(max_entries=8, show_spinner="Preparing heatmaps for this model...")
 def cam_engine(weights_dir: str, name: str, sha256: str):
     """``(CamEngine, "")`` of a registered model, or ``(None, why not)``; built once per process."""
@@ -246,36 +251,59 @@ def stored_item(image_sha: str) -> Item:
 
 @dataclass(frozen=True)
 class Analysis:
-    """One model's answer for one image: scores always, a heatmap when the model allows one.
+    """One model's answer for one image, as a page shows it: :func:`cxr_core.analysis.analyse`'s, heatmap shrunk.
 
+    ``film`` is the :class:`cxr_core.analysis.FilmAnalysis` (refusal with reasons and figures, warnings,
+    scores) without its full-size heatmap. A refused film has no ``prediction`` and no ``cam``.
     ``cam`` is a :class:`cxr_core.explain.cam.CamResult` whose ``heatmap`` is at display size (the
     ``grid`` upsampled the way ``cxr_core.explain.cam`` does); None with ``cam_error`` when unavailable.
     """
 
-    prediction: object  # cxr_core.models.predict.Prediction
+    prediction: object | None  # cxr_core.models.predict.Prediction
     cam: object | None
     cam_error: str = ""
+    film: object | None = None  # cxr_core.analysis.FilmAnalysis
+
+    @property
+    def refused(self) -> bool:
+        return self.film is not None and self.film.refused
+
+
+class _Decided:
+    """A screener answering with a decision already made (the cached :func:`screen_cached`), so the
+    analysis path does not measure the same film twice."""
+
+    def __init__(self, decision):
+        self.decision = decision
+
+    def screen(self, xrays):
+        return [self.decision for _ in xrays]
 
 
 @st.cache_data(max_entries=64, show_spinner="Running the model...")
-def _analyse(weights_dir: str, name: str, sha256: str, image_sha: str, method: str, target: str | None,
-             display_shape: tuple[int, int], _xray) -> Analysis:
+def _analyse(weights_dir: str, name: str, sha256: str, image_sha: str, method: str | None, target: str | None,
+             display_shape: tuple[int, int], allow_ood: bool, _xray) -> Analysis:
+    from cxr_core.analysis import analyse as analyse_film
     from cxr_core.explain.binarize import normalize, upsample
-    from cxr_core.models.predict import predict_loaded
 
-    engine, reason = cam_engine(weights_dir, name, sha256)
-    if engine is None:
-        return Analysis(predict_loaded(_loaded_model(weights_dir, name, sha256), [_xray])[0], None, reason)
-    result = engine.run([_xray], method=method, target=target)[0]
-    heatmap = (np.zeros(display_shape, np.float32) if result.all_zero
-               else normalize(upsample(result.grid, display_shape)))
-    return Analysis(result.prediction, replace(result, heatmap=heatmap))
+    engine, reason = cam_engine(weights_dir, name, sha256) if method is not None else (None, "")
+    decided = _Decided(screen_cached(weights_dir, name, sha256, image_sha, _xray))
+    result = analyse_film(_loaded_model(weights_dir, name, sha256), _xray, method=method if engine else None,
+                          target=target, allow_ood=allow_ood, screener=decided, engine=engine)
+    film = replace(result, cam=None)
+    if not result.analysed or result.cam is None:
+        return Analysis(result.prediction, None, reason, film)
+    cam = result.cam
+    heatmap = np.zeros(display_shape, np.float32) if cam.all_zero else normalize(upsample(cam.grid, display_shape))
+    return Analysis(result.prediction, replace(cam, heatmap=heatmap), "", film)
 
 
-def analyse(entry: ModelEntry, item: Item, method: str, target: str | None) -> Analysis:
-    """Scores and heatmap of ``entry``'s model for ``item``; cached by image, model, method and target."""
+def analyse(entry: ModelEntry, item: Item, method: str | None, target: str | None, *,
+            allow_ood: bool = False) -> Analysis:
+    """:func:`cxr_core.analysis.analyse` of ``entry``'s model for ``item`` (screen, warn, predict, explain);
+    cached by image, model, method, target and override. ``method`` None: scores only."""
     return _analyse(weights_key(), entry.name, entry.card.sha256, item.xray.sha256, method, target,
-                    tuple(item.display.shape), item.xray)
+                    tuple(item.display.shape), allow_ood, item.xray)
 
 
 @st.cache_data(max_entries=64, show_spinner="Checking that this looks like a chest X-ray...")
@@ -291,13 +319,14 @@ def screen_item(entry: ModelEntry, item: Item):
     return screen_cached(weights_key(), entry.name, entry.card.sha256, item.xray.sha256, item.xray)
 
 
-@st.cache_data(max_entries=256, show_spinner="Scoring the films...")
-def _predict(weights_dir: str, name: str, sha256: str, image_sha: str, _xray):
-    from cxr_core.models.predict import predict_loaded
+def refusal_text(refused) -> str:
+    """The page's refusal: the CLI's sentence, then each reason as a bullet with its measured figures.
 
-    return predict_loaded(_loaded_model(weights_dir, name, sha256), [_xray])[0]
+    ``refused``: a :class:`cxr_core.analysis.FilmAnalysis` (or :class:`~ui.common.Analysis`), or a bare
+    screening decision (the sessions page's intake).
+    """
+    from cxr_core.safety.screening import REFUSAL, refusal_lines
 
-
-def predict_item(entry: ModelEntry, item: Item):
-    """``entry``'s model's :class:`cxr_core.models.predict.Prediction` for ``item`` (scores only); cached per film."""
-    return _predict(weights_key(), entry.name, entry.card.sha256, item.xray.sha256, item.xray)
+    decision = getattr(getattr(refused, "film", None) or refused, "screening", refused)
+    return f"**{REFUSAL[0].upper() + REFUSAL[1:]}.** Model scores and heatmaps are not shown.\n\n" + "\n".join(
+        f"- {r}" + (f" *({d})*" if d else "") for r, d in refusal_lines(decision))

@@ -13,10 +13,9 @@ import streamlit as st
 from cxr_core.errors import CXRError
 from cxr_core.io.film_facts import film_label
 from cxr_core.models.manifest import ModelEntry
-from cxr_core.models.summary import SummaryRow, plain_text
-from cxr_core.models.zoo import DEFAULT_CLASSES
+from cxr_core.models.summary import SummaryRow
 from ui import common
-from ui.common import DISPLAY_SIDE, METHOD_LABELS, Analysis, Item
+from ui.common import DISPLAY_SIDE, METHOD_LABELS, Analysis, Item, refusal_text  # noqa: F401 (the page's name)
 
 REVIEW_UPLOADS = "review_uploads"
 REVIEW_SAMPLES = "review_samples"
@@ -40,8 +39,6 @@ def review_target_key(model_name: str) -> str:
 
 VIEWS = ("Overlay", "Side by side", "Original")
 PREDICTED = "__predicted__"  # target picker value: explain the model's top class
-#: Chest films are roughly square (real ones measured 1.00 to 1.36); past this, warn.
-MAX_CHEST_ASPECT = 1.45
 
 
 def film(item: Item) -> np.ndarray:
@@ -98,9 +95,11 @@ def full_size_overlay_png(item: Item, analysis: Analysis, colormap: str, opacity
 
 
 def result_record(item: Item, entry: ModelEntry, analysis: Analysis, ood: dict | None = None) -> dict:
-    """The downloadable JSON: the CLI's fields (file, model, scores, cam, ood screening) plus the image's SHA-256."""
+    """The downloadable JSON: the CLI's record (:meth:`cxr_core.analysis.FilmAnalysis.record`: file, model, scores,
+    cam, ood screening, warnings) plus the image's SHA-256."""
     body = analysis.cam.to_dict() if analysis.cam is not None else analysis.prediction.to_dict()
-    record = {"file": item.name, "model": entry.name, **body, "image_sha256": item.xray.sha256}
+    record = analysis.film.record(item.name) if analysis.film is not None else {"file": item.name, "model": entry.name}
+    record = {**record, **body, "image_sha256": item.xray.sha256}
     if ood is not None:
         record["ood"] = ood
     if analysis.cam is None:
@@ -118,51 +117,22 @@ def review_override_key(item_key: str) -> str:
     return f"review_ood_override::{item_key}"
 
 
-def refusal_text(decision) -> str:
-    """The page's refusal: the CLI's sentence, then each reason as a bullet with its measured figures."""
-    from cxr_core.safety.screening import REFUSAL, refusal_lines
-
-    return f"**{REFUSAL[0].upper() + REFUSAL[1:]}.** Model scores and heatmaps are not shown.\n\n" + "\n".join(
-        f"- {r}" + (f" *({d})*" if d else "") for r, d in refusal_lines(decision))
-
-
-def ood_override(entry: ModelEntry, item: Item, decision) -> dict:
+def ood_override(entry: ModelEntry, item: Item, analysis: Analysis) -> dict:
     """Record that the expert chose to see scores for a refused input; logged once per model and image per session."""
-    from cxr_core.safety.screening import decision_record, override_record
-
     logged: set = st.session_state.setdefault(REVIEW_OVERRIDES_LOGGED, set())
     key = (entry.name, item.xray.sha256)
-    if key in logged:
-        return {**decision_record(decision), "overridden": True, "by": common.current_reader_name(),
-                "where": "review page"}
+    first = key not in logged
     logged.add(key)
-    return override_record(decision, model=entry.name, image=f"{item.name} (sha256 {item.xray.sha256[:16]})",
-                           where="review page", by=common.current_reader_name())
+    return analysis.film.override_record(where="review page", by=common.current_reader_name(), log=first,
+                                         image=f"{item.name} (sha256 {item.xray.sha256[:16]})")
 
 
 def review_warnings(item: Item, entry: ModelEntry) -> list[str]:
-    """What a reader should know before reading this model's scores for this image."""
-    card, xray = entry.card, item.xray
-    notes = []
-    if card.demo:
-        notes.append(f"**{entry.name} is a demonstration model** ({card.intended_use}). "
-                     "Its scores show how the workflow looks, not what the film shows.")
-    missing = [c for c in DEFAULT_CLASSES if c not in card.classes]
-    if missing:
-        notes.append(f"This model has no output for **{', '.join(missing)}**: it can neither flag nor rule out "
-                     f"{' or '.join(missing)}, and its scores are shared among {', '.join(card.classes)} only.")
-    h, w = xray.shape
-    if min(h, w) < card.input_size:
-        notes.append(f"The image is small ({w}x{h} pixels) for a chest film; it is enlarged to the model's "
-                     f"{card.input_size}x{card.input_size} input, so fine detail is not there to be seen.")
-    aspect = max(h, w) / min(h, w)
-    if aspect > MAX_CHEST_ASPECT:
-        notes.append(f"The image is oddly shaped for a chest film (aspect ratio {aspect:.2f}); the model squeezes "
-                     f"it to a square, which distorts anatomy. Is it cropped, or not a chest film?")
-    if xray.was_color:
-        notes.append("The file was in colour and has been converted to grey; X-rays are normally grayscale.")
-    notes.extend(xray.warnings)
-    return notes
+    """What a reader should know before reading this model's scores for this image
+    (:func:`cxr_core.safety.warnings.film_warnings`, the analysis path's own warnings, as Markdown)."""
+    from cxr_core.safety.warnings import film_warnings
+
+    return [w.markdown() for w in film_warnings(item.xray, entry.card)]
 
 
 def review_summary(items: list[Item], entry: ModelEntry) -> list[SummaryRow]:
@@ -171,21 +141,23 @@ def review_summary(items: list[Item], entry: ModelEntry) -> list[SummaryRow]:
     Follows the page's own path: the blinding gate first, then screening, then scores; a film the
     gate hides or the screen refuses gets no score.
     """
+    from cxr_core.safety.warnings import film_warnings
+
     rows = []
     for item in items:
         base = {"film": film_label(item.xray.sha256), "name": item.name,
-                "warnings": tuple(plain_text(n) for n in review_warnings(item, entry))}
+                "warnings": tuple(w.plain() for w in film_warnings(item.xray, entry.card))}
         allowed, reason = common.model_output_allowed(item.xray.sha256, item.xray.pixels)
         if not allowed:
             rows.append(SummaryRow(**base, refused="not checked", reason=reason))
             continue
         try:
-            decision = common.screen_item(entry, item)
-            if not decision.ok:
+            analysis = common.analyse(entry, item, None, None)
+            if analysis.refused:
                 rows.append(SummaryRow(**base, refused="yes", reason="does not look like a frontal chest X-ray: "
-                                       + "; ".join(decision.reasons)))
+                                       + "; ".join(f"{r} ({d})" if d else r for r, d in analysis.film.refusal_lines())))
                 continue
-            pred = common.predict_item(entry, item)
+            pred = analysis.prediction
         except CXRError as exc:
             rows.append(SummaryRow(**base, refused="not checked", reason=f"{entry.name} could not be run: {exc}"))
             continue

@@ -48,7 +48,7 @@ class IntakeScreening:
     problem: str = ""
 
 
-_CHECKS = ("image checks (colour, blank or noisy images, shape, grey levels, the chest's layout, "
+_CHECKS = ("image checks (colour, blank or noisy images, grey levels, the chest's layout, "
            "DICOM body part and view)")
 
 
