@@ -4,7 +4,8 @@
   a role that may not take it gets a plain caption in place of the button. A click writes an
   ``export`` event (who, what, which film), so the trail lists every file that left the app.
 - :func:`output_shown`: model output (scores, heatmap, predicted class) shown for a film, written
-  once per film, page and model in a browser session, not on every rerun.
+  once per film, page and model in a browser session, not on every rerun; :func:`once` does the same
+  for reveals and refusal overrides.
 """
 
 from __future__ import annotations
@@ -46,23 +47,51 @@ def download(label: str, data: Any, file_name: str, mime: str, *, action: str | 
 SHOWN_KEY = "trail_shown"  # (page, film SHA-256, what) already recorded in this browser session
 
 
-def output_shown(page: str, film_sha: str, what: str) -> None:
-    """Record that model output for ``film_sha`` was shown on ``page`` (``what``: model, method...), once.
+def output_shown(page: str, film_shas, what: str) -> None:
+    """Record that model output for each film in ``film_shas`` (one SHA-256 or several) was shown on ``page``.
 
-    A database that cannot record it shows a warning; the page itself goes on.
+    ``what`` names the output (model, method...). Each film is written once per page and ``what`` in a
+    browser session, all new ones in one transaction, not on every rerun. A database that cannot record
+    it shows a warning; the page itself goes on.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cxr_core import auth
+    from cxr_core.errors import CXRError
+    from ui import common
+
+    shas = [film_shas] if isinstance(film_shas, str) else list(film_shas)
+    done: set = st.session_state.setdefault(SHOWN_KEY, set())
+    new = [sha for sha in dict.fromkeys(shas) if sha and (page, sha, what) not in done]
+    if not new:
+        return
+    user = ui_auth.current_user()
+    try:
+        with common.db().begin() as s:
+            for sha in new:
+                auth.record(s, user.name if user else None, "model_output_shown", film_sha=sha,
+                            detail=f"{page}: {what}")
+    except (CXRError, SQLAlchemyError) as err:
+        st.warning(f"The audit trail could not record that model output was shown: {err}")
+        return
+    done.update((page, sha, what) for sha in new)
+
+
+def once(kind: str, film_sha: str | None, detail: str, key: tuple) -> None:
+    """Record ``kind`` (a reveal, a refusal override...) once per ``key`` in this browser session."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from cxr_core.errors import CXRError
 
     done: set = st.session_state.setdefault(SHOWN_KEY, set())
-    key = (page, film_sha, what)
-    if key in done:
+    if (kind, *key) in done:
         return
     try:
-        ui_auth.record("model_output_shown", film_sha=film_sha, detail=f"{page}: {what}")
-    except CXRError as err:
-        st.warning(f"That model output was shown was not recorded in the audit trail: {err}")
+        ui_auth.record(kind, film_sha=film_sha, detail=detail)
+    except (CXRError, SQLAlchemyError) as err:
+        st.warning(f"The audit trail could not record this {kind.replace('_', ' ')}: {err}")
         return
-    done.add(key)
+    done.add((kind, *key))
 
 
-__all__ = ["REFUSED", "SHOWN_KEY", "download", "output_shown"]
+__all__ = ["REFUSED", "SHOWN_KEY", "download", "once", "output_shown"]
