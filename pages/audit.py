@@ -13,11 +13,14 @@ import streamlit as st
 
 from cxr_core.audit import REGIONS, fmt_share, run_audit, to_json
 from cxr_core.audit.report import REGION_LABELS, render_html, shortcut_lines
+from cxr_core.audit.blinded import without_pending
 from cxr_core.errors import CXRError
-from ui import common
+from cxr_core.io import server_paths
+from cxr_core.io.plain_text import md_escape
+from ui import common, trail
 from ui import auth as ui_auth
 
-ui_auth.require_page("page:audit")  # the login form, or a refusal, for anyone else
+me = ui_auth.require_page("page:audit")  # the login form, or a refusal, for anyone else
 
 AUDIT_REPORT = "audit_report"  # the audit shown (to_json dict)
 AUDIT_BY = "audit_by"          # "predicted" or "label"
@@ -72,7 +75,7 @@ def run_form() -> None:
         names = [e.name for e in ready]
         name = st.selectbox("Model", names)
         data = st.text_input("Data: a manifest CSV, a folder with manifest.csv, class folders, or a folder of images",
-                             placeholder="/path/to/dataset")
+                             placeholder="/path/to/dataset", help="Only " + server_paths.roots_text() + ".")
         masks = st.text_input("Expert lung masks folder (optional; masks named <image stem>[_*].png)")
         cols = st.columns(3)
         limit = cols[0].number_input("Images (0 = all)", min_value=0, value=0, step=50)
@@ -88,15 +91,21 @@ def run_form() -> None:
 
     entry = next(e for e in ready if e.name == name)
     try:
-        items = items_from(Path(data.strip()), int(limit) or None)
+        root = server_paths.allowed_path(data)
+        mask_dir = server_paths.allowed_path(masks) if masks.strip() else None
+        try:
+            items = items_from(root, int(limit) or None)
+        except CXRError as exc:  # a manifest's reader quotes what it found: never shown for a server file
+            raise CXRError(f"{data.strip()!r} is {server_paths.unreadable_reason(exc)}") from exc
+        server_paths.check_all(item.file for item in items)  # a manifest may name files outside the roots
         engine, reason = common.cam_engine(common.weights_key(), entry.name, entry.card.sha256)
         if engine is None:
             st.error(reason)
             return
         bar = st.progress(0.0, text="Auditing...")
         report = run_audit(
-            engine, items, lung_masks=Path(masks.strip()) if masks.strip() else None,
-            lung_estimator=None if masks.strip() else lung_estimator(), batch_size=int(batch),
+            engine, items, lung_masks=mask_dir,
+            lung_estimator=None if mask_dir else lung_estimator(), batch_size=int(batch),
             mask_markers_first=clean, model_name=entry.name, loaded=common.loaded_model(entry),
             progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{done} of {total} images audited"),
         )
@@ -130,8 +139,32 @@ with load_tab:
 data = st.session_state.get(AUDIT_REPORT)
 if not data:
     st.stop()
+# The blind gate for a whole audit: films the logged-in user still reads blind leave every chart, table,
+# caption and download below (cxr_core.safety.blinding.hidden_images, the one gate). Fails closed.
+from sqlalchemy.exc import SQLAlchemyError
 
-st.header(f"{data['model'] or 'Model'}: {data['n_images']} images")
+from cxr_core.safety import blinding
+
+try:
+    with common.reading() as s:
+        seen = without_pending(data, blinding.hidden_images(s, me.id))
+except (CXRError, SQLAlchemyError) as err:
+    st.error(f"Nothing is shown: the annotation database could not be checked for blind readings ({err}).",
+             icon=":material/visibility_off:")
+    st.stop()
+data = seen.data
+if seen.hidden:
+    st.info(f"{seen.hidden} film(s) of this audit are left out of everything on this page and its downloads: they "
+            "are pending in your blind reading session(s)"
+            + (f" ({seen.unchecked} of them carry no pixel hash, so they cannot be told apart from a pending film)"
+               if seen.unchecked else "")
+            + ". Their model output stays hidden until you submit your reading.", icon=":material/visibility_off:")
+if not data["images"]:
+    st.stop()
+trail.output_shown("audit", [im.get("sha256", "") for im in data["images"]],
+                   f"{data['model'] or 'model'}: predicted classes and heatmap shares")
+
+st.header(f"{data['model'] or 'Model'}: {data['n_images']} images")  # a model name is [A-Za-z0-9._-]
 flags = shortcut_lines(data)
 for line in flags:
     st.error(line, icon=":material/warning:")
@@ -176,7 +209,7 @@ for i, f in enumerate(data["flagged"]):
             st.image(base64.b64decode(f["thumbnail_png_base64"]), width="stretch")
         else:
             st.caption(reason)
-        st.caption(f"{Path(f['file']).name}: {fmt_share(f['outside'])} outside the lungs (area "
+        st.caption(f"{md_escape(Path(f['file']).name)}: {fmt_share(f['outside'])} outside the lungs (area "
                    f"{fmt_share(f['outside_area'])}); predicted {f['predicted']}"
                    + (f", labelled {f['label']}" if f["label"] else ""))
 
@@ -189,5 +222,8 @@ with st.expander("Every image"):
         hide_index=True,
     )
 cols = st.columns(2)
-cols[0].download_button("Download JSON", json.dumps(data), file_name="audit.json", mime="application/json")
-cols[1].download_button("Download HTML report", render_html(data), file_name="audit.html", mime="text/html")
+what = f"dataset audit of {data['model'] or 'a model'}, {data['n_images']} films"
+trail.download("Download JSON", json.dumps(data), "audit.json", "application/json", action="export:audit",
+               detail=what, key="audit_json", container=cols[0])
+trail.download("Download HTML report", render_html(data), "audit.html", "text/html", action="export:audit",
+               detail=what, key="audit_html", container=cols[1])

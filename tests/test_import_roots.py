@@ -57,3 +57,10 @@ def test_unreadable_reasons_never_quote_the_file():
     assert "PNG, JPEG, TIFF or DICOM" in unreadable_reason(info.value)
     leaked = DataError("manifest /x.csv lacks column(s) ['file']; it has ['Jane Doe', '1970-01-01']")
     assert "Jane" not in unreadable_reason(leaked) and "manifest CSV" in unreadable_reason(leaked)
+
+
+def test_a_decoders_message_loses_the_quoted_bytes():
+    with pytest.raises(UnsupportedFormatError) as info:
+        load_xray(b"PATIENT: Jane Doe", "notes.png")
+    assert server_paths.without_contents(str(info.value)) == (
+        "not an image CXR Review can read; expected PNG, JPEG, TIFF or DICOM")

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from auth_helpers import login
 from conftest import REPO
 from cxr_core.audit import AuditReport, Flagged, ImageAudit, thumbnail, to_json
 
@@ -38,6 +39,7 @@ def saved_audit() -> dict:
 
 def test_a_loaded_audit_shows_the_shortcut_the_chart_and_the_gallery():
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    login(at, name="Researcher R", role="researcher")
     at.session_state["audit_report"] = saved_audit()
     at.switch_page("pages/audit.py").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -57,7 +59,8 @@ def test_a_loaded_audit_shows_the_shortcut_the_chart_and_the_gallery():
     assert chart["data"][0]["y"] == pytest.approx([0.1, 0.1])
 
 
-def test_running_an_audit_from_the_page(use_registry, tmp_path):
+def test_running_an_audit_from_the_page(use_registry, tmp_path, monkeypatch):
+    import os
     import shutil
 
     fix = REPO / "tests" / "fixtures" / "audit"
@@ -65,7 +68,10 @@ def test_running_an_audit_from_the_page(use_registry, tmp_path):
         shutil.copy(fix / name, tmp_path / name)  # a plain folder of images, unlabelled
     noise = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "hannover_00_noise.png")  # not a chest film, sorted first
+    monkeypatch.setenv("CXR_IMPORT_ROOTS", f"{tmp_path}{os.pathsep}{fix}")
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    login(at, name="Researcher R", role="researcher")
+    at.run()
     at.switch_page("pages/audit.py").run()
     at.selectbox[0].set_value("tiny-effnet")
     at.text_input[0].set_value(str(tmp_path))
@@ -81,3 +87,44 @@ def test_running_an_audit_from_the_page(use_registry, tmp_path):
     assert "high-frequency energy" in listed.dataframe[0].value.to_dict("records")[0]["details"]
     assert {im["lung_source"] for im in report["images"]} == {"expert"}  # 3 hannover films with masks
     assert at.header[0].value == "tiny-effnet: 3 images"
+
+
+def run_on(at: AppTest, data: str, masks: str = "") -> AppTest:
+    at.text_input[0].set_value(data)
+    at.text_input[1].set_value(masks)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [x.value for x in at.text_input] == [data, masks], [x.value for x in at.text_input]
+    return at
+
+
+def open_audit() -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    login(at, name="Researcher R", role="researcher")
+    at.run()
+    return at.switch_page("pages/audit.py").run()
+
+
+def test_server_folders_only_under_the_import_roots(use_registry, tmp_path, monkeypatch):
+    root, outside = tmp_path / "root", tmp_path / "private"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.csv").write_text("file,label\nJane Doe 1970-01-01.png,Normal\n")
+    (root / "manifest.csv").write_text(f"file,label\n{outside / 'secret.png'},Normal\n")
+    (outside / "secret.png").write_bytes((REPO / "tests" / "fixtures" / "audit" / "hannover_21982772.png").read_bytes())
+    (root / "notes.csv").write_text("name,birth\nJane Doe,1970-01-01\n")
+    monkeypatch.delenv("CXR_IMPORT_ROOTS", raising=False)
+    at = open_audit()
+    run_on(at, str(root))
+    assert "no import root is configured" in at.error[0].value and "audit_report" not in at.session_state
+
+    monkeypatch.setenv("CXR_IMPORT_ROOTS", str(root))  # read by the server at start (the help text names it)
+    at = open_audit()
+    for data, masks in ((str(outside), ""), (str(root / ".." / "private"), ""), (str(root), str(outside)),
+                        (str(root / "manifest.csv"), "")):  # the last names a film outside the root
+        run_on(at, data, masks)
+        assert "outside the folders this server may read" in at.error[0].value, (data, at.error[0].value)
+    run_on(at, str(root / "notes.csv"))  # inside a root, but not a dataset: refused without quoting it
+    message = at.error[0].value
+    assert "not a dataset CXR Review can read" in message and "Jane" not in message and "birth" not in message
+    assert "audit_report" not in at.session_state

@@ -10,6 +10,7 @@ that points out of it is refused too.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -79,4 +80,12 @@ def unreadable_reason(err: CXRError) -> str:
     return str(err)
 
 
-__all__ = ["PathNotAllowed", "allowed_path", "check_all", "roots_text", "unreadable_reason"]
+_QUOTED_BYTES = re.compile(r"\s*\(starts with b?(['\"]).*?\1\)")
+
+
+def without_contents(message: str) -> str:
+    """A decoder's message with the quoted first bytes of the file taken out (``(starts with b'...')``)."""
+    return _QUOTED_BYTES.sub("", str(message))
+
+
+__all__ = ["PathNotAllowed", "allowed_path", "check_all", "roots_text", "unreadable_reason", "without_contents"]
