@@ -6,7 +6,6 @@ from pathlib import Path
 
 from cxr_core.agreement import RULES
 from cxr_core.auth.cli_identity import add_user_argument, check_view_as, cli_user, record_cli
-from cxr_core.auth.cli_identity import add_user_argument, check_view_as, cli_user, record_cli
 
 FORMATS = ("csv", "json", "html", "coco")
 
@@ -46,7 +45,6 @@ def register(sub) -> None:
                         "two or more read), scored by default as extra readers")
     p.add_argument("--no-compute", action="store_true",
                    help="use stored heatmaps only; readings without one are left out")
-    add_user_argument(p)
     add_user_argument(p)
     p.set_defaults(func=run)
 
@@ -108,8 +106,6 @@ def run(args) -> int:
 
     user = cli_user(args, "cli:report")  # researcher or admin, logged in (cxr_core.auth)
     check_view_as(user, args.reader)
-    user = cli_user(args, "cli:report")  # researcher or admin, logged in (cxr_core.auth)
-    check_view_as(user, args.reader)
     if args.gallery < 0:
         raise SessionScoresError(f"--gallery {args.gallery}; expected 0 or more cases")
     models = _models(args.model)
@@ -133,7 +129,6 @@ def run(args) -> int:
             "html": lambda: reports.to_html(report), "coco": result.coco}[args.format]()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    record_cli(user, "export", detail=f"report of session {args.session!r} as {args.format}: {args.out}")
     record_cli(user, "export", detail=f"report of session {args.session!r} as {args.format}: {args.out}")
     data = result.data
     for r in report.refused:
