@@ -223,7 +223,8 @@ def test_odd_shape_and_missing_models_are_explained(use_registry):
     wide = io.BytesIO()
     Image.fromarray((np.random.default_rng(0).uniform(0, 255, (100, 300))).astype(np.uint8)).save(wide, "PNG")
     at = upload(start(), ("wide.png", wide.getvalue(), "image/png"))
-    assert any("oddly shaped for a chest film (aspect ratio 3.00)" in w for w in warnings_box(at)[1])
+    assert any("oddly shaped for a chest film" in w and "(aspect ratio 3.00, warned above 1.45)" in w
+               for w in warnings_box(at)[1])
     other = [e for e in at.expander if e.label.startswith("Models not installed")][0]
     notes = " ".join(m.value for m in other.markdown)
     for name in ("VGG16", "Xception"):  # the tiny models are an EfficientNetV2B0 and a ResNet50
