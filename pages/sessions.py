@@ -1,20 +1,22 @@
-"""Reading sessions (administrators): add readers, create blind sessions, follow each reader's progress."""
+"""Reading sessions (administrators): create blind sessions for existing users, follow each reader's progress."""
 
 import streamlit as st
 
-from cxr_core import storage
+from cxr_core import auth, storage
 from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
 from cxr_core.safety import intake
 from cxr_core.safety.screening import refusal_lines
 from ui import common, sessions
+from cxr_core.io import server_paths
+from cxr_core.io.plain_text import md_escape
 from ui import auth as ui_auth
 
-ui_auth.require_page("page:sessions")  # the login form, or a refusal, for anyone else
+me = ui_auth.require_page("page:sessions")  # the login form, or a refusal, for anyone else
 
 st.title("Reading sessions")
 st.caption(
-    "This page is for administrators: it lists the readers, creates reading sessions (a set of chest X-rays that "
+    "This page is for administrators: it lists the readers (users who may annotate), creates reading sessions (a set of chest X-rays that "
     "each assigned reader annotates in their own shuffled order) and shows how far each reader has got. Each film "
     "is screened first, as the review page screens it: films that do not look like a frontal chest X-ray are "
     "flagged and left out unless you keep them. It shows no model output. Model scores are not diagnoses, and "
@@ -24,39 +26,24 @@ flash = st.session_state.pop(sessions.SESSIONS_FLASH, None)
 if flash:
     st.success(flash, icon=":material/check_circle:")
 
-# --- readers --------------------------------------------------------------------------------------
+# --- readers: the users whose role may annotate (users are added on the Users page) ----------------
 with common.reading() as s:
-    readers = storage.list_readers(s)
+    users = {u.name: u for u in auth.list_users(s)}
+    readers = [r for r in storage.list_readers(s)
+               if r.name in users and not users[r.name].disabled and auth.can(r.role, "page:annotate")]
 st.subheader(f"Readers ({len(readers)})")
 if readers:
-    st.table({"Name": [r.name for r in readers], "Role": [r.role for r in readers]})
+    st.dataframe({"Name": [r.name for r in readers], "Role": [r.role for r in readers]},
+                 hide_index=True)  # plain text cells: a name is never rendered as markdown
 else:
-    st.info("No readers yet. Add yourself as an administrator first, then the experts who will read.")
-with st.form("sessions_add_reader", clear_on_submit=True, border=True):
-    name_col, role_col = st.columns([3, 1])
-    new_name = name_col.text_input("New reader's name", key=sessions.SESSIONS_NEW_READER)
-    new_role = role_col.selectbox("Role", storage.ROLES, index=1, key=sessions.SESSIONS_NEW_ROLE,
-                                  help="sme: a subject-matter expert who annotates; admin: creates sessions; "
-                                       "reviewer: reviews results.")
-    if st.form_submit_button("Add reader", icon=":material/person_add:"):
-        try:
-            with common.db().begin() as s:
-                storage.add_reader(s, new_name, new_role)
-        except CXRError as err:
-            st.error(str(err))
-        else:
-            st.session_state[sessions.SESSIONS_FLASH] = f"Added {new_name.strip()} ({new_role})."
-            st.rerun()
-
-admins = {r.name: r.id for r in readers if r.role == "admin"}
+    st.info("No readers yet: add users with the role sme on the **Users** page.")
+st.caption("Readers are the enabled users whose role may annotate (sme, admin). Add users, change roles and disable "
+           "accounts on the **Users** page.")
 by_name = {r.name: r.id for r in readers}
 
 # --- a new session --------------------------------------------------------------------------------
 st.subheader("New reading session")
-if not admins:
-    st.info("Add a reader with the role **admin** to create sessions.")
-else:
-    admin = st.selectbox("Created by (administrator)", list(admins), key=sessions.SESSIONS_ADMIN)
+with st.container():  # created by the logged-in administrator (created_by, in the trail)
     session_name = st.text_input("Session name", key=sessions.SESSIONS_NAME, placeholder="e.g. Blind read, batch 1")
     blind = st.checkbox("Blind: readers see no model output for an image until they submit their reading",
                         value=True, key=sessions.SESSIONS_BLIND)
@@ -82,10 +69,11 @@ else:
                     "Upload files or use a folder instead.")
     else:
         folder = st.text_input("Folder on the server", key=sessions.SESSIONS_FOLDER, placeholder="/data/study/batch1",
-                               help="Every PNG, JPEG, TIFF or DICOM file directly in this folder.")
+                               help="Every PNG, JPEG, TIFF or DICOM file directly in this folder; only "
+                                    + server_paths.roots_text() + ".")
         if folder.strip():
             try:
-                files = intake.from_folder(folder)
+                files = intake.from_folder(server_paths.allowed_path(folder))
             except CXRError as err:
                 st.error(str(err), icon=":material/folder_off:")
         else:
@@ -98,7 +86,7 @@ else:
         bar = st.empty()
         screened = sessions.sessions_screen(
             files, screening, progress=lambda done, todo, name: bar.progress(
-                done / max(todo, 1), text=f"Screening {name} ({done + 1} of {todo})"))
+                done / max(todo, 1), text=f"Screening {md_escape(name)} ({done + 1} of {todo})"))
         bar.empty()
         flagged = [x for x in screened if x.flagged]
         unreadable = [x for x in screened if not x.readable]
@@ -110,16 +98,17 @@ else:
         if screening.problem:
             st.warning(screening.problem, icon=":material/warning:")
         st.dataframe({"File": [x.name for x in screened], "Verdict": [x.verdict for x in screened],
-                      "Reason": [x.reason for x in screened]}, hide_index=True)
+                      "Reason": [server_paths.without_contents(x.reason) for x in screened]}, hide_index=True)
         for x in unreadable:
-            st.warning(f"**{x.name}** is not readable and is left out: {x.error}", icon=":material/broken_image:")
+            st.warning(f"**{md_escape(x.name)}** is not readable and is left out: "
+                       f"{md_escape(server_paths.without_contents(x.error))}", icon=":material/broken_image:")
         for x in flagged:
             with st.container(border=True):
                 pic, text = st.columns([1, 5])
                 pic.image(x.thumb, caption=x.name)
-                text.markdown(f"**{x.name}** does not look like a frontal chest X-ray:\n\n"  # as every page says it
+                text.markdown(f"**{md_escape(x.name)}** does not look like a frontal chest X-ray:\n\n"  # as every page says it
                               + "\n".join(f"- {r}" + (f" *({d})*" if d else "") for r, d in refusal_lines(x.decision)))
-                if text.checkbox(f"Keep {x.name} in the session anyway", key=sessions.sessions_keep_key(x.ident)):
+                if text.checkbox(f"Keep {md_escape(x.name)} in the session anyway", key=sessions.sessions_keep_key(x.ident)):
                     keep.add(x.ident)
     elif why_none and source != "Uploaded files":
         st.caption(f"No images yet: {why_none}.")
@@ -139,14 +128,23 @@ else:
             with st.spinner("Storing the films..."), common.db().begin() as s:
                 result = intake.create_session(
                     s, name=session_name, files=files, screened=screened, keep=keep,
-                    reader_ids=[by_name[n] for n in chosen], blind=blind, created_by=admins[admin], shuffle=shuffle,
-                    screened_by=screening.screened_by, by=admin,
+                    reader_ids=[by_name[n] for n in chosen], blind=blind, created_by=me.id, shuffle=shuffle,
+                    screened_by=screening.screened_by, by=me.name,
                 )
+                for x in screened:
+                    if x.flagged and x.ident in keep:  # an expert override of the screening, in the trail
+                        auth.record(s, me.name, "refusal_override", film_sha=x.image_sha or None,
+                                    detail=f"sessions page: {x.name} kept in session {result.session.name!r} although "
+                                           "flagged as not a frontal chest X-ray")
+                auth.record(s, me.name, "session_change", detail=(
+                    f"created session {result.session.name!r} ({'blind' if blind else 'not blind'}): "
+                    f"{result.stored} film(s), readers {', '.join(repr(n) for n in chosen)}"))
         except CXRError as err:
             st.error(f"Session not created: {err}")
         else:
             st.session_state[sessions.SESSIONS_FLASH] = (
-                f"Created session {result.session.name!r}: {result.stored} image(s), {len(chosen)} reader(s)"
+                f"Created session {md_escape(repr(result.session.name))}: {result.stored} image(s), "
+                f"{len(chosen)} reader(s)"
                 + (", each in their own order." if shuffle else ", all in the same order.")
                 + (" " + result.summary() if result.summary() else ""))
             st.rerun()
@@ -164,10 +162,10 @@ if not progress:
 for x, queues, unassigned in progress:
     total = queues[0][1].total if queues else 0
     with st.container(border=True):
-        st.markdown(f"**{x.name}**: {'blind' if x.blind else 'not blind'}, {total} image(s), "
+        st.markdown(f"**{md_escape(x.name)}**: {'blind' if x.blind else 'not blind'}, {total} image(s), "
                     f"created {x.created_at:%Y-%m-%d %H:%M} UTC")
         for r, q in queues:
-            st.progress(q.progress, text=f"{r.name}: {q.progress_text}")
+            st.progress(q.progress, text=f"{md_escape(r.name)}: {q.progress_text}")
         if unassigned:
             add_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
             more = add_col.multiselect("Add readers", [r.name for r in unassigned], key=f"sessions_assign::{x.id}")
@@ -175,5 +173,8 @@ for x, queues, unassigned in progress:
                 with common.db().begin() as s:
                     for n in more:
                         storage.assign_reader(s, x.id, by_name[n])
-                st.session_state[sessions.SESSIONS_FLASH] = f"Assigned {', '.join(more)} to {x.name!r}."
+                    auth.record(s, me.name, "session_change",
+                                detail=f"assigned {', '.join(repr(n) for n in more)} to session {x.name!r}")
+                st.session_state[sessions.SESSIONS_FLASH] = (f"Assigned {md_escape(', '.join(more))} to "
+                                                             f"{md_escape(repr(x.name))}.")
                 st.rerun()

@@ -14,7 +14,10 @@ import skimage.data
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from auth_helpers import PASSWORD, login
 from conftest import FIXTURES, REPO
+from cxr_core import auth
+from cxr_core.io.plain_text import md_escape
 from cxr_core import annotation as ann
 from cxr_core import storage
 from cxr_core.safety import intake
@@ -43,16 +46,13 @@ def samples_dir(tmp_path, monkeypatch):
 
 
 def open_sessions() -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    """The sessions page for the administrator Ada, logged in (created if need be)."""
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    login(at, name="Ada", role="admin")
+    at.run()
     at.switch_page("pages/sessions.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def add_reader(at: AppTest, name: str, role: str) -> None:
-    at.text_input(key=sessions.SESSIONS_NEW_READER).input(name)
-    at.selectbox(key=sessions.SESSIONS_NEW_ROLE).select(role)
-    at.button[0].click().run()  # the form's submit button comes first on the page
 
 
 def progress(at: AppTest) -> list[str]:
@@ -71,20 +71,21 @@ def click_create(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-def test_readers_are_added_with_roles_and_sessions_need_an_administrator(db):
+def test_readers_are_the_enabled_users_who_may_annotate_and_none_is_added_here(db):
+    with db.begin() as s:
+        auth.create_user(s, "Dr A", "sme", PASSWORD)
+        auth.create_user(s, "Rev", "reviewer", PASSWORD)
+        auth.create_user(s, "Res", "researcher", PASSWORD)
+        auth.create_user(s, "Dr Off", "sme", PASSWORD)
+        auth.create_user(s, "Ada", "admin", PASSWORD)
+        auth.disable_user(s, "Dr Off")
     at = open_sessions()
     assert "administrators" in at.caption[0].value and "not diagnoses" in at.caption[0].value
-    assert "No readers yet" in at.info[0].value
-    add_reader(at, "Dr A", "sme")
-    assert at.success[0].value == "Added Dr A (sme)."
-    assert any("role **admin** to create sessions" in i.value for i in at.info)
-    add_reader(at, "Dr A", "reviewer")
-    assert "already exists" in at.error[0].value
-    add_reader(at, "Ada", "admin")
-    assert at.table[0].value.to_dict("list") == {"Name": ["Ada", "Dr A"], "Role": ["admin", "sme"]}
-    assert at.selectbox(key=sessions.SESSIONS_ADMIN).value == "Ada"
-    with db.begin() as s:
-        assert [(r.name, r.role) for r in storage.list_readers(s)] == [("Ada", "admin"), ("Dr A", "sme")]
+    assert at.dataframe[0].value.to_dict("list") == {"Name": ["Ada", "Dr A"], "Role": ["admin", "sme"]}
+    assert "New reader's name" not in [x.label for x in at.text_input]  # users are added on the Users page only
+    assert not [b for b in at.button if b.label == "Add reader"]
+    assert "Created by (administrator)" not in [x.label for x in at.selectbox]  # the logged-in administrator
+    assert at.multiselect(key=sessions.SESSIONS_READERS).options == ["Ada (admin)", "Dr A (sme)"]
 
 
 def test_session_from_uploads_skips_unreadable_files_and_shows_progress_per_reader(db):
@@ -97,8 +98,11 @@ def test_session_from_uploads_skips_unreadable_files_and_shows_progress_per_read
     uploads = [*files, ("notes.txt", b"not an image", "text/plain")]
     at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value(uploads).run()
     click_create(at)
-    assert at.success[0].value == ("Created session 'Uploads 1': 3 image(s), 2 reader(s), each in their own order. "
+    assert at.success[0].value == (r"Created session \'Uploads 1\': 3 image(s), 2 reader(s), each in their own order. "
                                    "Left out 1 file(s) that could not be read: notes.txt.")
+    with db.begin() as s:
+        changes = [(e.who, e.detail) for e in auth.events(s, action="session_change")]
+    assert changes == [("Ada", "created session 'Uploads 1' (blind): 3 film(s), readers 'Dr A', 'Dr B'")]
     assert progress(at) == ["Dr A: 0 of 3 done", "Dr B: 0 of 3 done"]
     with db.begin() as s:
         session = storage.get_session(s, "Uploads 1")
@@ -121,7 +125,7 @@ def test_unreadable_uploads_are_named_and_a_session_needs_readers(db):
     at = open_sessions()
     create(at, "Bad", [], source="Uploaded files")
     at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value([("notes.txt", b"not an image", "text/plain")]).run()
-    assert any(w.value.startswith("**notes.txt** is not readable and is left out: not an image") for w in at.warning)
+    assert any(w.value.startswith(r"**notes\.txt** is not readable and is left out: not an image") for w in at.warning)
     click_create(at)
     assert at.error[0].value == "Session not created: no readers chosen; a session needs at least one reader"
     at.multiselect(key=sessions.SESSIONS_READERS).set_value(["Ada"]).run()
@@ -146,7 +150,7 @@ def test_bundled_samples_missing_are_explained_and_present_ones_carry_their_labe
     at.run()
     assert at.multiselect(key=sessions.SESSIONS_SAMPLES).value == CXR[:2]
     click_create(at)
-    assert at.success[0].value.startswith("Created session 'Samples': 2 image(s), 1 reader(s)")
+    assert at.success[0].value.startswith(r"Created session \'Samples\': 2 image(s), 1 reader(s)")
     with db.begin() as s:
         session = storage.get_session(s, "Samples")
         shas = [e.image_sha for e in storage.reader_queue(s, session.id, storage.get_reader(s, "Dr A").id).entries]
@@ -154,7 +158,9 @@ def test_bundled_samples_missing_are_explained_and_present_ones_carry_their_labe
     assert labels == ["COVID-19", "Normal"]
 
 
-def test_session_from_a_server_folder_without_shuffle_keeps_one_order_and_readers_can_be_added(db, tmp_path):
+def test_session_from_a_server_folder_without_shuffle_keeps_one_order_and_readers_can_be_added(db, tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.setenv("CXR_IMPORT_ROOTS", str(tmp_path))
     folder = tmp_path / "batch"
     folder.mkdir()
     for name in CXR:
@@ -165,6 +171,8 @@ def test_session_from_a_server_folder_without_shuffle_keeps_one_order_and_reader
             storage.add_reader(s, n, "sme")
     at = open_sessions()
     create(at, "Folder", ["Dr A", "Dr B"], source="A folder on the server", shuffle=False)
+    at.text_input(key=sessions.SESSIONS_FOLDER).input(str(REPO / "tests" / "fixtures" / "cxr")).run()
+    assert "outside the folders this server may read" in at.error[0].value  # real films, but not under a root
     at.text_input(key=sessions.SESSIONS_FOLDER).input(str(tmp_path / "missing")).run()
     click_create(at)
     assert "is not a folder on the server" in at.error[0].value
@@ -183,6 +191,8 @@ def test_session_from_a_server_folder_without_shuffle_keeps_one_order_and_reader
     assign.set_value(["Dr C"]).run()
     at.button(key=f"sessions_assign_button::{session.id}").click().run()
     assert progress(at) == ["Dr A: 0 of 4 done", "Dr B: 0 of 4 done", "Dr C: 0 of 4 done"]
+    with db.begin() as s:
+        assert auth.events(s, action="session_change")[-1].detail == "assigned 'Dr C' to session 'Folder'"
 
 
 # --- screening before the session is made (issue 12) ---------------------------------------------
@@ -209,7 +219,7 @@ def mixed_uploads() -> list[tuple[str, bytes, str]]:
 
 
 def screening_table(at: AppTest) -> dict[str, tuple[str, str]]:
-    frame = at.dataframe[0].value
+    frame = at.dataframe[1].value  # after the readers
     return {f: (v, r) for f, v, r in zip(frame["File"], frame["Verdict"], frame["Reason"])}
 
 
@@ -224,7 +234,7 @@ def session_shas(db, name: str) -> set[str]:
 
 
 def keep_box(at: AppTest, name: str):
-    return next(c for c in at.checkbox if c.label == f"Keep {name} in the session anyway")
+    return next(c for c in at.checkbox if c.label == f"Keep {md_escape(name)} in the session anyway")
 
 
 def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_request(db, monkeypatch, caplog):
@@ -250,10 +260,11 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     assert any("image checks" in c.value and "alone: no model is installed" in c.value for c in at.caption)
     assert any(m.value.startswith("**Screening of 5 file(s)**: 2 chest film(s), 2 flagged") for m in at.markdown)
     for name, (_, words) in NOT_CHEST.items():  # the reasons, in words, beside a keep box that starts unticked
-        assert any(m.value.startswith(f"**{name}** does not look like a frontal chest X-ray") and words in m.value
+        assert any(m.value.startswith(f"**{md_escape(name)}** does not look like a frontal chest X-ray")
+                   and words in m.value
                    for m in at.markdown)
         assert keep_box(at, name).value is False
-    assert any(w.value.startswith("**broken.png** is not readable and is left out:") for w in at.warning)
+    assert any(w.value.startswith(r"**broken\.png** is not readable and is left out:") for w in at.warning)
     assert sorted(decoded) == sorted(n for n, _, _ in mixed_uploads())  # each file decoded once...
     at.run()
     assert len(decoded) == 5  # ...and not again on a rerun (verdicts cached by content)
@@ -264,7 +275,7 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     click_create(at)
     assert sorted(decoded) == sorted(CXR[:2])  # only the chosen films are decoded again, to be stored
     assert at.success[0].value == (
-        "Created session 'Screened': 2 image(s), 1 reader(s), each in their own order. Dropped 2 film(s) flagged as "
+        r"Created session \'Screened\': 2 image(s), 1 reader(s), each in their own order. Dropped 2 film(s) flagged as "
         "not a frontal chest X-ray: photo.png, document.png. Left out 1 file(s) that could not be read: broken.png.")
     chest_shas = {load_xray(FIXTURES / "cxr" / n).sha256 for n in CXR[:2]}
     assert session_shas(db, "Screened") == chest_shas
@@ -280,11 +291,17 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
         "choice: photo.png. Left out 1 file(s) that could not be read: broken.png.")
     photo_sha = load_xray(NOT_CHEST["photo.png"][0], "photo.png").sha256
     assert session_shas(db, "Screened, photo kept") == chest_shas | {photo_sha}
+    with db.begin() as s:
+        overrides = [(e.who, e.film_sha, e.detail) for e in auth.events(s, action="refusal_override")]
+    assert overrides == [("Ada", photo_sha, "sessions page: photo.png kept in session 'Screened, photo kept' although "
+                                            "flagged as not a frontal chest X-ray")]
     logged = [m for m in caplog.messages if "expert override" in m and "sessions page" in m]
     assert len(logged) == 1 and "photo.png" in logged[0] and "This is a colour picture" in logged[0] and "Ada" in logged[0]
 
 
-def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(db, tmp_path, use_registry):
+def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(db, tmp_path, use_registry,
+                                                                               monkeypatch):
+    monkeypatch.setenv("CXR_IMPORT_ROOTS", str(tmp_path))
     folder = tmp_path / "batch"
     folder.mkdir()
     (folder / "document.png").write_bytes(NOT_CHEST["document.png"][0])
@@ -304,7 +321,7 @@ def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(d
         assert storage.list_sessions(s) == []
     keep_box(at, "document.png").check().run()
     click_create(at)
-    assert at.success[0].value.startswith("Created session 'Folder': 1 image(s), 1 reader(s)")
+    assert at.success[0].value.startswith(r"Created session \'Folder\': 1 image(s), 1 reader(s)")
     assert "Kept 1 flagged film(s) by your choice: document.png." in at.success[0].value
     assert len(session_shas(db, "Folder")) == 1
 
