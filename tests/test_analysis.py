@@ -5,6 +5,7 @@ and the same scores for the same film."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import shutil
@@ -177,7 +178,15 @@ def test_the_session_report_refuses_the_same_films_and_stores_the_same_scores(de
         assert refused[name]["reasons"] == list(direct[name].reasons)
         assert refused[name]["details"] == list(direct[name].details)
     assert {s.image_id for s in result.report.scores} == {p.name for p in CHEST}
-    assert {r["image_id"] for r in json.loads(reports.to_json(result.report))["refused"]} == set(STORABLE)
+    exported = {r["image_id"]: r for r in json.loads(reports.to_json(result.report))["refused"]}
+    assert {n: exported[n]["details"] for n in exported} == {n: list(direct[n].details) for n in STORABLE}
+    rows = [r for r in csv.DictReader(io.StringIO(reports.to_csv(result.report.scores, result.report.excluded,
+                                                                  result.report.refused))) if r["not_analysed"]]
+    assert sorted(r["image_id"] for r in rows) == sorted(STORABLE)
+    assert all(f"{direct[r['image_id']].reasons[0]} ({direct[r['image_id']].details[0]})" in r["not_analysed"]
+               for r in rows)
+    page = reports.to_html(result.report)
+    assert all(d in page for n in STORABLE for d in direct[n].details)
     with factory.begin() as s:
         stored = {r.image_sha: dict(r.probabilities) for r in s.scalars(select(storage.ModelResult))}
     for name, sha in zip(names, shas):

@@ -191,11 +191,17 @@ def test_html_is_offline_and_contains_every_gallery_image(session):
 def test_refused_images_are_listed_with_their_reasons(session):
     scores, _, _ = session
     refused = [{"image_id": "holiday.jpg", "model": "resnet50",
-                "reasons": ["strong colour (colourfulness 0.31 > 0.06): a photograph or figure, not a radiograph"]}]
+                "reasons": ["This is a colour picture (a photograph or a figure), not an X-ray."],
+                "details": ["colourfulness 0.31, limit 0.06"]}]
     report = Report("Session s1", scores, refused=refused)
     assert json.loads(to_json(report))["refused"] == refused
     page = to_html(report)
-    assert "<h2>Not analysed</h2>" in page and "<td>holiday.jpg</td>" in page and "strong colour" in page
+    assert "<h2>Not analysed</h2>" in page and "<td>holiday.jpg</td>" in page and "colour picture" in page
+    assert "<td>colourfulness 0.31, limit 0.06</td>" in page  # the measured figures beside the reasons
+    [row] = [r for r in csv.DictReader(io.StringIO(to_csv(scores, refused=refused))) if r["not_analysed"]]
+    assert row["image_id"] == "holiday.jpg" and row["model"] == "resnet50" and row["iou"] == ""
+    assert row["not_analysed"] == "This is a colour picture (a photograph or a figure), not an X-ray. " \
+                                  "(colourfulness 0.31, limit 0.06)"
     assert "Not analysed" not in to_html(Report("Session s1", scores))
     assert json.loads(to_json(Report("Session s1", scores)))["refused"] == []
 

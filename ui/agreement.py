@@ -297,5 +297,5 @@ def agreement_export(fmt: str, data, pairsets, scores, rule: str, refused=()) ->
     report = build_report(data, pairsets, scores, pixels=None if fmt == "csv" else agreement_pixels, rule=rule)
     report = replace(report, refused=tuple(refused))
     if fmt == "csv":
-        return reports.to_csv(report.scores, report.excluded)
+        return reports.to_csv(report.scores, report.excluded, report.refused)
     return reports.to_json(report) if fmt == "json" else reports.to_html(report)

@@ -34,7 +34,7 @@ from cxr_core.annotation.consensus import READERS as CONSENSUS_READERS
 from cxr_core.io import csv_safe
 from cxr_core.io.json_safe import clean
 
-CSV_FIELDS = (*(f.name for f in fields(ImageScore)), "excluded")
+CSV_FIELDS = (*(f.name for f in fields(ImageScore)), "excluded", "not_analysed")
 FORMAT = "cxr-review-agreement/1"
 #: The summary table's metrics, in column order, with their headings.
 SUMMARY_METRICS = (("iou", "IoU"), ("dice", "Dice"), ("hit", "Hit rate"), ("mass", "Relevance mass"),
@@ -52,7 +52,8 @@ class Report:
     diagnosis: DiagnosisAgreement | None = None
     gallery: Sequence[GalleryCase] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
-    #: Inputs a model refused to score (:mod:`cxr_core.safety.screening`): ``{"image_id", "model", "reasons"}`` each.
+    #: Inputs a model refused to score (:func:`cxr_core.analysis.screen_films`): ``{"image_id", "model", "reasons",
+    #: "details"}`` each (``details[i]``: the measured figures behind ``reasons[i]``).
     refused: Sequence[Mapping[str, Any]] = ()
     #: Readings whose reader excluded the film (in no number): ``{"image_id", "reader", "reason"}`` each.
     excluded: Sequence[Mapping[str, Any]] = ()
@@ -69,12 +70,15 @@ def versions() -> dict[str, str]:
             "opencv": cv2.__version__, "scikit-learn": sklearn.__version__}
 
 
-def to_csv(scores: Sequence[ImageScore], excluded: Sequence[Mapping[str, Any]] = ()) -> str:
+def to_csv(scores: Sequence[ImageScore], excluded: Sequence[Mapping[str, Any]] = (),
+           refused: Sequence[Mapping[str, Any]] = ()) -> str:
     """One row per image × model × reader; undefined metrics are empty cells.
 
     Each reading its reader excluded (``{"image_id", "reader", "reason"}``, see :attr:`Report.excluded`)
     follows as a row with only ``image_id``, ``reader``, ``session`` and ``excluded`` (the reason)
-    filled, so the file says what it leaves out; scored rows have an empty ``excluded`` cell.
+    filled, so the file says what it leaves out; scored rows have an empty ``excluded`` cell. Each film a
+    model refused (:attr:`Report.refused`) follows as a row with ``image_id``, ``model``, ``session`` and
+    ``not_analysed``: every reason with its measured figures in brackets.
     """
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n", restval="")
@@ -86,7 +90,17 @@ def to_csv(scores: Sequence[ImageScore], excluded: Sequence[Mapping[str, Any]] =
         writer.writerow({k: csv_safe.cell(v) for k, v in {
             "image_id": e.get("image_id", ""), "reader": e.get("reader", ""),
             "session": e.get("session", session), "excluded": e.get("reason") or "excluded"}.items()})
+    for r in refused:
+        writer.writerow({k: csv_safe.cell(v) for k, v in {
+            "image_id": r.get("image_id", ""), "model": r.get("model", ""), "session": session,
+            "not_analysed": refusal_text(r)}.items()})
     return buf.getvalue()
+
+
+def refusal_text(refused: Mapping[str, Any]) -> str:
+    """A refused film's reasons, each with its measured figures in brackets, in one line."""
+    details = list(refused.get("details", ())) + [""] * len(refused.get("reasons", ()))
+    return "; ".join(f"{r} ({d})" if d else str(r) for r, d in zip(refused.get("reasons", ()), details))
 
 
 TIME_FIELDS = ("session", "reader", "n", "untimed", "median_s", "q1_s", "q3_s", "iqr_s")
@@ -166,15 +180,15 @@ def to_json(report: Report) -> str:
                    "rules": sorted({s.rule for s in report.scores}),
                    "conventions": conventions(report.scores)},
         "versions": versions(),
-        "checksums": {"scores_csv_sha256": hashlib.sha256(to_csv(report.scores, report.excluded).encode())
-                      .hexdigest()},
+        "checksums": {"scores_csv_sha256": hashlib.sha256(to_csv(report.scores, report.excluded, report.refused)
+                                                          .encode()).hexdigest()},
         "meta": report.meta,
         "scores": [s.to_dict() for s in report.scores],
         "groups": [g.to_dict() for g in report.groups],
         "reader_pairs": [asdict(p) for p in report.reader_pairs],
         "diagnosis": report.diagnosis.to_dict() if report.diagnosis else None,
-        "refused": [{"image_id": r.get("image_id"), "model": r.get("model"), "reasons": list(r.get("reasons", ()))}
-                    for r in report.refused],
+        "refused": [{"image_id": r.get("image_id"), "model": r.get("model"), "reasons": list(r.get("reasons", ())),
+                     "details": list(r.get("details", ()))} for r in report.refused],
         "reading_times": [dict(t) for t in report.times],
         "excluded": {"n": len(report.excluded), "note": excluded_text(report.excluded) if report.excluded else None,
                      "readings": [dict(e) for e in report.excluded]},
@@ -207,7 +221,8 @@ def to_html(report: Report) -> str:
         reader_pairs=pairs,
         reader_mean_iou=float(np.nanmean(ious)) if np.isfinite(ious).any() else None,
         refused=[{"image_id": str(r.get("image_id")), "model": str(r.get("model")),
-                  "reasons": [str(x) for x in r.get("reasons", ())]} for r in report.refused],
+                  "reasons": [str(x) for x in r.get("reasons", ())],
+                  "details": [str(x) for x in r.get("details", ()) if x]} for r in report.refused],
         times=[{k: t.get(k) for k in ("reader", "n", "untimed", "median_s", "q1_s", "q3_s", "iqr_s")}
                for t in report.times],
         charts=charts_html(report.scores),  # plotly's own markup (marked safe in the template); its data is JSON
@@ -223,6 +238,6 @@ __all__ = [
     "BASELINE_GREY", "CSV_FIELDS", "CocoAnnotation", "CocoImage", "EXPERT_RGB", "FORMAT", "GalleryCase",
     "HEATMAP_RGB", "METHOD_LABELS", "Report", "ReportError", "SUMMARY_METRICS", "TIME_FIELDS", "case_uri",
     "conventions", "distribution_figure", "excluded_text", "make_case", "pick_cases", "png_data_uri",
-    "render_case", "rle_decode", "rle_encode", "series_name", "times_csv", "to_coco", "to_csv", "to_html",
-    "to_json", "versions",
+    "refusal_text", "render_case", "rle_decode", "rle_encode", "series_name", "times_csv", "to_coco", "to_csv",
+    "to_html", "to_json", "versions",
 ]

@@ -69,9 +69,10 @@ def film_warnings(xray, card=None, *, expected_classes: Sequence[str] = DEFAULT_
     h, w = xray.pixels.shape
     if card is not None:
         if card.demo:
+            headline = f"{card.name} is a demonstration model"
             notes.append(ClinicianWarning(
-                "demo", f"{card.name} is a demonstration model ({card.intended_use}). Its scores show how the "
-                        "workflow looks, not what the film shows.", emphasis=(f"{card.name} is a demonstration model",)))
+                "demo", f"{headline} ({card.intended_use}). Its scores show how the workflow looks, not what the "
+                        "film shows.", emphasis=(headline,)))
         missing = [c for c in expected_classes if c not in card.classes]
         if missing:
             names = ", ".join(missing)

@@ -125,7 +125,8 @@ def run(args) -> int:
         logging.getLogger("cxr_core.safety.screening").warning(
             "report for session %r: out-of-distribution refusal overridden (--allow-ood)", args.session)
     report = result.report
-    text = {"csv": lambda: reports.to_csv(report.scores, report.excluded), "json": lambda: reports.to_json(report),
+    text = {"csv": lambda: reports.to_csv(report.scores, report.excluded, report.refused),
+            "json": lambda: reports.to_json(report),
             "html": lambda: reports.to_html(report), "coco": result.coco}[args.format]()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
