@@ -15,9 +15,20 @@ For each of ResNet50 (224), VGG16 (224), Xception (299) and EfficientNetV2B0 (22
   GFLOP/s = GFLOP / single-image latency (network only, no preprocessing), beside a compiled
   2048 x 2048 float32 matmul.
 
-Timings alternate fwd and cam in each repeat and report the best of the repeats (as ``timeit``
+Engines side by side (issue 17): the same model on TensorFlow (``CamEngine``, the reference) and on
+OpenVINO (:mod:`cxr_core.engines.openvino`) in float32 and, where the CPU has it, bfloat16:
+
+- ``latency``: ``engine.run([xray])`` (predict + Grad-CAM + heatmap at the X-ray's size), best of the repeats;
+- ``net``: the compiled predict+CAM call alone on a prepared image; GFLOP/s = forward GFLOP / ``net``,
+  beside a 2048 x 2048 matmul measured in the same precision by the same engine;
+- ``films/s @16``: ``engine.run`` on a batch of 16;
+- ``max|dp|`` / ``corr``: largest probability difference from TensorFlow and the heatmaps' Pearson correlation
+  on the film; ``setup``: OpenVINO conversion + compilation + its check against Keras (once per model file,
+  then read from the cache).
+
+Timings alternate the engines in each repeat and report the best of the repeats (as ``timeit``
 advises), so load from other processes on a shared machine inflates neither side of a ratio.
-Run: ``python bench/bench_cam.py [--archs resnet50 vgg16] [--repeats 5]``.
+Run: ``python bench/bench_cam.py [--archs resnet50 vgg16] [--repeats 5] [--engines-only]``.
 """
 
 from __future__ import annotations
@@ -35,6 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cxr_core.engines.openvino import (  # noqa: E402
+    OpenVinoCamEngine, bf16_supported, cpu_flags, cpu_name, ov_core,
+)
 from cxr_core.explain.cam import CamEngine  # noqa: E402
 from cxr_core.io.imaging import XRay, load_xray, pixel_sha256  # noqa: E402
 from cxr_core.models.predict import compiled_forward, predict  # noqa: E402
@@ -81,6 +95,20 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
         mm(a, b).numpy()
         times.append(time.perf_counter() - t)
     return 2.0 * n ** 3 / min(times) / 1e9
+
+
+def ov_matmul_gflops(precision: str, n: int = 2048, repeats: int = 10) -> float:
+    """The same matmul compiled by OpenVINO in ``precision`` ("f32" or "bf16")."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    a, b = ops.parameter([n, n], np.float32), ops.parameter([n, n], np.float32)
+    compiled = ov_core().compile_model(ov.Model([ops.matmul(a, b, False, False)], [a, b]), "CPU",
+                                       {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    request.infer([x, x])
+    return 2.0 * n ** 3 / min(tibest(lambda: request.infer([x, x])) for _ in range(repeats)) / 1e9
 
 
 def keras_io_gradcam(model, spec, xray: XRay) -> np.ndarray:
@@ -154,22 +182,104 @@ def bench_arch(arch: str, xray: XRay, repeats: int) -> dict:
     return row
 
 
+def bench_engines(arch: str, xray: XRay, repeats: int, precisions: list[str]) -> list[dict]:
+    """One row per engine (TensorFlow, OpenVINO in each precision) for the same weights=None model."""
+    import keras
+
+    spec = get_spec(arch)
+    keras.utils.set_random_seed(0)
+    model = build_model(arch, DEFAULT_CLASSES, weights=None)
+    engines, setup = {}, {}
+    t0 = time.perf_counter()
+    engines["TensorFlow float32"] = CamEngine.from_model(model, spec, DEFAULT_CLASSES)
+    setup["TensorFlow float32"] = time.perf_counter() - t0
+    for precision in precisions:
+        t0 = time.perf_counter()
+        engine = OpenVinoCamEngine(model, spec, DEFAULT_CLASSES, precision=precision)
+        setup[f"OpenVINO {engine.info.precision}"] = time.perf_counter() - t0
+        engines[f"OpenVINO {engine.info.precision}"] = engine
+    x1 = prepare_batch([xray.pixels], spec)
+    targets, noise = np.full(1, -1, np.int32), np.zeros((1, 0), np.float32)
+    steps = {name: e._compiled_step("gradcam") for name, e in engines.items()}
+    batch = [xray] * 16
+    reference = engines["TensorFlow float32"].run([xray])[0]
+    times: dict[str, dict[str, list[float]]] = {name: {"run": [], "net": [], "run16": []} for name in engines}
+    results = {}
+    for name, engine in engines.items():  # warm every shape before timing
+        results[name] = engine.run([xray])[0]
+        engine.run(batch)
+    for _ in range(repeats):
+        for name, engine in engines.items():
+            times[name]["run"].append(tibest(lambda: engine.run([xray])))
+            times[name]["net"].append(tibest(lambda: [np.asarray(t) for t in steps[name](x1, targets, noise)]))
+    for _ in range(max(3, repeats // 2)):
+        for name, engine in engines.items():
+            times[name]["run16"].append(tibest(lambda: engine.run(batch)))
+    gflop = forward_flops(model) / 1e9
+    rows = []
+    for name, engine in engines.items():
+        r = results[name]
+        diff = float(np.max(np.abs(r.prediction.raw_probabilities - reference.prediction.raw_probabilities)))
+        corr = (float(np.corrcoef(r.heatmap.ravel(), reference.heatmap.ravel())[0, 1])
+                if not (r.all_zero or reference.all_zero) else float("nan"))
+        rows.append({"arch": spec.display_name, "input": spec.input_size, "engine": name, "gflop": gflop,
+                     "run": min(times[name]["run"]), "net": min(times[name]["net"]),
+                     "run16": 16 / min(times[name]["run16"]), "setup": setup[name], "diff": diff, "corr": corr,
+                     "same": r.target_index == reference.target_index})
+    del engines, steps, model
+    keras.backend.clear_session()
+    gc.collect()
+    return rows
+
+
+def print_engines(rows: list[dict], mm: dict[str, float]) -> None:
+    """The side-by-side table; speed-up = TensorFlow latency / this engine's, for the same model."""
+    print("\nEngines side by side: predict + Grad-CAM (weights=None; end-to-end latency includes preprocessing and "
+          "the heatmap at the X-ray's size; net = the compiled call alone)")
+    print(f"{'model':17s} {'engine':19s} {'latency s':>9s} {'speed-up':>8s} {'net s':>7s} {'films/s@16':>10s} "
+          f"{'GFLOP/s':>8s} {'of matmul':>9s} {'max|dp|':>8s} {'corr':>7s} {'class':>5s} {'setup s':>7s}")
+    tf_rows = {r["arch"]: r for r in rows if r["engine"].startswith("TensorFlow")}
+    for r in rows:
+        rate = r["gflop"] / r["net"]
+        peak = mm["tf"] if r["engine"].startswith("TensorFlow") else mm[r["engine"].split()[-1]]
+        print(f"{r['arch']:17s} {r['engine']:19s} {r['run']:9.4f} {tf_rows[r['arch']]['run'] / r['run']:7.2f}x "
+              f"{r['net']:7.4f} {r['run16']:10.1f} {rate:8.1f} {rate / peak:9.0%} {r['diff']:8.1e} {r['corr']:7.4f} "
+              f"{'same' if r['same'] else 'DIFF':>5s} {r['setup']:7.1f}")
+    print("matmul 2048^3: " + ", ".join(f"{k if k != 'tf' else 'TensorFlow float32'} {v:.1f} GFLOP/s"
+                                        for k, v in mm.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=1024, help="side of the X-ray (default 1024)")
+    parser.add_argument("--engines-only", action="store_true",
+                        help="only the TensorFlow / OpenVINO side-by-side table (skip the keras.io comparison)")
     args = parser.parse_args()
 
     tf = import_tensorflow_quietly()
     pixels = cv2.resize(load_xray(FIXTURE).pixels, (args.size, args.size), interpolation=cv2.INTER_LINEAR)
     xray = XRay(pixels, "png", 8, pixel_sha256(pixels))
+    import openvino as ov
+
     load_before = os.getloadavg()[0]
+    precisions = ["float32"] + (["bfloat16"] if bf16_supported() else [])
+    hints = {"float32": "f32", "bfloat16": "bf16"}
     mm = matmul_gflops()
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {load_before:.1f}; "
+    mm_engines = {"tf": mm, **{p: ov_matmul_gflops(hints[p]) for p in precisions}}
+    print(f"CPU: {cpu_name()}; {os.cpu_count()} logical CPUs; flags: {' '.join(cpu_flags()) or 'none of interest'}; "
+          f"OpenVINO CPU capabilities: {', '.join(ov_core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}")
+    print(f"TensorFlow {tf.__version__}, OpenVINO {ov.get_version().split('-')[0]}; load average {load_before:.1f}; "
           f"X-ray {args.size} x {args.size}; best of {args.repeats}")
-    rows = [bench_arch(arch, xray, args.repeats) for arch in args.archs]
+    engine_rows = [row for arch in args.archs for row in bench_engines(arch, xray, args.repeats, precisions)]
+    rows = [] if args.engines_only else [bench_arch(arch, xray, args.repeats) for arch in args.archs]
     mm = max(mm, matmul_gflops())  # again at the end: the better of the two is the machine's rate
+    mm_engines = {"tf": mm, **{p: max(mm_engines[p], ov_matmul_gflops(hints[p])) for p in precisions}}
+    print_engines(engine_rows, mm_engines)
+    if args.engines_only:
+        print(f"Load average at end {os.getloadavg()[0]:.1f}.")
+        return
 
     print(f"\nLatency, one image (s; end to end: preprocessing, network, heatmap at {args.size} x {args.size}; "
           "net = the compiled call alone)")

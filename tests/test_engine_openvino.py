@@ -37,7 +37,8 @@ def assert_equivalent(ours, reference, *, prob_tol: float, min_corr: float = 0.9
     """Same class, probabilities within ``prob_tol``, heatmaps correlated at least ``min_corr``."""
     assert len(ours) == len(reference)
     for a, b in zip(ours, reference):
-        np.testing.assert_allclose(a.prediction.raw_probabilities, b.prediction.raw_probabilities, atol=prob_tol, rtol=0)
+        np.testing.assert_allclose(a.prediction.raw_probabilities, b.prediction.raw_probabilities,
+                                   atol=prob_tol, rtol=0)
         np.testing.assert_allclose(a.prediction.probabilities, b.prediction.probabilities, atol=prob_tol, rtol=0)
         assert a.prediction.predicted == b.prediction.predicted
         assert (a.target_index, a.all_zero) == (b.target_index, b.all_zero)
@@ -110,6 +111,19 @@ def test_an_asked_target_and_the_scores_only_path_match(demo_ov, demo_tf, films)
     pixels = [f.pixels for f in films]
     np.testing.assert_allclose(demo_ov.predict_arrays(pixels), predict_arrays(demo_tf.model, demo_tf.spec, pixels),
                                atol=1e-4, rtol=0)
+
+
+def test_agreement_with_an_expert_mask_is_unchanged(demo_ov, demo_tf, films):
+    from cxr_core.agreement import score_image
+
+    for ours, reference, film in zip(demo_ov.run(films), demo_tf.run(films), films):
+        rows, cols = film.shape
+        mask = np.zeros(film.shape, bool)
+        mask[rows // 4: rows * 3 // 4, cols // 8: cols // 2] = True  # a right-lung-sized box
+        a, b = score_image(ours.heatmap, mask), score_image(reference.heatmap, mask)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-3), key
 
 
 def test_float32_results_do_not_depend_on_the_batch(demo_ov, films):
@@ -200,6 +214,18 @@ def test_a_damaged_cache_entry_is_converted_again(tmp_path):
     second = OpenVinoCamEngine(model, tiny_spec(), ["a", "b", "c"], sha256="ab" * 32, cache_dir=tmp_path)
     assert second.converted and "not an IR" not in xml.read_text()
     assert sorted(p.name for p in (tmp_path / "openvino").iterdir() if not p.name == "compiled") == [xml.parent.name]
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_model_uncached_but_working(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    model = tiny_nested()
+    engine = OpenVinoCamEngine(model, tiny_spec(), ["a", "b", "c"], sha256="cd" * 32, cache_dir=blocker,
+                               precision="float32")
+    assert engine.converted and engine.info.cache == ""
+    image = [np.random.default_rng(0).uniform(0, 1, (40, 40)).astype(np.float32)]
+    assert_equivalent(engine.run_arrays(image), CamEngine(model, tiny_spec(), ["a", "b", "c"]).run_arrays(image),
+                      prob_tol=1e-4)
 
 
 # --- choosing the engine --------------------------------------------------------------------------------

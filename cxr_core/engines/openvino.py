@@ -167,7 +167,8 @@ def choose_precision(requested: str = "auto") -> tuple[str, str]:
 def _nested_base(model, layer_name: str, base_name: str):
     import keras
 
-    candidates = sorted((lyr for lyr in model.layers if isinstance(lyr, keras.Model)), key=lambda m: m.name != base_name)
+    nested = [lyr for lyr in model.layers if isinstance(lyr, keras.Model)]
+    candidates = sorted(nested, key=lambda m: m.name != base_name)
     for lyr in candidates:
         if any(inner.name == layer_name for inner in lyr.layers):
             return lyr
@@ -205,7 +206,8 @@ def split_model(model, spec: ModelSpec):
         inner = base.get_layer(layer).output
         layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
         if layers[-1] is not final:
-            raise EngineUnavailableError(f"its output comes from {final.name!r}, not its last layer {layers[-1].name!r}")
+            raise EngineUnavailableError(
+                f"its output comes from {final.name!r}, not its last layer {layers[-1].name!r}")
         at = layers.index(base)
         x = keras.Input(tuple(model.input_shape[1:]), name="image")
         h = x
@@ -248,7 +250,8 @@ def load_or_convert(body, spec: ModelSpec, *, sha256: str | None, cache_dir: Pat
 
     The IR is written to a temporary folder and renamed into place, so a reader never sees half a file and
     two processes converting at once both end with one complete entry. Weights are kept in float32
-    (``compress_to_fp16=False``). An entry that cannot be read is converted again.
+    (``compress_to_fp16=False``). An entry that cannot be read is converted again; a cache folder that cannot
+    be written (read-only, full) leaves the model uncached (folder None).
     """
     import openvino as ov
 
@@ -263,13 +266,13 @@ def load_or_convert(body, spec: ModelSpec, *, sha256: str | None, cache_dir: Pat
             shutil.rmtree(folder, ignore_errors=True)
     converted = convert_body(body, spec.input_size)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
         os.replace(tmp, folder)
-    except OSError:
+    except OSError:  # another process stored it first, or the cache cannot be written (then run uncached)
         if not xml.is_file():
-            raise
+            return converted, None, True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return converted, folder, True
@@ -373,7 +376,8 @@ class OpenVinoCamEngine(CamEngine):
             import tensorflow as tf
 
             spec = tf.TensorSpec([None, *self._acts_shape], tf.float32)
-            self._compiled["_probs"] = tf.function(lambda a: self._head(a, training=False)[1], input_signature=[spec])
+            self._compiled["_probs"] = tf.function(lambda a: self._head(a, training=False)[1], input_signature=[spec],
+                                                   autograph=False)
         return np.asarray(self._compiled["_probs"](self.activations(batch)), np.float64)
 
     def predict_arrays(self, images: Sequence[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
@@ -396,7 +400,7 @@ class OpenVinoCamEngine(CamEngine):
         signature = [tf.TensorSpec([None, *self._acts_shape], tf.float32), tf.TensorSpec([None], tf.int32),
                      tf.TensorSpec([None, None], tf.float32)]
 
-        @tf.function(input_signature=signature, reduce_retracing=True)
+        @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
         def head_step(acts, targets, noise):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(acts)
