@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from auth_helpers import login
 from conftest import FIXTURES, REPO
 from cxr_core import __version__ as APP_VERSION
 from cxr_core import annotation as ann
@@ -21,7 +22,7 @@ from cxr_core import storage
 from cxr_core.annotation.canvas_view import View, frame_fit, from_view, to_view
 from cxr_core.annotation.masks import region_masks
 from ui import annotate as ua
-from ui import common, review
+from ui import review
 
 TIMEOUT = 300  # the blindness test imports TensorFlow and runs tiny models; 2 cores are shared
 CHEST = "covid_hannover_b343e657.png"  # 512 x 419: letterboxed in the square canvas
@@ -66,12 +67,12 @@ def study3(tmp_path, monkeypatch) -> Study:
 
 
 def open_page(page: str, reader: str | None = None) -> AppTest:
-    """A fresh browser session on ``page``, with ``reader`` chosen on the annotate page first."""
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
-    at.switch_page("pages/annotate.py").run()
+    """A fresh browser session on ``page`` with ``reader`` (an sme of the study) logged in; None: nobody."""
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     if reader is not None:
-        at.selectbox(key=common.ANNOTATE_READER).select(reader).run()
-    if page != "pages/annotate.py":
+        login(at, name=reader, role="sme")
+    at.run()
+    if reader is not None:
         at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -152,12 +153,18 @@ def picture_fit(at: AppTest, shape: tuple[int, int] = (419, 512)) -> dict:
     return frame_fit(shape, *canvas_size(at))
 
 
-def test_the_page_says_what_it_shows_and_asks_who_you_are(study):
-    at = open_page("pages/annotate.py")
+def test_the_page_says_what_it_shows_for_the_logged_in_reader_only(study):
+    at = open_page("pages/annotate.py", "Dr B")
     assert "blind" in at.caption[0].value and "not diagnoses" in at.caption[0].value
-    assert [i.value for i in at.info] == ["Choose your name to see your reading sessions."]
-    at.selectbox(key=common.ANNOTATE_READER).select("Dr B").run()
-    assert "Dr B has no reading sessions yet" in at.info[0].value
+    assert at.info[0].value.startswith("Dr B, you have no reading sessions yet")
+    assert not [s for s in at.selectbox if s.label == "Who are you?"]  # identity is the login, never a choice
+    # ...nor a URL: the old annotate_reader parameter names nobody
+    url = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    login(url, name="Dr B", role="sme")
+    url.query_params["annotate_reader"] = "Dr A"
+    url.run()
+    url.switch_page("pages/annotate.py").run()
+    assert url.info[0].value.startswith("Dr B, you have no reading sessions yet") and not url.get("progress")
 
 
 def test_submit_stores_polygon_and_rectangle_with_their_areas_then_opens_the_next_image(study):
@@ -271,10 +278,10 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
     control.file_uploader(key=review.REVIEW_UPLOADS).set_value(upload).run()
     assert shows_scores_and_heatmap(control), "the review page shows model output when the gate allows it"
 
-    # Nobody chosen: the film is pending for someone in a blind session, so it stays hidden.
+    # Nobody logged in: only the login form, no page of the app.
     anonymous = open_page("pages/review.py")
-    anonymous.file_uploader(key=review.REVIEW_UPLOADS).set_value(upload).run()
-    assert model_output_on_page(anonymous) == []
+    assert [x.label for x in anonymous.text_input] == ["User name", "Password"]
+    assert not anonymous.get("file_uploader") and model_output_on_page(anonymous) == []
 
     # Dr A, with the film pending: nothing on the annotate page, nothing on the review page.
     at = open_page("pages/annotate.py", "Dr A")
@@ -564,3 +571,34 @@ def test_zoom_shows_the_marks_in_the_view_and_stores_them_in_full_frame_pixels(s
     assert [o["left"] for o in canvas_data(at)["initialDrawing"]["objects"]] == pytest.approx(
         [o["left"] for o in expected])
     assert len(draft_of(study, CHEST).canvas_json["objects"]) == 2
+
+
+def test_revealing_a_film_the_model_refuses_shows_the_refusal_not_scores(tmp_path, monkeypatch, use_registry):
+    """The reveal takes the one analysis path: a film that does not look like a chest X-ray (noise, kept in a
+    session) shows the refusal with its reasons and figures, never a score or a heatmap."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((419, 512)) * 255).astype(np.uint8)).save(noise, "PNG")
+    url = f"sqlite:///{tmp_path / 'annotations.db'}"
+    monkeypatch.setenv("CXR_DATABASE_URL", url)
+    images = ann.read_uploads([("noise.png", noise.getvalue())])
+    with storage.session_factory(storage.make_engine(url)).begin() as s:
+        readers = {n: storage.add_reader(s, n, role).id for n, role in (("Admin", "admin"), ("Dr A", "sme"))}
+        session = ann.create_session_from_xrays(s, name="Kept", images=images, reader_ids=[readers["Dr A"]],
+                                                created_by=readers["Admin"], shuffle=False)
+    study = Study(url, session.id, readers, {"noise.png": images.xrays[0].sha256})
+    at = open_page("pages/annotate.py", "Dr A")
+    draw(at, study, "noise.png", [rect(100, 100, 60, 60, "consolidation")], picture_fit(at))
+    at.radio(key=key("diagnosis", study, "noise.png")).set_value("COVID-19")
+    at.radio(key=key("confidence", study, "noise.png")).set_value(3).run()
+    at.button(key=key("submit", study, "noise.png")).click().run()
+    at.selectbox(key=ua.annotate_image_key(study.session_id, readers["Dr A"])).select(0).run()
+    at.toggle(key=key("reveal", study, "noise.png")).set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    [refusal] = [e.value for e in at.error if "does not look like a frontal chest X-ray" in e.value]
+    assert "looks like noise" in refusal and "high-frequency energy" in refusal
+    assert model_output_on_page(at) == []
