@@ -12,7 +12,8 @@ from pathlib import Path
 import streamlit as st
 
 from cxr_core.audit import REGIONS, fmt_share, run_audit, to_json
-from cxr_core.audit.report import REGION_LABELS, render_html, shortcut_lines
+from cxr_core.audit.report import (REGION_LABELS, confound_lines, confound_rows, render_html, shortcut_lines,
+                                   subgroup_rows)
 from cxr_core.audit.blinded import without_pending
 from cxr_core.errors import CXRError
 from cxr_core.io import server_paths
@@ -81,6 +82,8 @@ def run_form() -> None:
         limit = cols[0].number_input("Images (0 = all)", min_value=0, value=0, step=50)
         batch = cols[1].number_input("Batch size", min_value=1, max_value=256, value=16)
         clean = cols[2].toggle("Mask markers and border first", help="the --mask-markers preprocessing")
+        probe = st.toggle("Look for confounds in the manifest's extra columns (source, age group...)", value=True,
+                          help="subgroup accuracy and AUC, and a probe of the model's features for each column")
         go = st.form_submit_button("Run the audit", type="primary")
     if not go:
         return
@@ -109,6 +112,11 @@ def run_form() -> None:
             mask_markers_first=clean, model_name=entry.name, loaded=common.loaded_model(entry),
             progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{done} of {total} images audited"),
         )
+        if probe and any(im.label for im in report.images):
+            from cxr_core.audit.confounds import add_to_report
+
+            with st.spinner("Probing the model's features for confounds..."):
+                add_to_report(report, common.loaded_model(entry), items)
     except CXRError as exc:
         st.error(str(exc))
         return
@@ -165,6 +173,24 @@ trail.output_shown("audit", [im.get("sha256", "") for im in data["images"]],
                    f"{data['model'] or 'model'}: predicted classes and heatmap shares")
 
 st.header(f"{data['model'] or 'Model'}: {data['n_images']} images")  # a model name is [A-Za-z0-9._-]
+
+
+def confound_section() -> None:
+    """The shortcut probe per manifest column and the subgroup table (accuracy and AUC within each class)."""
+    st.subheader("Confounds and subgroups")
+    st.caption("Each extra column of the manifest is a subgroup. Feature AUROC: how well a logistic regression on the "
+               "model's penultimate features predicts the column (cross-validated, folds grouped by patient). "
+               "Cramér's V: how closely the column goes with the label. A column is flagged when both are high and "
+               "accuracy within a class differs between its values. Small groups are anecdotes; counts are shown.")
+    st.dataframe(confound_rows(data), hide_index=True, key="audit_confounds")
+    st.dataframe(subgroup_rows(data), hide_index=True, key="audit_subgroups")
+
+
+confounds_found = confound_lines(data)
+for line in confounds_found:  # first: a confound is what the heatmap shares below cannot show
+    st.error(md_escape(line), icon=":material/warning:")
+if confounds_found:
+    confound_section()
 flags = shortcut_lines(data)
 for line in flags:
     st.error(line, icon=":material/warning:")
@@ -212,6 +238,11 @@ for i, f in enumerate(data["flagged"]):
         st.caption(f"{md_escape(Path(f['file']).name)}: {fmt_share(f['outside'])} outside the lungs (area "
                    f"{fmt_share(f['outside_area'])}); predicted {f['predicted']}"
                    + (f", labelled {f['label']}" if f["label"] else ""))
+
+if data.get("confounds") and not confounds_found:
+    st.success("No manifest column looks like a confound: " + ", ".join(md_escape(c["column"])
+               for c in data["confounds"]) + " checked.", icon=":material/check:")
+    confound_section()
 
 with st.expander("Every image"):
     st.dataframe(

@@ -23,6 +23,10 @@ means with 95 % intervals, resampling patients when patient ids are known. A cla
 a possible shortcut when its mean outside-lung share exceeds every other class's by at least
 ``SHORTCUT_MARGIN`` and the bootstrap interval of that difference excludes zero
 (:mod:`cxr_core.audit.stats`).
+
+A shortcut that is not a place on the film (hospital, age) is looked for separately, per extra manifest
+column: subgroup metrics and a probe of the model's features (:mod:`cxr_core.audit.confounds`,
+:func:`~cxr_core.audit.confounds.add_to_report`), kept in ``AuditReport.subgroups`` and ``.confounds``.
 """
 
 from __future__ import annotations
@@ -47,11 +51,14 @@ FORMAT = "cxr-review-audit/1"
 
 @dataclass(frozen=True)
 class AuditItem:
-    """One image to audit: its file, true label (``""`` if unknown) and patient id (``""`` if unknown)."""
+    """One image to audit: its file, true label (``""`` if unknown) and patient id (``""`` if unknown);
+    ``columns`` are the manifest's extra columns (``source``, ``age_group``...), the subgroups of
+    :mod:`cxr_core.audit.confounds`."""
 
     file: Path
     label: str = ""
     patient_id: str = ""
+    columns: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass
@@ -109,6 +116,12 @@ class AuditReport:
     failures: list = field(default_factory=list)
     #: Films refused as not a frontal chest X-ray: ``{"file", "sha256", "model", "reasons", "details", "checks"}``.
     refused: list = field(default_factory=list)
+    #: column -> value -> class -> metrics (:func:`cxr_core.audit.subgroups.subgroup_metrics`).
+    subgroups: dict = field(default_factory=dict)
+    #: ``{column, feature_auroc, label_association, flagged, evidence, ...}`` (:mod:`cxr_core.audit.confounds`).
+    confounds: list = field(default_factory=list)
+    #: Pixel SHA-256 of the films the two above were computed from (they are dropped when one leaves the audit).
+    confound_films: list = field(default_factory=list)
 
     def summary(self, by: str = "predicted", **kwargs) -> dict:
         """:func:`summarise` of this report's images."""
@@ -356,6 +369,10 @@ def to_json(report: AuditReport, *, n_boot: int = 1000) -> dict:
     import base64
 
     has_labels = any(im.label for im in report.images)
+    # Subgroups and confounds cannot be recomputed from the per-image records: shown only while every film
+    # they were computed from is still in the report (a film taken out, e.g. read blind, takes them out).
+    present = {im.sha256 for im in report.images}
+    complete = all(sha and sha in present for sha in report.confound_films)
     return {
         "format": FORMAT,
         "model": report.model,
@@ -373,6 +390,9 @@ def to_json(report: AuditReport, *, n_boot: int = 1000) -> dict:
         "flagged": [{**{k: v for k, v in asdict(f).items() if k != "thumbnail"},
                      "thumbnail_png_base64": base64.b64encode(f.thumbnail).decode()} for f in report.flagged],
         "images": [asdict(im) for im in report.images],
+        "subgroups": report.subgroups if complete else {},
+        "confounds": report.confounds if complete else [],
+        "confound_films": report.confound_films if complete else [],
     }
 
 
@@ -396,7 +416,8 @@ def from_json(data: dict) -> AuditReport:
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"audit file is damaged: {exc}") from exc
     return AuditReport(data.get("model", ""), data.get("classes", []), images, flagged,
-                       data.get("settings", {}), data.get("failures", []), data.get("refused", []))
+                       data.get("settings", {}), data.get("failures", []), data.get("refused", []),
+                       data.get("subgroups") or {}, data.get("confounds") or [], data.get("confound_films") or [])
 
 
 def fmt_share(value: float | None) -> str:

@@ -53,6 +53,48 @@ def shortcut_lines(data: dict) -> list[str]:
     return out
 
 
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def confound_lines(data: dict) -> list[str]:
+    """One plain sentence per flagged confound (empty when none is flagged or none was looked for)."""
+    return [
+        f"Possible confound: {c['column']}. The model's features predict it (AUROC {_fmt(c['feature_auroc'])}), it "
+        f"goes with the label (Cramér's V {_fmt(c['label_association'])}), and accuracy within a class differs "
+        f"between its values: " + "; ".join(c["evidence"]) + ". Its scores may reflect the film's "
+        f"{c['column']} rather than the disease."
+        for c in data.get("confounds") or [] if c.get("flagged")
+    ]
+
+
+def confound_rows(data: dict) -> list[dict]:
+    """A row per column probed: column, feature AUROC, Cramér's V, the within-class accuracy gap, flag."""
+    return [{"column": c["column"], "feature AUROC": _fmt(c["feature_auroc"]),
+             "Cramér's V with the label": _fmt(c["label_association"]),
+             "accuracy gap within a class": "n/a" if c.get("accuracy_gap") is None else f"{c['accuracy_gap']:.0%}",
+             "flagged": "yes" if c["flagged"] else "no", "evidence": "; ".join(c["evidence"])}
+            for c in data.get("confounds") or []]
+
+
+def subgroup_rows(data: dict) -> list[dict]:
+    """A row per (column, value, class): films, correct, accuracy and AUC with their 95% intervals."""
+    def ci(pair):
+        return "" if not pair else f" ({pair[0]:.0%}-{pair[1]:.0%})"
+
+    rows = []
+    for column, values in (data.get("subgroups") or {}).items():
+        for value, per_class in values.items():
+            for cls, m in per_class.items():
+                rows.append({"column": column, "value": value, "class": cls, "films": m["n"], "correct": m["correct"],
+                             "accuracy (95% CI)": ("n/a" if m["accuracy"] is None else
+                                                   f"{m['accuracy']:.0%}{ci(m['accuracy_ci95'])}"),
+                             "AUC (95% CI)": ("n/a" if m["auc"] is None else
+                                              f"{m['auc']:.2f}" + ("" if not m["auc_ci95"] else
+                                                                   f" ({m['auc_ci95'][0]:.2f}-{m['auc_ci95'][1]:.2f})"))})
+    return rows
+
+
 def _table(summary: dict, caption: str) -> dict | None:
     if not summary:
         return None
@@ -92,7 +134,9 @@ def render_html(data: dict) -> str:
         flags=shortcut_lines(data), margin=fmt_share(data["settings"].get("shortcut_margin")),
         region_labels=[REGION_LABELS[r] for r in REGIONS], tables=[t for t in tables if t],
         gallery=gallery, failures=data["failures"],
+        confound_flags=confound_lines(data), confounds=confound_rows(data), subgroups=subgroup_rows(data),
     )
 
 
-__all__ = ["render_html", "summary_lines", "shortcut_lines", "REGION_LABELS"]
+__all__ = ["render_html", "summary_lines", "shortcut_lines", "confound_lines", "confound_rows", "subgroup_rows",
+           "REGION_LABELS"]

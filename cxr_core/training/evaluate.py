@@ -261,6 +261,20 @@ def evaluate_model(loaded, records, *, n_boot: int = 1000, seed: int = 0, mappin
     return evaluate_probabilities(y, probs, classes, n_boot=n_boot, seed=seed)
 
 
+def subgroups_and_confounds(loaded, records, *, mapping: dict[str, str] | None = None,
+                            wanted: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """``{"subgroups", "confounds"}`` of labelled records by their extra manifest columns
+    (:func:`cxr_core.audit.confounds.analyse`: accuracy and AUC per subgroup within each class, and the
+    patient-grouped shortcut probe on the model's penultimate features). Empty when no column makes subgroups."""
+    from cxr_core.audit.confounds import analyse
+
+    to_class = match_classes([r.label for r in records], list(loaded.card.classes), mapping)
+    films = [{"file": str(r.file), "label": to_class[r.label], "patient_id": r.patient_id, "columns": dict(r.extra)}
+             for r in records]
+    subgroups, confounds, _ = analyse(loaded, films, wanted=wanted, n_boot=n_boot, seed=seed)
+    return {"subgroups": subgroups, "confounds": confounds}
+
+
 def _fmt(metrics: dict, key: str, pct: bool = True) -> str:
     value = metrics.get(key)
     ci = (metrics.get("ci95") or {}).get(key)

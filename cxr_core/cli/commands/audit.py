@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=12, help="images kept for the flagged gallery (default 12)")
     p.add_argument("--workers", type=int, default=2, help="threads decoding the next batch (default 2)")
     p.add_argument("--limit", type=int, help="audit only the first N images (a quick look)")
+    p.add_argument("--subgroups", metavar="COL,...",
+                   help="manifest columns to treat as subgroups and probe for confounds (default: every extra column "
+                        "with 2-12 values); 'none' skips the subgroup and confound analysis")
     p.set_defaults(func=run)
 
 
@@ -37,7 +40,7 @@ def items_from(data: Path, limit: int | None = None) -> list:
     from cxr_core.errors import DataError
 
     try:
-        items = [AuditItem(r.file, r.label, r.patient_id if r.patient_id != Path(r.file).stem else "")
+        items = [AuditItem(r.file, r.label, r.patient_id if r.patient_id != Path(r.file).stem else "", dict(r.extra))
                  for r in load_records(data)]
     except DataError:
         files = sorted(p for p in Path(data).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if Path(data).is_dir() else []
@@ -71,7 +74,8 @@ class Progress:
 def run(args) -> int:
     from cxr_core.analysis import cam_engine
     from cxr_core.audit import run_audit, to_json
-    from cxr_core.audit.report import render_html, shortcut_lines, summary_lines
+    from cxr_core.audit.confounds import add_to_report
+    from cxr_core.audit.report import confound_lines, render_html, shortcut_lines, summary_lines
     from cxr_core.models.manifest import load_model
     from cxr_core.models.runtime import import_tensorflow_quietly
 
@@ -85,7 +89,12 @@ def run(args) -> int:
         engine, items, lung_masks=args.lung_masks, batch_size=args.batch_size, mask_markers_first=args.mask_markers,
         top_k=args.top_k, progress=Progress(), workers=args.workers, model_name=loaded.name, loaded=loaded,
     )
+    wanted = [c.strip() for c in (args.subgroups or "").split(",") if c.strip()]
+    if wanted != ["none"] and any(im.label for im in report.images):
+        add_to_report(report, loaded, items, wanted=wanted or None)
     data = to_json(report)
+    for line in confound_lines(data):  # a confound first: it is what the heatmap shares cannot show
+        print(line)
     print(f"Audit of {loaded.name} on {data['n_images']} images (model scores are not diagnoses).")
     if data["n_refused"]:
         print(f"{data['n_refused']} film(s) not analysed: they do not look like a frontal chest X-ray "

@@ -26,6 +26,9 @@ def register(sub) -> None:
                    help="print the metrics as JSON, or with FILE write them there (and print the table)")
     p.add_argument("--record", action="store_true",
                    help="also add the metrics to the model's card (weights/NAME/card.json), keyed by data set")
+    p.add_argument("--subgroups", metavar="COL,...",
+                   help="manifest columns to report per subgroup and probe for confounds (default: every extra column "
+                        "with 2-12 values); 'none' skips them")
     p.add_argument("--no-save", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.set_defaults(func=run)
 
@@ -41,7 +44,7 @@ def _mapping(text: str | None) -> dict[str, str]:
 
 def run(args) -> int:
     from cxr_core.training.dataset import apply_split, load_records, read_split_csv
-    from cxr_core.training.evaluate import evaluate_model, match_classes, table2_row
+    from cxr_core.training.evaluate import evaluate_model, match_classes, subgroups_and_confounds, table2_row
     from cxr_core.models.manifest import CARD_FILE, load_model, model_folder, write_card
     from cxr_core.models.runtime import import_tensorflow_quietly
     from cxr_core.training.train import SPLIT_FILE
@@ -68,6 +71,10 @@ def run(args) -> int:
     metrics = evaluate_model(loaded, records, n_boot=args.n_boot, seed=seed, mapping=mapping)
     key = side if own_split else f"{args.data.name}/{side}"
     result = {"model": loaded.name, "data": str(args.data), "split": side, "metrics": metrics}
+    wanted = [c.strip() for c in (args.subgroups or "").split(",") if c.strip()]
+    if wanted != ["none"]:
+        result.update(subgroups_and_confounds(loaded, records, mapping=mapping, wanted=wanted or None,
+                                              n_boot=args.n_boot, seed=seed))
     if args.json == "-":
         print(json.dumps(result, indent=2))
     else:
@@ -87,6 +94,14 @@ def run(args) -> int:
         print("  confusion (rows true, columns predicted: " + ", ".join(classes) + ")")
         for cls, row in zip(classes, metrics["confusion_matrix"]):
             print(f"  {cls:12s} " + " ".join(f"{v:5d}" for v in row))
+        from cxr_core.audit.report import confound_lines, confound_rows
+
+        for row in confound_rows(result):
+            v, gap = row["Cramér's V with the label"], row["accuracy gap within a class"]
+            print(f"  subgroup column {row['column']}: feature AUROC {row['feature AUROC']}, Cramér's V {v}, "
+                  f"accuracy gap within a class {gap}, flagged {row['flagged']}")
+        for line in confound_lines(result):
+            print(line)
         if own_split and side == "test" and "test" in loaded.card.metrics:
             same = _comparable(loaded.card.metrics["test"]) == _comparable(metrics)
             print("matches the card's test metrics" if same else "differs from the card's test metrics")
