@@ -21,6 +21,12 @@ st.caption(
     "Test metrics describe a test set, not your patients; model scores are not diagnoses."
 )
 
+flash = st.session_state.pop(models.MODELS_FLASH, None)
+if flash:
+    st.success(flash, icon=":material/check_circle:")
+if ui_auth.allowed("model:register"):
+    models.upload_form()
+
 entries = common.registry()
 if not entries:
     st.info("No model is registered yet. `make demo-model` builds the demo model; "

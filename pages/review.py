@@ -13,7 +13,9 @@ from cxr_core.models.status import missing_architectures
 from cxr_core.models.zoo import DEFAULT_CLASSES
 from ui import common, review
 from ui.figures import score_bars
+from cxr_core.io.plain_text import md_escape
 from ui import auth as ui_auth
+from ui import trail
 
 ui_auth.require_page("page:review")  # the login form, or a refusal, for anyone else
 
@@ -58,7 +60,7 @@ for start in range(0, len(good), per_row):
         col.image(item.thumb, caption=item.name)
 for item in items:
     if item.error:
-        st.error(f"**{item.name}** could not be read: {item.error}", icon=":material/broken_image:")
+        st.error(f"**{md_escape(item.name)}** could not be read: {item.error}", icon=":material/broken_image:")
 if not good:
     st.stop()
 
@@ -102,10 +104,11 @@ if len(good) > 1:
         column_config={"Score (%)": st.column_config.NumberColumn(format="%.1f%%"),
                        "Warning details": st.column_config.TextColumn(width="large")},
     )
-    st.download_button(
-        "Download summary (CSV)", dict_rows_csv([r.csv_row(entry.name) for r in rows]),
-        f"review-summary.{entry.name}.csv", "text/csv", on_click="ignore", icon=":material/download:",
-    )
+    trail.output_shown("review summary", [i.xray.sha256 for i, r in zip(good, rows) if r.score is not None],
+                       f"{entry.name}: top score")
+    trail.download("Download summary (CSV)", dict_rows_csv([r.csv_row(entry.name) for r in rows]),
+                   f"review-summary.{entry.name}.csv", "text/csv", action=None,
+                   detail=f"batch summary of {len(rows)} film(s) by {entry.name}", key="review_summary_csv")
     st.caption("Top model score per film: not a diagnosis. Refused: screened out as not looking like a frontal "
                "chest X-ray, so no score (an expert override on the film's own view below is not carried here); "
                "not checked: the model's output is hidden for this film or the model could not run. The CSV names "
@@ -126,7 +129,7 @@ item = by_key[selected]
 
 # --- this image, this model -----------------------------------------------------------------------
 st.divider()
-st.subheader(f"{item.name}, read by {entry.name}")
+st.subheader(f"{md_escape(item.name)}, read by {entry.name}")
 notes = review.review_warnings(item, entry)
 if notes:
     with st.expander(f"Warnings ({len(notes)})", icon=":material/warning:"):
@@ -187,6 +190,7 @@ with scores_box:
         if override:
             st.warning("Expert override: these scores are for an input refused as not a frontal chest X-ray.",
                        icon=":material/warning:")
+        trail.output_shown("review", item.xray.sha256, f"{entry.name}: scores and {method} heatmap")
         pred = analysis.prediction
         st.markdown(f"Top model score: **{pred.predicted}** ({pred.confidence:.1%})")
         st.plotly_chart(score_bars(pred.classes, pred.probabilities, title="Model scores for this image"),
@@ -250,13 +254,15 @@ with side_col:
     if analysis is not None:
         stem = Path(item.name).stem
         record = review.result_record(item, entry, analysis, ood)
-        st.download_button("Download result (JSON)", json.dumps(record, indent=2), f"{stem}.{entry.name}.json",
-                           "application/json", on_click="ignore", icon=":material/download:")
+        trail.download("Download result (JSON)", json.dumps(record, indent=2), f"{stem}.{entry.name}.json",
+                       "application/json", action=None, detail=f"scores of {entry.name}", film_sha=item.xray.sha256,
+                       key="review_result_json")
         if cam is not None and not cam.all_zero:
-            st.download_button(
+            trail.download(
                 "Download overlay (PNG, full size)",
                 review.full_size_overlay_png(item, analysis, colormap, opacity, outline, model=entry.name),
-                f"{stem}.{entry.name}.{method}.overlay.png", "image/png", on_click="ignore", icon=":material/download:",
+                f"{stem}.{entry.name}.{method}.overlay.png", "image/png", action=None,
+                detail=f"{method} overlay of {entry.name}", film_sha=item.xray.sha256, key="review_overlay_png",
             )
 
 # --- every installed model on this image ----------------------------------------------------------
@@ -277,6 +283,7 @@ def _compare_cell(other) -> None:
     except CXRError as exc:
         st.error(f"{other.name} could not be run: {exc}", icon=":material/error:")
         return
+    trail.output_shown("review compare", item.xray.sha256, f"{other.name}: scores and {method} heatmap")
     st.plotly_chart(score_bars(result.prediction.classes, result.prediction.probabilities,
                                title=f"Model scores: {other.name}", height=220),
                     width="stretch", key=f"review_compare_chart::{other.name}", config={"displayModeBar": False})

@@ -16,11 +16,11 @@ me = ui_auth.require_page("page:sessions")  # the login form, or a refusal, for 
 
 st.title("Reading sessions")
 st.caption(
-    "This page is for administrators: it lists the readers (users who may annotate), creates reading sessions (a set of chest X-rays that "
-    "each assigned reader annotates in their own shuffled order) and shows how far each reader has got. Each film "
-    "is screened first, as the review page screens it: films that do not look like a frontal chest X-ray are "
-    "flagged and left out unless you keep them. It shows no model output. Model scores are not diagnoses, and "
-    "in a blind session readers see none until they submit."
+    "This page is for administrators: it lists the readers (users who may annotate), creates reading sessions "
+    "(a set of chest X-rays that each assigned reader annotates in their own shuffled order) and shows how far each "
+    "reader has got. Each film is screened first, as the review page screens it: films that do not look like a "
+    "frontal chest X-ray are flagged and left out unless you keep them. It shows no model output. Model scores are "
+    "not diagnoses, and in a blind session readers see none until they submit."
 )
 flash = st.session_state.pop(sessions.SESSIONS_FLASH, None)
 if flash:
@@ -106,9 +106,10 @@ with st.container():  # created by the logged-in administrator (created_by, in t
             with st.container(border=True):
                 pic, text = st.columns([1, 5])
                 pic.image(x.thumb, caption=x.name)
-                text.markdown(f"**{md_escape(x.name)}** does not look like a frontal chest X-ray:\n\n"  # as every page says it
+                text.markdown(f"**{md_escape(x.name)}** does not look like a frontal chest X-ray:\n\n"  # as everywhere
                               + "\n".join(f"- {r}" + (f" *({d})*" if d else "") for r, d in refusal_lines(x.decision)))
-                if text.checkbox(f"Keep {md_escape(x.name)} in the session anyway", key=sessions.sessions_keep_key(x.ident)):
+                if text.checkbox(f"Keep {md_escape(x.name)} in the session anyway",
+                                 key=sessions.sessions_keep_key(x.ident)):
                     keep.add(x.ident)
     elif why_none and source != "Uploaded files":
         st.caption(f"No images yet: {why_none}.")

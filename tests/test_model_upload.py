@@ -77,3 +77,55 @@ def test_a_refused_upload_registers_nothing(tiny_keras, tmp_path, change, messag
         import_uploaded(args.pop("data"), args.pop("filename"), args.pop("name"), args.pop("arch"),
                         args.pop("classes"), last_conv_layer=last, weights_dir=tmp_path)
     assert list_models(tmp_path) == [] and not (tmp_path / "refused").exists()
+
+
+# --- the models page: an administrator uploads; other roles see no upload form ------------------------
+
+
+def open_models(role: str):
+    from streamlit.testing.v1 import AppTest
+
+    from auth_helpers import login
+    from conftest import REPO
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    login(at, name=f"{role} user", role=role)
+    at.run()
+    at.switch_page("pages/models.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def upload(at, data: bytes, name: str, classes: str, arch: str = "custom"):
+    at.file_uploader(key="models_upload_file").set_value([("tiny-upload.keras", data, "application/octet-stream")])
+    at.text_input(key="models_upload_name").input(name)
+    at.selectbox(key="models_upload_arch").select(arch)
+    at.text_input(key="models_upload_classes").input(classes)
+    next(b for b in at.button if b.label == "Check and register").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_an_administrator_registers_an_uploaded_model_on_the_models_page(tiny_keras, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path))
+    at = open_models("admin")
+    upload(at, tiny_keras.read_bytes(), "site-a", "COVID-19, Normal")  # 3 outputs, 2 classes: refused
+    assert "Not registered" in at.error[0].value and "outputs shape" in at.error[0].value
+    assert list_models(tmp_path) == []
+    upload(at, tiny_keras.read_bytes(), "site-a", "COVID-19, Normal, Pneumonia")
+    assert at.success[0].value.startswith("Registered site-a: custom, 3 classes (COVID\\-19, Normal, Pneumonia)")
+    assert [e.name for e in list_models(tmp_path) if e.ready] == ["site-a"]
+    assert any(s.value == "site-a" for s in at.subheader)  # listed at once, with its checked file
+    assert any(s.value.startswith("Checksum verified") for s in at.success)
+
+
+@pytest.mark.parametrize("role", ["reviewer", "sme", "researcher"])
+def test_other_roles_get_no_upload_form(role, tmp_path, monkeypatch):
+    from cxr_core import auth
+
+    assert not auth.can(role, "model:register")
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path))
+    at = open_models(role)
+    assert at.title[0].value == "Models"
+    assert not [b for b in at.button if b.label == "Check and register"]
+    assert not [e for e in at.expander if "Add a model" in e.label]

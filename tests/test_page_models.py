@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from auth_helpers import login
 from conftest import REPO
 from cxr_core.models.manifest import MODEL_FILE, ModelCard, file_sha256, write_card
 
@@ -59,8 +60,10 @@ def registry(tmp_path, monkeypatch) -> Path:
     return root
 
 
-def models_page() -> AppTest:
+def models_page(role: str = "reviewer") -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    login(at, name=f"{role} user", role=role)
+    at.run()
     at.switch_page("pages/models.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -119,7 +122,9 @@ def test_per_class_rows_on_request(registry):
 
 
 def test_tampered_model_is_not_offered_on_the_review_page(registry, chest_png_bytes):
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    login(at, name="reviewer user", role="reviewer")
+    at.run()
     at.file_uploader(key="review_uploads").set_value([("chest.png", chest_png_bytes, "image/png")]).run()
     assert not at.exception
     offered = at.selectbox(key="review_model").options

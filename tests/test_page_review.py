@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from auth_helpers import login
 from conftest import FIXTURES, REPO
 from cxr_core.explain.overlay import legend_band
 from dicom_factory import make_dicom
@@ -23,6 +24,7 @@ TIMEOUT = 300  # first run imports TensorFlow and traces the CAM step; 2 cores a
 
 def start(**session) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    login(at, name="Reviewer R", role="reviewer")
     for key, value in session.items():
         at.session_state[key] = value
     return at.run()
@@ -125,8 +127,8 @@ def test_corrupt_file_shows_its_error_and_the_other_file_still_works(use_registr
     at = upload(start(), ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "image/png"), png(CHEST),
                 ("notes.txt", b"hello", "text/plain"))
     errors = texts(at, "error")
-    assert any("**broken.png** could not be read" in e and "PNG data" in e for e in errors), errors
-    assert any("**notes.txt** could not be read" in e and "PNG, JPEG, TIFF or DICOM" in e for e in errors), errors
+    assert any("**broken\\.png** could not be read" in e and "PNG data" in e for e in errors), errors  # name escaped
+    assert any("**notes\\.txt** could not be read" in e and "PNG, JPEG, TIFF or DICOM" in e for e in errors), errors
     assert at.radio(key="review_selected").options == [CHEST]
     assert "Images (1 readable of 3)" in [h.value for h in at.subheader]
     assert main_chart(at)  # the good file is analysed

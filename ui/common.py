@@ -9,13 +9,12 @@ Rules:
 - Decoded uploads: a small LRU per browser session (uploads are private to a session).
 - Nothing here imports TensorFlow at import time.
 
-Who is using the app is the annotate page's reader picker (:data:`ANNOTATE_READER`), kept for the
-whole browser session; :func:`model_output_allowed` reads it on every page.
+Who is using the app is the logged-in user (:func:`ui.auth.current_user`; users are the readers);
+:func:`model_output_allowed` asks the blind gate about them on every page.
 """
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
@@ -37,7 +36,6 @@ THUMB_SIDE = 160
 DECODED_LRU = 16
 DECODED = "review_decoded"  # session LRU of decoded X-rays (the review page's key, kept for every page)
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
-ANNOTATE_READER = "annotate_reader"  # reader name, or None when nobody is chosen (blinding is then stricter)
 
 
 # --- the blind gate ------------------------------------------------------------------------------
@@ -47,9 +45,9 @@ def model_output_allowed(image_sha: str, pixels: np.ndarray | None = None) -> tu
     """Whether model scores and heatmaps may be shown for this image, and if not, why.
 
     The single gate every page calls before showing ANY probability or heatmap (for one model
-    or in the comparison). It asks :mod:`cxr_core.safety.blinding` about the reader chosen on the
-    annotate page (:data:`ANNOTATE_READER`): an image pending in one of their blind sessions
-    answers ``(False, reason)``; with nobody chosen, images pending for anyone stay hidden.
+    or in the comparison). It asks :mod:`cxr_core.safety.blinding` about the logged-in user
+    (:func:`current_reader_name`): an image pending in one of their blind sessions answers
+    ``(False, reason)``; with nobody logged in, images pending for anyone stay hidden.
     If the annotation database cannot be asked, the output stays hidden (fails closed).
     With ``pixels`` (an uploaded film), a near-copy of a pending film is hidden too.
     """
@@ -217,8 +215,14 @@ def db():
 
 
 def current_reader_name() -> str | None:
-    """The reader chosen on the annotate page in this browser session, or None."""
-    return st.session_state.get(ANNOTATE_READER) or None
+    """The logged-in user's name (users are the readers, so it keys the blind gate), or None.
+
+    Never a name picked on a page or put in the URL: identity is the login (:func:`ui.auth.current_user`).
+    """
+    from ui import auth as ui_auth
+
+    user = ui_auth.current_user()
+    return user.name if user is not None else None
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
