@@ -15,6 +15,7 @@ Who is using the app is the logged-in user (:func:`ui.auth.current_user`; users 
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
