@@ -87,7 +87,8 @@ def test_subgroup_metrics_match_scikit_learn_and_their_intervals_resample_patien
             m = out["site"][value][cls]
             mask = y[idx] == c
             assert m["n"] == mask.sum() and m["correct"] == (pred[idx][mask] == c).sum()
-            assert m["accuracy"] == pytest.approx(recall_score(y[idx], pred[idx], labels=[c], average=None)[0], abs=1e-4)
+            recall = recall_score(y[idx], pred[idx], labels=[c], average=None)[0]
+            assert m["accuracy"] == pytest.approx(recall, abs=1e-4)
             assert m["auc"] == pytest.approx(roc_auc_score(y[idx] == c, probs[idx, c]), abs=1e-4)
             assert m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
     # the interval of site a / COVID-19's accuracy, by hand: the same patient resamples, recall per resample
@@ -236,3 +237,18 @@ def test_cli_evaluate_reports_subgroups_and_confounds(use_registry, tmp_path, ca
     code = main(["evaluate", "--model", "tiny-effnet", "--data", str(source_manifest(tmp_path)), "--n-boot", "50",
                  "--json", str(out), "--subgroups", "none"])
     assert code == 0 and "subgroups" not in json.loads(out.read_text())
+
+
+def test_the_accuracy_gap_prefers_large_groups_and_calls_small_ones_anecdotes():
+    from cxr_core.audit.confounds import _gap
+
+    def m(correct, n):
+        return {"n": n, "correct": correct, "accuracy": correct / n}
+
+    per_value = {"a": {"Normal": m(1, 1), "COVID-19": m(40, 40)}, "b": {"Normal": m(0, 1), "COVID-19": m(20, 40)},
+                 "c": {"Normal": m(18, 20)}}
+    gap, line = _gap("site", per_value, CLASSES)
+    assert gap == pytest.approx(0.5) and line == (
+        "within COVID-19, accuracy is 100% for site = a (40/40) but 50% for b (20/40)")  # not Normal's 1/1 vs 0/1
+    gap, line = _gap("site", {"a": {"Normal": m(1, 1)}, "b": {"Normal": m(0, 2)}}, CLASSES)
+    assert gap == 1.0 and line.endswith("(a group under 5 films: an anecdote, not an estimate)")

@@ -176,7 +176,8 @@ def find_confounds(
         else:
             evidence.append(f"the probe could not run: fewer than two values of {column} with {MIN_PATIENTS}+ patients")
         if probe["left_out"]:
-            evidence.append(f"left out of the probe (fewer than {MIN_PATIENTS} patients): {', '.join(probe['left_out'])}")
+            evidence.append(f"left out of the probe (fewer than {MIN_PATIENTS} patients): "
+                            + ", ".join(probe["left_out"]))
         if assoc is not None:
             evidence.append(f"{column} is associated with the label: Cramér's V {assoc:.2f}")
         if gap_line:
@@ -287,6 +288,7 @@ def add_to_report(report, loaded, items: Sequence, *, wanted: Sequence[str] | No
 
 
 __all__ = [
-    "add_to_report", "ACCURACY_GAP", "ASSOCIATION", "FOLDS", "MIN_PATIENTS", "PROBE_AUROC", "SMALL_GROUP", "Confound", "analyse", "cramers_v",
+    "add_to_report", "ACCURACY_GAP", "ASSOCIATION", "FOLDS", "MIN_PATIENTS", "PROBE_AUROC", "SMALL_GROUP", "Confound",
+    "analyse", "cramers_v",
     "features_and_scores", "find_confounds", "penultimate_model", "probe_auroc",
 ]

@@ -79,8 +79,8 @@ def confound_rows(data: dict) -> list[dict]:
 
 def subgroup_rows(data: dict) -> list[dict]:
     """A row per (column, value, class): films, correct, accuracy and AUC with their 95% intervals."""
-    def ci(pair):
-        return "" if not pair else f" ({pair[0]:.0%}-{pair[1]:.0%})"
+    def ci(pair, fmt: str = ".0%"):
+        return "" if not pair else f" ({pair[0]:{fmt}}-{pair[1]:{fmt}})"
 
     rows = []
     for column, values in (data.get("subgroups") or {}).items():
@@ -90,8 +90,7 @@ def subgroup_rows(data: dict) -> list[dict]:
                              "accuracy (95% CI)": ("n/a" if m["accuracy"] is None else
                                                    f"{m['accuracy']:.0%}{ci(m['accuracy_ci95'])}"),
                              "AUC (95% CI)": ("n/a" if m["auc"] is None else
-                                              f"{m['auc']:.2f}" + ("" if not m["auc_ci95"] else
-                                                                   f" ({m['auc_ci95'][0]:.2f}-{m['auc_ci95'][1]:.2f})"))})
+                                              f"{m['auc']:.2f}{ci(m['auc_ci95'], '.2f')}")})
     return rows
 
 

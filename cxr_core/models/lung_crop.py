@@ -67,7 +67,8 @@ def crop_to_lungs(pixels: np.ndarray, lungs: np.ndarray, *, margin: float = MARG
     px = np.asarray(pixels)
     mask = np.asarray(lungs, bool)
     if mask.shape != px.shape[:2]:
-        raise DataError(f"lung mask is {mask.shape[1]}x{mask.shape[0]} px but the film is {px.shape[1]}x{px.shape[0]} px")
+        raise DataError(f"lung mask is {mask.shape[1]}x{mask.shape[0]} px but the film is "
+                        f"{px.shape[1]}x{px.shape[0]} px")
     box = lung_box(mask, margin=margin)
     shape = (int(px.shape[0]), int(px.shape[1]))
     if box is None:
