@@ -143,6 +143,11 @@ def test_the_audit_lists_refused_films_with_the_functions_reasons_and_scores_the
     data = to_json(report, n_boot=50)
     assert data["n_refused"] == len(REFUSED) and data["n_images"] == len(CHEST)
     assert from_json(json.loads(json.dumps(data))).refused == report.refused
+    from cxr_core.audit.report import render_html
+
+    page = render_html(data)
+    assert "<h2>Not analysed</h2>" in page and f"{len(CHEST)} images audited, {len(REFUSED)} not analysed" in page
+    assert all(d in page for n in REFUSED for d in direct[n].details)
 
 
 def test_the_session_report_refuses_the_same_films_and_stores_the_same_scores(demo, direct, films, tmp_path):

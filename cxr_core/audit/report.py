@@ -133,6 +133,9 @@ def render_html(data: dict) -> str:
         flags=shortcut_lines(data), margin=fmt_share(data["settings"].get("shortcut_margin")),
         region_labels=[REGION_LABELS[r] for r in REGIONS], tables=[t for t in tables if t],
         gallery=gallery, failures=data["failures"],
+        refused=[{"file": r["file"].split("/")[-1], "reasons": r.get("reasons", []),
+                  "details": [d for d in r.get("details", []) if d]}
+                 for r in data.get("refused", []) if not r.get("overridden")],
         confound_flags=confound_lines(data), confounds=confound_rows(data), subgroups=subgroup_rows(data),
     )
 
