@@ -11,7 +11,9 @@ from cxr_core.agreement.session_scores import BASELINE, CONSENSUS_READERS, Sessi
 from cxr_core.errors import CXRError
 from ui import agreement as agr
 from ui import common
+from cxr_core.io.plain_text import md_escape
 from ui import auth as ui_auth
+from ui import trail
 
 ui_auth.require_page("page:agreement")  # the login form, or a refusal, for anyone else
 
@@ -43,11 +45,11 @@ try:
 except CXRError as err:
     st.error(f"Nothing is shown: {err}", icon=":material/visibility_off:")
     st.stop()
-if view.reader is None:
-    st.caption("Viewing as: nobody chosen (choose who you are on the **Annotate** page). Images still being read "
-               "blind by anyone are left out.")
+if view.reader is None:  # not reached behind the login; the gate is stricter then
+    st.caption("Viewing as: nobody logged in. Images still being read blind by anyone are left out.")
 else:
-    st.caption(f"Viewing as **{view.reader}** ({view.role}).")
+    st.caption(f"Viewing as **{md_escape(view.reader)}** ({view.role}), the logged-in user: films you still read "
+               "blind are left out of everything on this page and its downloads.")
 if view.hidden:
     whose = "in your own blind readings" if view.reader else "in someone's blind reading"
     st.info(f"{len(view.hidden)} image(s) of this session are left out: they are still pending {whose}, and model "
@@ -73,9 +75,10 @@ with st.expander(f"Time per case ({timed} timed reading(s), every reader of the 
         st.dataframe([{"reader": t["reader"] or "all readers", "timed": t["n"], "untimed": t["untimed"],
                        "median (s)": t["median_s"], "IQR (s)": t["iqr_s"], "25th percentile (s)": t["q1_s"],
                        "75th percentile (s)": t["q3_s"]} for t in time_rows], hide_index=True)
-        st.download_button("Time per case (CSV)", lambda: reports.times_csv(time_rows),
-                           f"times-{session_name}.csv".replace(" ", "_").replace("/", "_"), "text/csv",
-                           on_click="ignore", icon=":material/download:", key="agreement_times_csv")
+        trail.download("Time per case (CSV)", lambda: reports.times_csv(time_rows),
+                       f"times-{session_name}.csv".replace(" ", "_").replace("/", "_"), "text/csv",
+                       action="export:agreement", detail=f"time per case of session {session_name!r}",
+                       key="agreement_times_csv")
     else:
         st.caption("No submitted reading yet.")
 if not data.readings:
@@ -94,6 +97,8 @@ if override:
     logging.getLogger("cxr_core.safety.screening").warning(
         "agreement page, session %r: out-of-distribution refusal overridden by %s", session_name,
         common.current_reader_name() or "an unnamed user")
+    trail.once("refusal_override", None, f"agreement page: session {session_name!r}, films refused as not a frontal "
+               "chest X-ray scored anyway", ("agreement", session_name))
 n_refused = sum(len(rows) for rows in refused.values())
 if n_refused:
     with st.expander(f"Not analysed ({n_refused}): films that do not look like a frontal chest X-ray",
@@ -143,6 +148,9 @@ except (CXRError, SessionScoresError) as err:
 if not all_scores:
     st.info("No heatmap is computed for these readings yet: compute them above.")
     st.stop()
+scored = {s.image_id for s in all_scores}
+trail.output_shown("agreement", [r.image_sha for r in data.readings if r.image_id in scored],
+                   f"{', '.join(chosen)}: {method} heatmaps against expert marks (session {session_name!r})")
 classes = sorted({s.target for s in all_scores})
 readers = sorted({s.reader for s in all_scores} - set(CONSENSUS_READERS))
 pseudo = [c for c in CONSENSUS_READERS if any(s.reader == c for s in all_scores)]
@@ -268,6 +276,9 @@ for col, (fmt, label, suffix, mime) in zip(exports, (
         ("json", "JSON (everything)", "json", "application/json"),
         ("html", "HTML report (opens offline)", "html", "text/html"),
         ("coco", "COCO (each drawn region, consensus and heatmap masks)", "coco.json", "application/json"))):
-    col.download_button(label, lambda fmt=fmt: agr.agreement_export(fmt, data, pairsets, scores, rule,
-                                                                     [r for rows in refused.values() for r in rows]),
-                        f"{stem}.{suffix}", mime, on_click="ignore", icon=":material/download:")
+    trail.download(label, lambda fmt=fmt: agr.agreement_export(fmt, data, pairsets, scores, rule,
+                                                                [r for rows in refused.values() for r in rows]),
+                   f"{stem}.{suffix}", mime, key=f"agreement_export_{fmt}", container=col,
+                   action="export:session_report" if fmt in ("json", "html") else "export:agreement",
+                   detail=f"agreement {fmt} of session {session_name!r}, {len(scores)} score(s), threshold "
+                          f"{threshold}, rule {rule}")

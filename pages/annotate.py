@@ -14,8 +14,10 @@ from ui import common
 from ui.figures import score_bars
 from ui.viewport import viewport
 from ui import auth as ui_auth
+from ui import trail
+from cxr_core.io.plain_text import md_escape
 
-ui_auth.require_page("page:annotate")  # the login form, or a refusal, for anyone else
+me = ui_auth.require_page("page:annotate")  # the login form, or a refusal, for anyone else
 
 st.title("Annotate X-rays", help=(
     "Your reading session's chest X-rays, one by one: outline where you see disease, name each finding, give your "
@@ -24,25 +26,13 @@ st.title("Annotate X-rays", help=(
 st.caption("Mark and answer each film of your session. In a blind session no model score or heatmap for a film is "
            "shown to you, on any page, until you have submitted your reading of it. Model scores are not diagnoses.")
 
-# --- who, which session, which film ---------------------------------------------------------------
+# --- who (the logged-in user: users are the readers), which session, which film --------------------
 with common.reading() as s:
-    reader_names = [r.name for r in storage.list_readers(s)]
-if not reader_names:
-    st.info("No readers yet. An administrator adds readers and reading sessions on the **Sessions** page.")
-    st.stop()
-
-name = st.sidebar.selectbox("Who are you?", reader_names, index=None, placeholder="Choose your name",
-                         key=common.ANNOTATE_READER, bind="query-params", persist_state="session",
-                         help="Your choice applies to every page: model output for images you still have to read "
-                              "blind is hidden everywhere.")
-if name is None:
-    st.info("Choose your name to see your reading sessions.")
-    st.stop()
-with common.reading() as s:
-    reader = storage.get_reader(s, name)
+    reader = storage.get_reader(s, me.name)
     sessions = {x.name: x for x in storage.list_sessions(s, reader_id=reader.id)}
 if not sessions:
-    st.info(f"{name} has no reading sessions yet; an administrator assigns them on the **Sessions** page.")
+    st.info(f"{md_escape(me.name)}, you have no reading sessions yet; an administrator assigns them on the "
+            "**Reading sessions** page.")
     st.stop()
 session_name = st.sidebar.selectbox("Reading session", list(sessions), key=ua.ANNOTATE_SESSION,
                                      bind="query-params", persist_state="session",
@@ -75,7 +65,7 @@ film_col.selectbox("Film", [e.position for e in queue.entries], key=ua.annotate_
                    format_func=lambda p: f"Film {p + 1} of {queue.total}", on_change=ua.picked, args=nav,
                    help="Films in your own order. Whatever you drew on a film stays saved when you move on.")
 status_col.markdown(f"Film {position + 1}: **{ua.entry_status(entry)}**")
-side_col.progress(queue.progress, text=f"Your progress in {session.name}: {queue.progress_text}")
+side_col.progress(queue.progress, text=f"Your progress in {md_escape(session.name)}: {queue.progress_text}")
 flash = st.session_state.pop(ua.ANNOTATE_FLASH, None)  # shown beside the canvas: nothing above it moves
 problem = st.session_state.pop(ua.ANNOTATE_ERROR, None)  # a save from a button that did not happen
 if queue.next_pending is None:
@@ -127,6 +117,7 @@ def model_result_panel(col) -> tuple:
     if analysis.refused:
         col.error(common.refusal_text(analysis), icon=":material/block:")
         return None, ""
+    trail.output_shown("annotate", entry.image_sha, f"{model.name}: scores and Grad-CAM ({session.name})")
     pred = analysis.prediction
     col.plotly_chart(score_bars(pred.classes, pred.probabilities, title=f"Model scores: {model.name}", height=220),
                      width="stretch", key=ua.reading_key("scores", *reading_id), config={"displayModeBar": False})
@@ -196,6 +187,7 @@ if entry.done and reading_id not in revising:
         if not allowed:
             st.info(reason, icon=":material/visibility_off:")
         elif st.toggle("Reveal the model's result for this image", key=ua.reading_key("reveal", *reading_id)):
+            trail.once("reveal", entry.image_sha, f"annotate: session {session.name}", reading_id)
             heatmap, heatmap_key = model_result_panel(side_col)
         _, _, level, window, invert = display_controls(side_col, with_tools=False)
     submitted = frame.bring_in(done.canvas_json, fit=done.background_fit, width=done.canvas_width,
@@ -256,6 +248,7 @@ with side_col:
     if not allowed:
         st.info(reason, icon=":material/visibility_off:")
     elif st.toggle("Reveal the model's result for this image", key=ua.reading_key("reveal", *reading_id)):
+        trail.once("reveal", entry.image_sha, f"annotate: session {session.name}", reading_id)
         heatmap, heatmap_key = model_result_panel(side_col)  # an open (not blind) session allows it while reading
     tool, finding, level, window, invert = display_controls(side_col, with_tools=True)
 with canvas_col:

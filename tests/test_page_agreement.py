@@ -11,12 +11,12 @@ import math
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from auth_helpers import login
 from conftest import REPO
 from cxr_core import agreement
 from cxr_core.agreement import session_scores as ss
 from test_session_scores import build_study, engine_loader, model_refs
 from ui import agreement as agr
-from ui import common
 
 TIMEOUT = 600  # the compute test loads a tiny model and traces its CAM step; 2 cores are shared
 PAGE = "pages/agreement.py"
@@ -40,15 +40,15 @@ def db_url(computed, use_registry, monkeypatch) -> str:
     return computed
 
 
-def open_page(reader: str | None = "Researcher") -> AppTest:
-    """A fresh browser session on the agreement page, having said who they are on the annotate page."""
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+def open_page(reader: str = "Researcher") -> AppTest:
+    """A fresh browser session on the agreement page, logged in as ``reader`` (the study's experts as
+    administrators, who may open it and also read; the study's Researcher as a researcher)."""
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    login(at, name=reader, role="researcher" if reader == "Researcher" else "admin")
+    at.run()
     # the study's films are synthetic textures that screening refuses: these tests look at them under the
     # page's expert override (test_refused_films_are_listed_and_left_out covers the refusal)
     at.session_state[agr.AGREEMENT_OVERRIDE] = True
-    if reader is not None:
-        at.switch_page("pages/annotate.py").run()
-        at.selectbox(key=common.ANNOTATE_READER).select(reader).run()
     at.switch_page(PAGE).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -88,7 +88,7 @@ def test_missing_heatmaps_are_computed_on_request(tmp_path, use_registry, monkey
     at = open_page()
     caption = at.caption[0].value
     assert "agrees with where the experts marked" in caption and "not diagnoses" in caption
-    assert "Viewing as **Researcher** (reviewer)." in [c.value for c in at.caption]
+    assert any(c.value.startswith("Viewing as **Researcher** (researcher), the logged-in user") for c in at.caption)
     # 10 for the readers; 4 more (Grad-CAM and baseline of the top class) where the consensus is uncertain
     assert any("14 heatmap(s) are not computed yet (tiny-effnet: 14)" in w.value for w in at.warning)
     assert not at.metric and not gallery(at)
@@ -150,7 +150,7 @@ def test_gallery_sorts_by_iou_and_follows_the_filters(db_url, use_registry):
 
 @pytest.mark.parametrize("reader, note", [
     ("Dr B", "1 image(s) of this session are left out: they are still pending in your own blind readings"),
-    (None, "1 image(s) of this session are left out: they are still pending in someone's blind reading"),
+    ("Researcher", None),
     ("Dr A", None),
 ])
 def test_images_pending_blind_reading_are_left_out(db_url, use_registry, reader, note):
@@ -162,8 +162,6 @@ def test_images_pending_blind_reading_are_left_out(db_url, use_registry, reader,
     assert pictured >= {"img0.png", "img1.png"}
     want = expected(db_url, use_registry, reader=reader)
     assert cards(at)["Relevance mass"] == shown(want["mass"])
-    if reader is None:
-        assert any("nobody chosen" in c.value for c in at.caption)
 
 
 def test_downloads_hold_the_scores_shown(db_url, use_registry):

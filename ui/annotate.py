@@ -1,6 +1,6 @@
 """The annotate page's state: which film is open, each film's reading (its marks and answers), and the picture.
 
-What every page shares (the database, stored films, the reader chosen here: :data:`ui.common.ANNOTATE_READER`)
+What every page shares (the database, stored films, who is logged in: :func:`ui.common.current_reader_name`)
 is in :mod:`ui.common`; the rules this page enforces are in :mod:`cxr_core.annotation.reading`.
 Session-state keys start with ``annotate_``.
 
