@@ -321,6 +321,18 @@ def test_a_pending_blind_image_shows_no_model_output_on_any_page_until_submitted
     at.file_uploader(key=review.REVIEW_UPLOADS).set_value(upload).run()
     assert shows_scores_and_heatmap(at)
 
+    # The audit trail: one reveal, and model output shown once per page, never while the film was pending.
+    from cxr_core import auth
+
+    sha = study.shas[CHEST]
+    with study.db()() as s:
+        reveals = [(e.who, e.film_sha) for e in auth.events(s, action="reveal")]
+        shown = [(e.who, e.detail.split(":")[0]) for e in auth.events(s, action="model_output_shown", film_sha=sha)]
+    assert reveals == [("Dr A", sha)]
+    assert ("Dr A", "annotate") in shown and ("Dr A", "review") in shown and shown.count(("Dr A", "annotate")) == 1
+    assert set(shown) <= {("Dr A", "annotate"), ("Dr A", "review"), ("Dr A", "review compare"), ("Dr B", "review"),
+                          ("Dr B", "review compare")}
+
 
 # --- issue 12: the film picker, navigation, answers, revisions, reading times, zoom ----------------
 
