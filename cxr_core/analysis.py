@@ -141,17 +141,21 @@ def _decode(film) -> XRay:
 def cam_engine(loaded):
     """The :class:`~cxr_core.explain.cam.CamEngine` of a loaded model, made once per Keras model object.
 
+    The engine is :func:`cxr_core.engines.select.engine_for`'s: OpenVINO where it loads and matches the model
+    (``CXR_BACKEND=auto``), else TensorFlow, the reference; every page, command and report asks here.
+
     Raises
     ------
     CamUnavailableError
         The model has no trustworthy heatmap (remembered, so it is not retried on every film).
     """
-    from cxr_core.explain.cam import CamEngine, CamUnavailableError
+    from cxr_core.engines.select import engine_for
+    from cxr_core.explain.cam import CamUnavailableError
 
     found = _ENGINES.get(loaded.model)
     if found is None:
         try:
-            found = CamEngine.from_loaded(loaded)
+            found = engine_for(loaded)  # OpenVINO or TensorFlow, as CXR_BACKEND says (cxr_core.engines)
         except CamUnavailableError as exc:
             found = exc
         _ENGINES[loaded.model] = found

@@ -67,9 +67,9 @@ def _models(names: list[str] | None):
             raise SessionScoresError(f"model {name!r} is {why}; ready models: {', '.join(ready) or 'none'}")
 
         def engine(name=name):
-            from cxr_core.explain.cam import CamEngine
+            from cxr_core.analysis import cam_engine
 
-            return CamEngine.from_loaded(_loaded(name))
+            return cam_engine(_loaded(name))
 
         out.append((ModelRef.from_card(entry.card), engine))
     return out
