@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--subgroups", metavar="COL,...",
                    help="manifest columns to treat as subgroups and probe for confounds (default: every extra column "
                         "with 2-12 values); 'none' skips the subgroup and confound analysis")
+    from cxr_core.engines.batch import add_arguments
+
+    add_arguments(p)  # --engine local|ray, --address, --parquet OUT, --actors: per-film rows into Parquet
     p.set_defaults(func=run)
 
 
@@ -81,6 +84,14 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise CXRError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from cxr_core.engines.batch import BatchSpec, run_cli, wants_archive
+
+    if wants_archive(args):  # per-film rows (shares, heatmap figures) for an archive; no HTML/JSON summary
+        if args.out or args.json:
+            raise CXRError("--parquet writes one row per film; --out and --json are the in-memory audit's reports")
+        spec = BatchSpec(args.model, "audit", mask_markers=args.mask_markers, batch_size=args.batch_size,
+                         lung_masks=str(args.lung_masks) if args.lung_masks else None)
+        return run_cli(args, spec, [args.data], limit=args.limit)
     items = items_from(args.data, args.limit)
     import_tensorflow_quietly()
     loaded = load_model(args.model)

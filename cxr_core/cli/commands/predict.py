@@ -21,7 +21,8 @@ COLORMAP_CHOICES = ("turbo", "jet", "inferno", "viridis", "gray")  # cxr_core.ex
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="class probabilities for X-ray files (scores are not diagnoses)")
-    p.add_argument("paths", nargs="+", help="PNG, JPEG, TIFF or DICOM files")
+    p.add_argument("paths", nargs="+", help="PNG, JPEG, TIFF or DICOM files (with --parquet also folders and "
+                   "manifest CSVs)")
     p.add_argument("--model", required=True, help="registered model name (see `models`)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
     p.add_argument("--out", type=Path, help="write <stem>.json per input into this folder "
@@ -33,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--allow-ood", action="store_true",
                    help="expert override: score inputs refused as not looking like a frontal chest X-ray "
                         "(logged, and recorded in the output as ood.overridden)")
+    from cxr_core.engines.batch import add_arguments
+
+    add_arguments(p)  # --engine local|ray, --address, --parquet OUT, --actors: a whole archive into Parquet
     p.set_defaults(func=run)
 
 
@@ -44,6 +48,12 @@ def run(args) -> int:
 
     if args.target and args.cam == "none":
         raise CXRError("--target only applies with --cam gradcam, gradcam++ or random")
+    from cxr_core.engines.batch import BatchSpec, run_cli, wants_archive
+
+    if wants_archive(args):  # paths may then also be folders or manifest CSVs (cxr_core.engines.batch)
+        if args.target or args.out or args.json:
+            raise CXRError("--parquet writes one row per film; --target, --out and --json apply without it")
+        return run_cli(args, BatchSpec(args.model, "predict", cam=args.cam, allow_ood=args.allow_ood), args.paths)
     import_tensorflow_quietly()
     loaded = load_model(args.model)
     engine = None
