@@ -154,3 +154,24 @@ def test_missing_ray_says_what_to_install(monkeypatch, tmp_path):
 def test_ray_without_parquet_is_refused(tmp_path):
     proc = _cli(["predict", str(FILMS[0]), "--model", DEMO, "--engine", "ray"], tmp_path)
     assert proc.returncode != 0 and "add --parquet OUT" in proc.stderr
+
+
+def test_predict_parquet_from_files_and_manifest(tmp_path, monkeypatch, capsys):
+    from cxr_core.cli import main
+
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(REPO / "weights"))
+    (tmp_path / "manifest.csv").write_text("file,label\n" + "".join(f"{f},{f.name.split('_')[0]}\n" for f in FILMS[1:]))
+    out = tmp_path / "rows"
+    code = main(["predict", str(FILMS[0]), str(tmp_path / "manifest.csv"), str(FILMS[1]), "--model", DEMO,
+                 "--cam", "gradcam", "--parquet", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"local engine: {len(FILMS) + 1} film(s) listed, 1 already in the results" in printed  # FILMS[1] twice
+    rows = _rows(out)
+    from cxr_core.io.imaging import load_xray
+
+    assert sorted(r["film_sha256"] for r in rows) == sorted(load_xray(f).sha256 for f in FILMS)
+    labels = {Path(r["file"]).name: r["label"] for r in rows}
+    assert labels[FILMS[0].name] == "" and labels[FILMS[1].name]  # a bare file has no label; the manifest's do
+    assert all(r["mode"] == "predict" and r["heatmap_method"] == "gradcam" and r["share_outside_lungs"] is None
+               for r in rows)

@@ -49,7 +49,8 @@ def schema():
     fields = [
         ("film_sha256", pa.string()), ("file", pa.string()), ("file_size", pa.int64()),
         ("file_mtime_ns", pa.int64()), ("label", pa.string()), ("patient_id", pa.string()),
-        ("model", pa.string()), ("mode", pa.string()), ("engine", pa.string()), ("refused", pa.bool_()), ("overridden", pa.bool_()),
+        ("model", pa.string()), ("mode", pa.string()), ("engine", pa.string()), ("refused", pa.bool_()),
+        ("overridden", pa.bool_()),
         ("refusal", pa.string()), ("error", pa.string()), ("predicted", pa.string()),
         ("confidence", pa.float64()), ("classes", pa.list_(pa.string())), ("probabilities", pa.list_(pa.float64())),
         ("heatmap_method", pa.string()), ("heatmap_target", pa.string()), ("heatmap_all_zero", pa.bool_()),
@@ -130,7 +131,7 @@ def list_films(sources: Iterable[Path | str], limit: int | None = None) -> list[
     films: list[FilmEntry] = []
     for source in sources:
         path = Path(source)
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES | {".dcm"}:
+        if path.is_file() and path.suffix.lower() in {*IMAGE_SUFFIXES, ".dcm", ".dicom"}:
             films.append(FilmEntry.of(path))
             continue
         if not path.exists():
