@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from auth_helpers import browser_login, make_user
 from browser import chromium_page, settle, streamlit_server
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
@@ -39,9 +40,18 @@ def study(tmp_path):
         reader = storage.add_reader(s, "Dr A", "sme").id
         session = ann.create_session_from_xrays(s, name="Blind 1", images=images, reader_ids=[reader], created_by=admin)
         ids = (session.id, reader, images.xrays[0].sha256)
+    make_user(url, "Admin", "admin")  # an administrator with a password: the login form, not the first-run one
+    make_user(url, "Dr A", "sme")  # a password, so Dr A can log in
     env = {"CXR_DATABASE_URL": url, "CXR_DATA_DIR": str(tmp_path / "data"),
            "CXR_WEIGHTS_DIR": str(tmp_path / "weights")}
     return env, factory, ids
+
+
+def open_annotate(page, base: str, name: str) -> None:
+    """A new browser session (a reload is one): the login form, then the Annotate page from the sidebar."""
+    page.goto(base)
+    browser_login(page, name)
+    page.get_by_role("link", name="Annotate (experts)").click()
 
 
 def stable_box(canvas, still: float = 2.0, timeout: float = WAIT_MS / 1000) -> dict:
@@ -74,9 +84,7 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
     with streamlit_server(REPO / "app.py", env=env, log_dir=tmp_path) as base, \
             chromium_page({"width": 1400, "height": 1300}) as page:
         page.set_default_timeout(WAIT_MS)
-        page.goto(base)  # a fresh server learns the app's navigation from its first run of app.py
-        page.get_by_text("Research tool").wait_for()
-        page.goto(f"{base}/annotate?annotate_reader=Dr+A")  # the reader picker is bound to the URL
+        open_annotate(page, base, "Dr A")  # who reads is the login, never a picker or the URL
         page.get_by_text("0 of 1 done").wait_for()
         canvas = page.locator("canvas.upper-canvas").first
         canvas.wait_for()
@@ -93,8 +101,8 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
             page.mouse.click(*at(x, y))
         page.get_by_role("cell", name="polygon").wait_for()
 
-        # A refresh keeps the reader (URL) and the drawing (the draft).
-        page.reload()
+        # A refresh asks for the login again, and keeps the drawing (the draft).
+        open_annotate(page, base, "Dr A")
         page.get_by_role("cell", name="polygon").wait_for()
         canvas.wait_for()
         settle(page)
@@ -127,7 +135,7 @@ def test_expert_draws_refreshes_and_submits_and_the_mask_matches_the_shapes(stud
         try:
             page.get_by_text("Film 1 saved (1 of 1 done)").wait_for(timeout=60_000)
         except PlaywrightTimeout:  # seen once under full-suite load: saved, but the rerun's flash never drew
-            page.reload()  # reader and session live in the URL; progress comes from the database
+            open_annotate(page, base, "Dr A")  # progress comes from the database
             page.get_by_text("Your progress in Blind 1: 1 of 1 done").wait_for()
         page.get_by_text("Your marks as submitted", exact=False).wait_for()  # the last film: its submitted view
         page.get_by_role("cell", name="effusion").wait_for()
@@ -162,9 +170,7 @@ def test_the_whole_film_is_above_the_fold(study, tmp_path, window):
     env, factory, _ = study
     with streamlit_server(REPO / "app.py", env=env, log_dir=tmp_path) as base, chromium_page(window) as page:
         page.set_default_timeout(WAIT_MS)
-        page.goto(base)
-        page.get_by_text("Research tool").wait_for()
-        page.goto(f"{base}/annotate?annotate_reader=Dr+A")
+        open_annotate(page, base, "Dr A")
         page.get_by_text("0 of 1 done").wait_for()
         canvas = page.locator("canvas.upper-canvas").first
         canvas.wait_for()
