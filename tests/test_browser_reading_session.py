@@ -5,7 +5,7 @@ session, the film picker jumped back to film 1 and film 2's draft was overwritte
 drawing. So this test reads five films as a reader does: polygon, rectangle, freehand and circle
 marks spread over the films, each with its own finding; after every mark it checks that the picker
 still shows the same film and that the stored draft holds every mark so far. It leaves film 2
-unsubmitted with "Next film", reloads the page in the middle of film 3 (same film, marks restored),
+unsubmitted with "Next film", reloads the page in the middle of film 3 (logs in again, picks film 3: marks restored),
 goes back from film 4 ("Previous film", then the picker) to film 2 and submits it before film 4,
 and changes the window level between two marks on film 5.
 
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from auth_helpers import browser_login, make_user
 from browser import CanvasPen, chromium_page, screenshot_on_failure, settle, sole, streamlit_server
 from conftest import FIXTURES, REPO
 from cxr_core import annotation as ann
@@ -172,6 +173,13 @@ def assert_same_region(got: np.ndarray, want: np.ndarray, what: str) -> str:
             f"box {np.abs(got_box - want_box).max()} px")
 
 
+def open_annotate(page, base: str) -> None:
+    """A new browser session: the login form, then the Annotate page from the sidebar."""
+    page.goto(base)
+    browser_login(page, READER)
+    page.get_by_role("link", name="Annotate (experts)").click()
+
+
 @pytest.fixture
 def study(tmp_path):
     """A fresh database holding one blind session of five films for one reader, made with the library."""
@@ -188,6 +196,8 @@ def study(tmp_path):
         shapes = {x.sha256: x.shape for x in images.xrays}
         films = [Film(e.position, e.image_sha, shapes[e.image_sha]) for e in queue.entries]
         ids = (session.id, reader)
+    make_user(url, "Admin", "admin")  # an administrator with a password: the login form, not the first-run one
+    make_user(url, READER, "sme")  # a password, so the reader can log in
     assert len({f.sha for f in films}) == N, "the five films must be five different images"
     env = {"CXR_DATABASE_URL": url, "CXR_DATA_DIR": str(tmp_path / "data"),
            "CXR_WEIGHTS_DIR": str(tmp_path / "weights")}
@@ -302,9 +312,7 @@ def test_five_film_blind_session_keeps_every_mark(study, tmp_path):
             chromium_page({"width": 1400, "height": 1300}) as page, \
             screenshot_on_failure(page, shots / "reading_session_failure.png"):
         page.set_default_timeout(WAIT_MS)
-        page.goto(base)  # a fresh server learns the app's navigation from its first run of app.py
-        page.get_by_text("Research tool").wait_for()
-        page.goto(f"{base}/annotate?annotate_reader={READER.replace(' ', '+')}")
+        open_annotate(page, base)  # who reads is the login, never a picker or the URL
         page.get_by_role("combobox", name=PICKER, exact=True).wait_for()
         CanvasPen(page).box()
         settle(page)
@@ -321,13 +329,15 @@ def test_five_film_blind_session_keeps_every_mark(study, tmp_path):
         press("Next film")
         assert film_shown() == 3
 
-        # Film 3: a rectangle, a reload in the middle (same film, the draft brings it back), a polygon, submit.
+        # Film 3: a rectangle, a reload in the middle (a new browser session: the login again, then the first film
+        # still to read, film 2; back on film 3 the draft brings its rectangle back), a polygon, submit.
         draw(f3, Mark("rect", "other", [(0.25, 0.25), (0.5, 0.45)]))
-        page.reload()
+        open_annotate(page, base)
         page.get_by_role("combobox", name=PICKER, exact=True).wait_for()
         CanvasPen(page).box()
         settle(page)
-        assert film_shown() == 3, "a reload should stay on the film being read"
+        assert film_shown() == 2, "after logging in again, the reader's first film still to read opens"
+        choose_film(3)
         assert_marks_shown(f3)
         draw(f3, Mark("polygon", "effusion", [(0.55, 0.55), (0.8, 0.58), (0.7, 0.8)]))
         submit(f3, "COVID-19", 3, then=4)  # the next film still to read
