@@ -9,6 +9,7 @@ from cxr_core.safety import intake
 from cxr_core.safety.screening import refusal_lines
 from ui import common, sessions
 from cxr_core.io import server_paths
+from cxr_core.io.film_facts import film_label
 from cxr_core.io.plain_text import md_escape
 from ui import auth as ui_auth
 
@@ -80,7 +81,7 @@ with st.container():  # created by the logged-in administrator (created_by, in t
             why_none = "no folder given"
 
     # --- screening: each film as the review page screens it, before the session exists -------------
-    screened, keep = [], set()
+    screened, keep, redact = [], set(), set()
     if files:
         screening = sessions.sessions_screening()
         bar = st.empty()
@@ -111,6 +112,17 @@ with st.container():  # created by the logged-in administrator (created_by, in t
                 if text.checkbox(f"Keep {md_escape(x.name)} in the session anyway",
                                  key=sessions.sessions_keep_key(x.ident)):
                     keep.add(x.ident)
+        # --- burned-in text (names, dates of birth): blacked out before readers see the film -----------
+        for x in [x for x in screened if x.readable and x.has_text]:
+            with st.container(border=True):
+                pic, text = st.columns([1, 5])
+                pic.image(x.thumb, caption=x.name)
+                text.markdown(f"**{md_escape(x.name)}** has burned-in text in {len(x.text)} place(s), which may "
+                              "name the patient. Blacked out, readers, galleries and exports only ever get the film "
+                              "with black boxes over the text; the redaction is recorded in the audit trail.")
+                if text.checkbox(f"Black out the burned-in text on {md_escape(x.name)}", value=True,
+                                 key=sessions.sessions_redact_key(x.ident)):
+                    redact.add(x.ident)
     elif why_none and source != "Uploaded files":
         st.caption(f"No images yet: {why_none}.")
 
@@ -130,13 +142,13 @@ with st.container():  # created by the logged-in administrator (created_by, in t
                 result = intake.create_session(
                     s, name=session_name, files=files, screened=screened, keep=keep,
                     reader_ids=[by_name[n] for n in chosen], blind=blind, created_by=me.id, shuffle=shuffle,
-                    screened_by=screening.screened_by, by=me.name,
+                    screened_by=screening.screened_by, by=me.name, redact=redact,
                 )
                 for x in screened:
                     if x.flagged and x.ident in keep:  # an expert override of the screening, in the trail
                         auth.record(s, me.name, "refusal_override", film_sha=x.image_sha or None,
-                                    detail=f"sessions page: {x.name} kept in session {result.session.name!r} although "
-                                           "flagged as not a frontal chest X-ray")
+                                    detail=f"sessions page: {film_label(x.image_sha)} kept in session "
+                                           f"{result.session.name!r} although flagged as not a frontal chest X-ray")
                 auth.record(s, me.name, "session_change", detail=(
                     f"created session {result.session.name!r} ({'blind' if blind else 'not blind'}): "
                     f"{result.stored} film(s), readers {', '.join(repr(n) for n in chosen)}"))

@@ -108,7 +108,7 @@ def test_one_film_gets_the_batchs_answer_and_an_override_scores_a_refused_film(d
 def test_cli_predict_gives_the_functions_refusals_and_scores(repo_weights, direct, films, capsys):
     from cxr_core.cli import main
 
-    assert main(["predict", *map(str, films.values()), "--model", DEMO, "--json"]) == 2
+    assert main(["predict", "--keep-names", *map(str, films.values()), "--model", DEMO, "--json"]) == 2
     captured = capsys.readouterr()
     records = {json.loads(line)["file"]: json.loads(line) for line in captured.out.splitlines()}
     for name, path in films.items():

@@ -75,7 +75,8 @@ def test_models_json_lists_every_entry_with_status(tiny_registry):
 def test_predict_batch_with_one_corrupt_file(tiny_registry, inputs, tmp_path):
     png, jpeg, dicom, corrupt = inputs
     out = tmp_path / "out"
-    result = run_cli("predict", png, corrupt, jpeg, dicom, "--model", "tiny-resnet-3class", "--json", "--out", out,
+    result = run_cli("predict", "--keep-names",  # these tests name films by path
+                     png, corrupt, jpeg, dicom, "--model", "tiny-resnet-3class", "--json", "--out", out,
                      weights_dir=tiny_registry)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -98,7 +99,7 @@ def test_predict_batch_with_one_corrupt_file(tiny_registry, inputs, tmp_path):
 
 def test_unknown_model_exits_2_naming_the_registered_ones(tiny_registry, monkeypatch, capsys):
     monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tiny_registry))
-    assert main(["predict", str(CXR_PNG), "--model", "nope"]) == 2
+    assert main(["predict", "--keep-names", str(CXR_PNG), "--model", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no registered model named 'nope'")
     assert "(registered: tiny-effnet, tiny-resnet-3class)" in err and len(err.strip().splitlines()) == 1
@@ -107,7 +108,7 @@ def test_unknown_model_exits_2_naming_the_registered_ones(tiny_registry, monkeyp
 def test_predict_text_output_exits_0(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path / "w"))
     tiny_registered_model(tmp_path / "w")
-    assert main(["predict", str(CXR_PNG), "--model", "tiny"]) == 0
+    assert main(["predict", "--keep-names", str(CXR_PNG), "--model", "tiny"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"{CXR_PNG}: ") and "(model scores: A " in out and out.count("%") == 3
 
@@ -139,7 +140,7 @@ def test_import_model_registers_and_refuses_a_class_mismatch(tmp_path, monkeypat
 
 def test_missing_required_option_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", str(CXR_PNG)])
+        main(["predict", "--keep-names", str(CXR_PNG)])
     assert exit_info.value.code == 2
     assert "the following arguments are required: --model" in capsys.readouterr().err
 
@@ -161,7 +162,7 @@ def test_predict_out_keeps_every_input_when_two_share_a_file_stem(tiny_registry,
         _Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(path)
         paths.append(path)
     out = tmp_path / "out"
-    main(["predict", *map(str, paths), "--model", "tiny-effnet", "--allow-ood", "--out", str(out)])
+    main(["predict", "--keep-names", *map(str, paths), "--model", "tiny-effnet", "--allow-ood", "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ["study-2.json", "study.json"]
     records = [json.loads((out / n).read_text()) for n in ("study.json", "study-2.json")]
     assert [r["file"] for r in records] == [str(p) for p in paths]

@@ -32,7 +32,8 @@ def films(tmp_path):
 def test_cam_writes_json_heatmap_and_overlay_at_original_size(use_registry, films, tmp_path, capsys):
     out = tmp_path / "out"
     # --allow-ood: the synthetic "wide" film (aspect 1.88) would be refused as not a chest X-ray
-    code = main(["predict", *map(str, films), "--model", "tiny-effnet", "--cam", "gradcam", "--out", str(out),
+    code = main(["predict", "--keep-names",
+                 *map(str, films), "--model", "tiny-effnet", "--cam", "gradcam", "--out", str(out),
                  "--allow-ood"])
     assert code == 0
     assert "gradcam heatmap for" in capsys.readouterr().out
@@ -49,7 +50,7 @@ def test_cam_writes_json_heatmap_and_overlay_at_original_size(use_registry, film
 
 def test_target_and_colormap_are_used(use_registry, films, tmp_path):
     out = tmp_path / "out"
-    code = main(["predict", str(films[0]), "--model", "tiny-resnet-3class", "--cam", "gradcam++",
+    code = main(["predict", "--keep-names", str(films[0]), "--model", "tiny-resnet-3class", "--cam", "gradcam++",
                  "--target", "pneumonia", "--colormap", "gray", "--out", str(out), "--json"])
     assert code == 0
     record = json.loads((out / "tall.json").read_text())
@@ -60,17 +61,18 @@ def test_target_and_colormap_are_used(use_registry, films, tmp_path):
 
 def test_without_cam_only_the_json_is_written(use_registry, films, tmp_path):
     out = tmp_path / "out"
-    assert main(["predict", str(films[1]), "--model", "tiny-effnet", "--out", str(out), "--allow-ood"]) == 0
+    assert main(["predict", "--keep-names",
+                 str(films[1]), "--model", "tiny-effnet", "--out", str(out), "--allow-ood"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["wide.json"]
     assert "cam" not in json.loads((out / "wide.json").read_text())
 
 
 def test_unknown_target_is_a_one_line_error(use_registry, films, capsys):
-    code = main(["predict", str(films[0]), "--model", "tiny-resnet-3class", "--cam", "gradcam",
+    code = main(["predict", "--keep-names", str(films[0]), "--model", "tiny-resnet-3class", "--cam", "gradcam",
                  "--target", "Tuberculosis"])
     assert code == 2
     assert "target 'Tuberculosis' is not a class of this model" in capsys.readouterr().err
-    assert main(["predict", str(films[0]), "--model", "tiny-effnet", "--target", "Normal"]) == 2
+    assert main(["predict", "--keep-names", str(films[0]), "--model", "tiny-effnet", "--target", "Normal"]) == 2
 
 
 def test_cli_colormap_choices_match_the_overlay_module():

@@ -40,7 +40,8 @@ def _run_predict(paths, out, tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "CXR_WEIGHTS_DIR": str(REPO / "weights"), "CXR_DATA_DIR": str(tmp_path / "data"),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("CXR_DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "cxr_core", "predict", *map(str, paths), "--model", DEMO, "--cam", "gradcam",
+    cmd = [sys.executable, "-m", "cxr_core", "predict", "--keep-names",
+           *map(str, paths), "--model", DEMO, "--cam", "gradcam",
            "--out", str(out)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 

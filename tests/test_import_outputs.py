@@ -260,7 +260,8 @@ def test_cli_import_and_predict_cam_on_a_nested_efficientnet_ending_in_logits(tm
     assert card.outputs == "logits" and card.base_name == "efficientnetv2-b0"
 
     film = FIXTURES / "cxr" / "normal_kermany224_IM-0001-0001.png"
-    assert main(["predict", str(film), "--model", "eff", "--cam", "gradcam", "--target", "Normal", "--json",
+    assert main(["predict", "--keep-names",
+                 str(film), "--model", "eff", "--cam", "gradcam", "--target", "Normal", "--json",
                  "--allow-ood", "--out", str(tmp_path / "out")]) == 0
     record = json.loads(capsys.readouterr().out.splitlines()[-1])
     xray = load_xray(film)

@@ -65,7 +65,7 @@ def test_readers_and_annotations_survive_0004_to_0005_and_back(tmp_path):
         before = _dump(engine, TABLES)
 
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
         _clean(engine)
         after = _dump(engine, TABLES)
         for table, rows in before.items():  # every row kept, ids included; only the user columns are new
@@ -97,7 +97,7 @@ def test_readers_and_annotations_survive_0004_to_0005_and_back(tmp_path):
 
         with pytest.raises(RuntimeError, match="1 reader.* researcher, which revision 0004 cannot store"):
             _to(engine, "0004")
-        assert storage.current_revision(engine) == "0005"  # refused: nothing changed
+        assert storage.current_revision(engine) == "0006"  # refused: nothing changed
         with factory.begin() as s:
             auth.set_role(s, "rita", "reviewer")
         _to(engine, "0004")
@@ -114,7 +114,7 @@ def test_readers_and_annotations_survive_0004_to_0005_and_back(tmp_path):
                 conn.execute(text("UPDATE readers SET role = 'researcher' WHERE name = 'rita'"))
 
         storage.init_db(engine)  # and up again
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
         _clean(engine)
         with factory() as s:
             assert [u.name for u in auth.list_users(s)] == ["boss-old", "dr-old", "rita"]

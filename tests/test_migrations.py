@@ -19,10 +19,10 @@ from cxr_core.storage.codec import encode_mask
 from cxr_core.storage.schema import Base
 
 
-def test_revisions_form_one_line_ending_at_0005():
+def test_revisions_form_one_line_ending_at_0006():
     script = ScriptDirectory.from_config(storage.alembic_config())
-    assert script.get_heads() == ["0005"]
-    assert [r.revision for r in script.walk_revisions()] == ["0005", "0004", "0003", "0002", "0001"]
+    assert script.get_heads() == ["0006"]
+    assert [r.revision for r in script.walk_revisions()] == ["0006", "0005", "0004", "0003", "0002", "0001"]
 
 
 def test_empty_database_upgrades_to_head(tmp_path):
@@ -30,13 +30,13 @@ def test_empty_database_upgrades_to_head(tmp_path):
     try:
         assert storage.current_revision(engine) is None
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
         tables = set(inspect(engine).get_table_names())
         assert tables == {"alembic_version", "readers", "images", "annotation_sessions", "session_images",
                           "session_readers", "queue_items", "annotations", "drafts", "model_results",
-                          "reading_starts", "audit_events"}
+                          "reading_starts", "audit_events", "redactions"}
         storage.init_db(engine)  # already at head: nothing to do, nothing breaks
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
     finally:
         engine.dispose()
 
@@ -133,7 +133,7 @@ def test_previous_revision_upgrades_with_its_data_kept(tmp_path):
 
     engine = storage.make_engine(url)  # upgrades on open
     try:
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
         after = _dump(engine)
         new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion", "comment"),
                        "readers": ("password_hash", "disabled", "failed_logins", "locked_until")}
@@ -196,7 +196,7 @@ def test_downgrade_to_0002_keeps_rows_and_refuses_while_exclusions_exist(tmp_pat
             storage.revise_annotation(s, 3, exclusion="not a chest film")
         with pytest.raises(RuntimeError, match="1 annotation.* exclusions.* would lose them"):
             downgrade()
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
     finally:
         engine.dispose()
 
@@ -237,7 +237,7 @@ def test_engines_opening_a_new_database_at_once_migrate_it_once(tmp_path):
     assert errors == []
     engine = storage.make_engine(url, migrate=False)
     try:
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     finally:

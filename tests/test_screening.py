@@ -280,7 +280,7 @@ def test_cli_refuses_each_non_chest_file_and_still_scores_the_chest_film(use_reg
                                                                             capsys):
     out = tmp_path / "out"
     paths = [str(CHEST), *map(str, non_chest.values())]
-    assert main(["predict", *paths, "--model", "tiny-effnet", "--json", "--out", str(out)]) == 2
+    assert main(["predict", "--keep-names", *paths, "--model", "tiny-effnet", "--json", "--out", str(out)]) == 2
     captured = capsys.readouterr()
     errors = captured.err.strip().splitlines()
     assert len(errors) == len(REFUSED)
@@ -296,7 +296,8 @@ def test_cli_refuses_each_non_chest_file_and_still_scores_the_chest_film(use_reg
 
 def test_cli_allow_ood_scores_a_refused_file_and_logs_the_override(use_registry, non_chest, capsys, caplog):
     with caplog.at_level(logging.WARNING, logger="cxr_core.safety.screening"):
-        assert main(["predict", str(non_chest["noise.png"]), "--model", "tiny-effnet", "--json", "--allow-ood"]) == 0
+        assert main(["predict", "--keep-names",
+                     str(non_chest["noise.png"]), "--model", "tiny-effnet", "--json", "--allow-ood"]) == 0
     captured = capsys.readouterr()
     record = json.loads(captured.out)
     assert set(record["probabilities"]) == {"COVID-19", "Normal", "Pneumonia", "Tuberculosis"}

@@ -630,7 +630,7 @@ def test_make_engine_creates_folder_and_sets_pragmas(tmp_path):
     path = tmp_path / "new" / "deeper" / "a.db"
     engine = storage.make_engine(f"sqlite:///{path}", busy_timeout_ms=4321)
     try:
-        assert path.exists() and storage.current_revision(engine) == "0005"
+        assert path.exists() and storage.current_revision(engine) == "0006"
         with engine.connect() as conn:
             pragmas = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
                        ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")}

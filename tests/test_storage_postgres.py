@@ -88,7 +88,7 @@ def factory(engine):
 
 
 def test_postgres_schema_matches_the_orm_models(engine):
-    assert storage.current_revision(engine) == "0005"
+    assert storage.current_revision(engine) == "0006"
     with engine.connect() as conn:
         assert conn.execute(text("SELECT current_schema()")).scalar().startswith("t_")
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
@@ -102,7 +102,7 @@ def test_postgres_upgrade_from_previous_revision_keeps_rows(db_url):
         with engine.begin() as conn:  # Core: the ORM's Reader has the columns of 0005
             conn.execute(text("INSERT INTO readers (name, role, created_at) VALUES ('kept', 'admin', now())"))
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
         with storage.session_factory(engine)() as s:
             assert [(r.name, r.role) for r in storage.list_readers(s)] == [("kept", "admin")]
     finally:
@@ -118,7 +118,7 @@ def test_postgres_upgrade_from_0002_keeps_annotations_drafts_and_masks(db_url):
             conn.execute(text("SELECT setval('annotations_id_seq', (SELECT max(id) FROM annotations))"))
         before = _migrations._dump(engine)
         storage.init_db(engine)
-        assert storage.current_revision(engine) == "0005"
+        assert storage.current_revision(engine) == "0006"
         after = _migrations._dump(engine)
         new_columns = {"annotations": ("exclusion", "shown_at"), "drafts": ("exclusion", "comment"),
                        "readers": ("password_hash", "disabled", "failed_logins", "locked_until")}
@@ -188,7 +188,7 @@ def test_postgres_downgrade_to_0002_and_back(engine):
                                      "current_schema() AND table_name = 'annotations' AND column_name = 'confidence'"))
         assert nullable.scalar() == "NO"
     storage.init_db(engine)
-    assert storage.current_revision(engine) == "0005"
+    assert storage.current_revision(engine) == "0006"
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(ctx, Base.metadata) == []

@@ -28,6 +28,11 @@ SESSIONS_FLASH = "sessions_flash"
 SESSIONS_SCREENED = "sessions_screened"  # cxr_core.safety.intake.VerdictCache of this browser session
 
 
+def sessions_redact_key(ident: str) -> str:
+    """Widget key of the "black out the burned-in text" checkbox of one film with text."""
+    return f"sessions_redact::{ident}"
+
+
 def sessions_keep_key(ident: str) -> str:
     """Key of the "keep this flagged film" checkbox of one intake file (``IntakeFile.ident``)."""
     return f"sessions_keep::{ident}"

@@ -128,8 +128,12 @@ def model_output_decision(s: Session, reader_id: int | None, image_sha: str,
     """
     if reader_id is not None and s.get(Reader, reader_id) is None:
         raise CXRError(f"reader id {reader_id} does not exist; choose a reader from the list")
+    from cxr_core.storage import Redaction
+
+    # A film stored redacted (cxr_core.safety.redaction) is the same film as its unredacted source.
+    same = {image_sha, *s.scalars(select(Redaction.image_sha).where(Redaction.source_sha == image_sha))}
     names = tuple(sorted(set(s.scalars(
-        _pending_query(reader_id).where(QueueItem.image_sha == image_sha).with_only_columns(AnnotationSession.name)
+        _pending_query(reader_id).where(QueueItem.image_sha.in_(same)).with_only_columns(AnnotationSession.name)
     ))))
     if names:
         quoted = ", ".join(repr(n) for n in names)

@@ -12,6 +12,13 @@ Only verdicts are kept (:class:`Screened`: the decision, the pixel hash, and a t
 films), in a :class:`VerdictCache` keyed by file content, so a rerun decodes nothing new and a folder
 of two thousand films is never held decoded at once. :func:`create_session` decodes the chosen files
 again, one at a time, checks each is the film that was screened, and stores it.
+
+Screening also looks for burned-in text (:func:`cxr_core.safety.redaction.text_boxes`: names, dates of
+birth); such films are marked ``has_text`` and the administrator can have the text blacked out
+(``redact``) before the film is stored: readers, galleries and exports then only ever get the redacted
+pixels, stored under their own hash, and the audit trail records each redaction (see
+:mod:`cxr_core.safety.redaction` for which hash identifies the film). Films are stored and logged under
+their label ``film-<8 hex of the pixel hash>``, never their file name.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +83,8 @@ class Screened:
     decision: OODDecision | None = None
     image_sha: str = ""  # pixel SHA-256, the stored image's identity
     size: tuple[int, int] | None = None  # (width, height)
-    thumb: np.ndarray | None = None  # uint8, flagged films only
+    thumb: np.ndarray | None = None  # uint8, flagged films and films with burned-in text only
+    text: tuple[tuple[int, int, int, int], ...] = ()  # burned-in text boxes (row0, col0, row1, col1)
 
     @property
     def readable(self) -> bool:
@@ -86,6 +94,11 @@ class Screened:
     def flagged(self) -> bool:
         """Readable, but does not look like a frontal chest X-ray."""
         return self.decision is not None and not self.decision.ok
+
+    @property
+    def has_text(self) -> bool:
+        """Burned-in text was found (names, dates): the administrator may black it out before readers see it."""
+        return bool(self.text)
 
     @property
     def verdict(self) -> str:
@@ -189,9 +202,12 @@ def screen_file(file: IntakeFile, screen: ScreenFn) -> Screened:
         decision = screen(xray)
     except CXRError as err:
         decision = OODDecision(False, [f"could not be screened ({err})"])
+    from cxr_core.safety.redaction import text_boxes
+
     h, w = xray.shape
+    text = text_boxes(xray.pixels)
     return Screened(file.name, file.ident, file.label, decision=decision, image_sha=xray.sha256, size=(w, h),
-                    thumb=None if decision.ok else _thumb(xray.pixels))
+                    thumb=None if decision.ok and not text else _thumb(xray.pixels), text=text)
 
 
 def screen_files(files: Sequence[IntakeFile], screen: ScreenFn, *, cache: VerdictCache | None = None,
@@ -237,6 +253,7 @@ class IntakeResult:
     kept: list[str]  # flagged films the administrator kept
     dropped: list[str]  # flagged films left out
     unreadable: list[str]
+    redacted: list[Any] = field(default_factory=list)  # cxr_core.safety.redaction.Redaction, one per film
 
     def summary(self) -> str:
         """What was left out and what was kept against the screening, in a sentence or two ("" if nothing)."""
@@ -249,6 +266,8 @@ class IntakeResult:
         if self.unreadable:
             parts.append(f"Left out {len(self.unreadable)} file(s) that could not be read: "
                          + _names(self.unreadable) + ".")
+        if self.redacted:
+            parts.append(f"Blacked out burned-in text on {len(self.redacted)} film(s) before storing them.")
         return " ".join(parts)
 
 
@@ -262,8 +281,12 @@ def chosen(screened: Sequence[Screened], keep: Iterable[str] = ()) -> list[Scree
     return [x for x in screened if x.readable and (not x.flagged or x.ident in keep)]
 
 
-def _films(files: Sequence[IntakeFile], picked: Sequence[Screened]) -> Iterator[tuple[XRay, str | None]]:
-    """Decode the picked files one at a time; each must be the film that was screened."""
+def _films(files: Sequence[IntakeFile], picked: Sequence[Screened], redact: set[str],
+           redactions: list[Any]) -> Iterator[tuple[XRay, str | None]]:
+    """Decode the picked files one at a time; each must be the film that was screened. Films whose ``ident``
+    is in ``redact`` come out with their text blacked out (their :class:`Redaction` appended to ``redactions``)."""
+    from cxr_core.safety.redaction import redact_xray
+
     by_ident = {f.ident: f for f in files}
     for x in picked:
         file = by_ident[x.ident]
@@ -273,6 +296,9 @@ def _films(files: Sequence[IntakeFile], picked: Sequence[Screened]) -> Iterator[
             raise IntakeError(f"{file.name} can no longer be read ({err}); screen the files again") from err
         if xray.sha256 != x.image_sha:
             raise IntakeError(f"{file.name} has changed since it was screened; screen the files again")
+        if x.ident in redact and x.text:
+            xray, done = redact_xray(xray, x.text)
+            redactions.append(done)
         yield xray, file.label
 
 
@@ -290,12 +316,15 @@ def create_session(
     seed: int | None = None,
     screened_by: str = "image checks",
     by: str | None = None,
+    redact: Iterable[str] = (),
 ) -> IntakeResult:
     """Store the chosen films and create the session, in the caller's transaction.
 
     Chest films go in; a flagged film goes in only if its ``ident`` is in ``keep`` (logged as an
     expert override by :func:`cxr_core.safety.screening.override_record`, naming ``screened_by`` and ``by``);
-    unreadable files never do. Each film is decoded again as it is stored, one at a time.
+    unreadable files never do. Each film is decoded again as it is stored, one at a time. Films with
+    burned-in text whose ``ident`` is in ``redact`` are stored with the text blacked out (the screened boxes),
+    under the redacted pixels' hash; each redaction is recorded in the audit trail (``session_change``, by ``by``).
 
     Raises
     ------
@@ -305,6 +334,7 @@ def create_session(
         A bad name or unknown readers.
     """
     from cxr_core.annotation import create_session_from_xrays
+    from cxr_core.io.film_facts import film_label
     from cxr_core.safety.screening import override_record
 
     keep = set(keep)
@@ -312,16 +342,26 @@ def create_session(
     if not picked:
         raise IntakeError("no film left to put in the session: every file was flagged and dropped, or could not "
                           "be read; keep a flagged film or add chest films")
-    session = create_session_from_xrays(s, name=name, images=_films(files, picked), reader_ids=reader_ids,
-                                        blind=blind, created_by=created_by, shuffle=shuffle, seed=seed)
+    redactions: list[Any] = []
+    session = create_session_from_xrays(s, name=name, images=_films(files, picked, set(redact), redactions),
+                                        reader_ids=reader_ids, blind=blind, created_by=created_by,
+                                        shuffle=shuffle, seed=seed)
+    from cxr_core.auth import record
+    from cxr_core.storage import Redaction
+
+    for done in redactions:
+        if s.get(Redaction, done.redacted_sha) is None:  # the blind gate knows the original too
+            s.add(Redaction(image_sha=done.redacted_sha, source_sha=done.original_sha))
+        record(s, by, "session_change", film_sha=done.redacted_sha,
+               detail=f"session {session.name!r}: {done.detail()}")
     kept = [x for x in picked if x.flagged]
     for x in kept:
-        override_record(x.decision, model=screened_by, image=f"{x.name} (sha256 {x.image_sha[:16]})",
+        override_record(x.decision, model=screened_by, image=film_label(x.image_sha),  # never the file name
                         where=f"sessions page, session {session.name!r}", by=by)
     return IntakeResult(
         session, len(picked), [x.name for x in kept],
         [x.name for x in screened if x.flagged and x.ident not in keep],
-        [x.name for x in screened if not x.readable],
+        [x.name for x in screened if not x.readable], redactions,
     )
 
 

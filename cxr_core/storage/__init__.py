@@ -95,6 +95,7 @@ from cxr_core.storage.schema import (  # noqa: F401  (re-exported)
     QueueItem,
     Reader,
     ReadingStart,
+    Redaction,
     SessionImage,
     SessionReader,
 )
@@ -160,6 +161,9 @@ def add_image(
         float32 in [0, 1] (what ``load_xray`` computes).
     bit_depth : {8, 16}
         PNG depth for float pixels: 8 for 8-bit sources, 16 otherwise.
+    original_name : str or None
+        The film's name in exports; pass a pseudonymous label (:func:`add_xray` passes
+        :func:`cxr_core.io.film_facts.film_label`), never an upload's file name.
     """
     arr = np.asarray(pixels)
     if sha256 is None:
@@ -184,10 +188,16 @@ def add_image(
 
 
 def add_xray(s: Session, xray: Any, *, reference_label: str | None = None) -> Image:
-    """Store an :class:`~cxr_core.io.imaging.XRay` (its pixels, hash, bit depth and file name)."""
+    """Store an :class:`~cxr_core.io.imaging.XRay` (its pixels, hash and bit depth) under its film label.
+
+    ``images.original_name`` gets :func:`cxr_core.io.film_facts.film_label` (``film-`` and 8 hex digits of
+    the pixel hash), never the upload's file name: file names often carry a patient's name or record number.
+    """
+    from cxr_core.io.film_facts import film_label
+
     return add_image(
         s, xray.pixels, sha256=xray.sha256, bit_depth=8 if xray.bit_depth <= 8 else 16,
-        reference_label=reference_label, original_name=xray.name,
+        reference_label=reference_label, original_name=film_label(xray.sha256),
     )
 
 

@@ -119,8 +119,21 @@ class Image(Base):
     width: Mapped[int]
     bit_depth: Mapped[int]
     reference_label: Mapped[str | None] = mapped_column(String(64))
-    original_name: Mapped[str | None] = mapped_column(String(500))
+    original_name: Mapped[str | None] = mapped_column(String(500))  # the film label film-<8 hex>, never a file name
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Redaction(Base):
+    """A film stored with its burned-in text blacked out: the pixel hash of the film as it came (migration 0006).
+
+    The stored film is identified by the hash of its redacted pixels (``image_sha``); the blind gate also
+    matches ``source_sha``, so the unredacted original is recognised as the same film.
+    """
+
+    __tablename__ = "redactions"
+
+    image_sha: Mapped[str] = mapped_column(String(64), ForeignKey("images.sha256"), primary_key=True)
+    source_sha: Mapped[str] = mapped_column(String(64), index=True)
 
 
 class AnnotationSession(Base):

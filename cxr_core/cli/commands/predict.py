@@ -5,6 +5,10 @@ one that does not look like a frontal chest X-ray is not analysed (a reason on s
 files still processed) unless ``--allow-ood`` is given. The reader's warnings (demonstration model, missing
 classes, small or oddly shaped film) go into every JSON record as ``warnings`` and, without ``--json``, to
 stderr as ``note:`` lines.
+
+Films are named by their pseudonymous label ``film-<8 hex of the pixel SHA-256>``
+(:func:`cxr_core.io.film_facts.film_label`) in records, printed lines and ``--out`` file names, since file
+names often carry a patient's name; ``--keep-names`` keeps the paths for a researcher's local work.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ def register(sub) -> None:
                    help="heatmap method (default none); maps are min-max scaled within each image")
     p.add_argument("--target", help="class the heatmap explains (default: the predicted class of each image)")
     p.add_argument("--colormap", choices=COLORMAP_CHOICES, default="turbo", help="overlay colours (default turbo)")
+    p.add_argument("--keep-names", action="store_true",
+                   help="name films by their path in records, output and --out file names (default: the "
+                        "pseudonymous label film-<8 hex of the pixel hash>, since file names often identify patients)")
     p.add_argument("--allow-ood", action="store_true",
                    help="expert override: score inputs refused as not looking like a frontal chest X-ray "
                         "(logged, and recorded in the output as ood.overridden)")
@@ -67,11 +74,12 @@ def run(args) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     args.out_stems = {}  # input path -> output stem, unique even when two inputs share a file stem
-    for path in args.paths:
+    for i, path in enumerate(args.paths, start=1):
         try:  # one unreadable or unexplainable film is reported; the others are still analysed
             failed += not _predict_one(path, args, loaded, engine, screen)
         except CXRError as exc:
-            print(f"error: {path}: {exc}", file=sys.stderr)
+            where = path if getattr(args, "keep_names", False) else f"input {i} of {len(args.paths)}"
+            print(f"error: {where}: {exc}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0
 
@@ -81,24 +89,27 @@ def _predict_one(path, args, loaded, engine, screen) -> bool:
     from cxr_core.analysis import analyse
     from cxr_core.io.imaging import load_xray
 
+    from cxr_core.io.film_facts import film_label
+
     xray = load_xray(path)
+    film = str(path) if getattr(args, "keep_names", False) else film_label(xray.sha256)  # the film's name
     result = analyse(loaded, xray, method=None if args.cam == "none" else args.cam, target=args.target,
                      allow_ood=args.allow_ood, screener=screen, engine=engine)
     if result.refused:
-        print(f"{path}: {result.refusal_message()}", file=sys.stderr)
-        record = result.record(str(path))
+        print(f"{film}: {result.refusal_message()}", file=sys.stderr)
+        record = result.record(film)
         if args.out:
-            write_outputs(args.out / _stem(args, path), record, xray, None, args.colormap)
+            write_outputs(args.out / _stem(args, path, film), record, xray, None, args.colormap)
         if args.json:
             print(json.dumps(record))
         return False
-    record = result.record(str(path))
+    record = result.record(film)
     if result.overridden:
-        print(f"warning: {path}: expert override (--allow-ood) of \"{result.refusal_message()}\"",
+        print(f"warning: {film}: expert override (--allow-ood) of \"{result.refusal_message()}\"",
               file=sys.stderr)
-        record["ood"] = result.override_record(where="cli --allow-ood", image=str(path))
+        record["ood"] = result.override_record(where="cli --allow-ood", image=film)
     if args.out:
-        write_outputs(args.out / _stem(args, path), record, xray, result.cam, args.colormap)
+        write_outputs(args.out / _stem(args, path, film), record, xray, result.cam, args.colormap)
     if args.json:
         print(json.dumps(record))
     else:
@@ -106,17 +117,18 @@ def _predict_one(path, args, loaded, engine, screen) -> bool:
         cam = result.cam
         shown = "" if cam is None else f"; {cam.method} heatmap for {cam.target}" + (
             " (no positive evidence)" if cam.all_zero else "")
-        print(f"{path}: {record['predicted']} (model scores: {scores}){shown}")
+        print(f"{film}: {record['predicted']} (model scores: {scores}){shown}")
         for warning in result.warnings:
-            print(f"note: {path}: {warning.plain()}", file=sys.stderr)
+            print(f"note: {film}: {warning.plain()}", file=sys.stderr)
     return True
 
 
-def _stem(args, path) -> str:
-    """The output stem of ``path``: its file stem, with ``-2``, ``-3``... when an earlier input had the same one."""
+def _stem(args, path, film: str) -> str:
+    """The output stem of ``path``: ``film`` (the film label, or with ``--keep-names`` the file stem), with
+    ``-2``, ``-3``... when an earlier input had the same one."""
     if path not in args.out_stems:
         taken = set(args.out_stems.values())
-        stem, n = Path(path).stem, 1
+        stem, n = (Path(path).stem if getattr(args, "keep_names", False) else film), 1
         while (stem if n == 1 else f"{stem}-{n}") in taken:
             n += 1
         args.out_stems[path] = stem if n == 1 else f"{stem}-{n}"

@@ -1,0 +1,161 @@
+"""Burned-in text on intake (issue 15): found when a session's films are screened, blacked out on the
+administrator's choice before readers see the film, recorded in the audit trail; the stored film (what
+galleries and exports use) is the redacted one, and the blind gate's near-copy check still knows the original."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
+
+from auth_helpers import PASSWORD, login
+from conftest import FIXTURES, REPO
+from cxr_core import auth, storage
+from cxr_core.io.imaging import load_xray
+from cxr_core.io.plain_text import md_escape
+from cxr_core.safety import blinding, intake
+from cxr_core.safety.near_copy import near_copies, perceptual_hash
+from cxr_core.safety.ood import OODDecision
+from cxr_core.safety.redaction import redact, text_boxes
+from ui import sessions
+
+FILM = FIXTURES / "audit" / "hannover_4fed5061.png"  # a real film; its only burned-in mark is a side marker
+LINES = (("DOE_JANE_4711_19700101", (20, 40)), ("DOB 1970-01-01", (20, 70)))
+
+
+def clean8() -> np.ndarray:
+    return np.round(load_xray(FILM).pixels * 255).astype(np.uint8)
+
+
+def with_text() -> np.ndarray:
+    img = clean8()
+    for text, org in LINES:
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 255, 2)  # (x, y) for OpenCV
+    return img
+
+
+def png(img8: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img8).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def chest_ok(xray):
+    return OODDecision(True, [])
+
+
+def test_text_lines_are_found_and_blacked_out_completely_leaving_the_rest():
+    clean, drawn = clean8(), with_text()
+    boxes = text_boxes(drawn / 255.0)
+    assert len(boxes) == 2 and all(r1 - r0 < 20 for r0, _, r1, _ in boxes)  # one box per line
+    assert text_boxes(clean / 255.0) == ()  # the side marker "R" is not text: readers need the side
+    out = redact(drawn / 255.0, boxes)
+    written = drawn != clean
+    assert written.sum() > 1000 and not (out[written] > 0).any()  # every drawn pixel is black now
+    inside = np.zeros(clean.shape, bool)
+    for r0, c0, r1, c1 in boxes:
+        inside[max(0, r0 - 3):r1 + 3, max(0, c0 - 3):c1 + 3] = True
+    np.testing.assert_array_equal(out[~inside], drawn[~inside] / 255.0)  # nothing else changed
+    assert inside.mean() < 0.05
+    assert (drawn == with_text()).all()  # the input is left alone
+
+
+def test_redacted_film_is_stored_under_its_own_hash_and_recorded(tmp_path):
+    factory = storage.session_factory(storage.make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    files = intake.from_uploads([("with_text.png", png(with_text())), ("clean.png", png(clean8()))])
+    screened = intake.screen_files(files, chest_ok)
+    assert [(x.name, x.has_text) for x in screened] == [("with_text.png", True), ("clean.png", False)]
+    assert screened[0].thumb is not None and screened[1].thumb is None  # shown to the administrator
+    original = screened[0].image_sha
+    with factory.begin() as s:
+        admin = auth.create_user(s, "Ada", "admin", PASSWORD)
+        reader = storage.add_reader(s, "Dr A", "sme")
+        result = intake.create_session(s, name="Redacted", files=files, screened=screened, reader_ids=[reader.id],
+                                       created_by=admin.id, by="Ada", redact=[screened[0].ident])
+        sid = result.session.id
+    [done] = result.redacted
+    assert done.original_sha == original and done.redacted_sha != original
+    assert "Blacked out burned-in text on 1 film(s)" in result.summary()
+    with factory() as s:
+        shas = {i.image_sha for i in s.scalars(select(storage.SessionImage)
+                                               .where(storage.SessionImage.session_id == sid))}
+        assert shas == {done.redacted_sha, screened[1].image_sha}  # the original is not stored at all
+        assert storage.get_image(s, original) is None
+        stored = storage.load_pixels(s, done.redacted_sha)  # what readers, galleries and exports get
+        events = auth.events(s, action="session_change")
+    expected = redact(with_text() / 255.0, screened[0].text)
+    np.testing.assert_allclose(stored, expected, atol=1 / 255)
+    assert not (stored[with_text() != clean8()] > 0).any()
+    [event] = events
+    assert (event.who, event.film_sha) == ("Ada", done.redacted_sha)
+    assert "burned-in text redacted: 2 box(es)" in event.detail and original in event.detail
+    assert "with_text" not in event.detail  # hashes and labels only
+
+    # the blind gate: loading the unredacted original while the redacted film is pending hides model output
+    with factory() as s:
+        assert s.get(storage.Redaction, done.redacted_sha).source_sha == original
+        for sha in (original, done.redacted_sha):
+            decision = blinding.model_output_decision(s, reader.id, sha)
+            assert not decision.allowed and decision.pending_sessions == ("Redacted",), sha
+        query = perceptual_hash(load_xray(png(with_text())).pixels)  # too far for the near-copy check alone
+        assert near_copies(query, {done.redacted_sha: perceptual_hash(stored)}) == {}
+
+
+def test_without_the_choice_the_film_is_stored_as_it_came(tmp_path):
+    factory = storage.session_factory(storage.make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    files = intake.from_uploads([("with_text.png", png(with_text()))])
+    screened = intake.screen_files(files, chest_ok)
+    with factory.begin() as s:
+        reader = storage.add_reader(s, "Dr A", "sme")
+        result = intake.create_session(s, name="As is", files=files, screened=screened, reader_ids=[reader.id])
+        assert result.redacted == [] and storage.get_image(s, screened[0].image_sha) is not None
+        assert auth.events(s, action="session_change") == []
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'annotations.db'}"
+    monkeypatch.setenv("CXR_DATABASE_URL", url)
+    return storage.session_factory(storage.make_engine(url))
+
+
+def test_sessions_page_offers_redaction_and_stores_the_redacted_film(db, tmp_path, monkeypatch):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "DOE_JANE_4711.png").write_bytes(png(with_text()))
+    (folder / "clean.png").write_bytes(png(clean8()))
+    monkeypatch.setenv("CXR_IMPORT_ROOTS", str(tmp_path))
+    with db.begin() as s:
+        auth.create_user(s, "Dr A", "sme", PASSWORD)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    login(at, name="Ada", role="admin")
+    at.run()
+    at.switch_page("pages/sessions.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.text_input(key=sessions.SESSIONS_NAME).input("Text check")
+    at.multiselect(key=sessions.SESSIONS_READERS).set_value(["Dr A"])
+    at.radio(key=sessions.SESSIONS_SOURCE).set_value("A folder on the server").run()
+    at.text_input(key=sessions.SESSIONS_FOLDER).input(str(folder)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    boxes = [c for c in at.checkbox if c.label.startswith("Black out the burned-in text")]
+    assert [c.label for c in boxes] == [f"Black out the burned-in text on {md_escape('DOE_JANE_4711.png')}"]
+    assert boxes[0].value is True  # redaction is the default
+    assert any("has burned-in text in 2 place(s)" in m.value for m in at.markdown)
+    next(b for b in at.button if b.label == "Create session").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Blacked out burned-in text on 1 film(s)" in at.success[0].value
+    original = load_xray(folder / "DOE_JANE_4711.png").sha256
+    with db() as s:
+        session = storage.get_session(s, "Text check")
+        shas = {i.image_sha for i in s.scalars(select(storage.SessionImage)
+                                               .where(storage.SessionImage.session_id == session.id))}
+        assert original not in shas and len(shas) == 2
+        events = [e for e in auth.events(s, action="session_change") if "redacted" in e.detail]
+        names = [i.original_name for i in s.scalars(select(storage.Image))]
+    assert len(events) == 1 and events[0].who == "Ada" and events[0].film_sha in shas
+    assert all(n.startswith("film-") for n in names)  # stored under labels, never the file name
