@@ -40,11 +40,11 @@ sys.path.insert(0, str(HERE))
 
 from ood_sets import ood_samples  # noqa: E402
 
+from cxr_core.safety.detector import evaluate_detector  # noqa: E402
 from cxr_core.safety.ood import (  # noqa: E402
     REAL_FILM_LIMITS,
     CheckLimits,
     derive_limits,
-    evaluate_detector,
     image_checks,
     image_features,
     image_findings,
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
     from cxr_core.training.dataset import apply_split, by_split, load_records, read_split_csv
     from cxr_core.io.imaging import load_xray
     from cxr_core.models.manifest import load_model, model_folder
-    from cxr_core.safety.ood import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
+    from cxr_core.safety.detector import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
     from cxr_core.models.runtime import import_tensorflow_quietly
     from cxr_core.safety.screening import load_detector, lung_features
     from cxr_core.training.train import SPLIT_FILE
@@ -281,7 +281,7 @@ def table(args, loaded, records, sides, xrays_all, samples, t0) -> None:
           f"{np.mean(msp['test'] > t):6.1%} {np.mean(msp['ood'] > t):8.1%} | {comb_in.mean():12.1%} {'(test)':>8s} "
           f"{np.mean(ood_checks | (msp['ood'] > t)):8.1%}")
 
-    from cxr_core.safety.ood import DEFAULT_K, DEFAULT_METHOD
+    from cxr_core.safety.detector import DEFAULT_K, DEFAULT_METHOD
 
     best = f"lungseg {DEFAULT_METHOD}" + (f" k={DEFAULT_K}" if DEFAULT_METHOD == "knn" else "")
     src, method, k, comb_in, comb_out = results[best]

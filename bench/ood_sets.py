@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxr_core.safety.ood import FeatureOOD, colorfulness, evaluate_detector, image_checks  # noqa: E402
+from cxr_core.safety.detector import FeatureOOD, evaluate_detector  # noqa: E402
+from cxr_core.safety.ood import colorfulness, image_checks  # noqa: E402
 
 SKIMAGE_IMAGES = {
     "photo": ["astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",

@@ -14,20 +14,22 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.data import get_testdata_file
 
 from cxr_core.io.imaging import load_xray
-from cxr_core.safety.ood import (
+from cxr_core.safety.detector import (
     DEFAULT_K,
     DEFAULT_METHOD,
     DEFAULT_PERCENTILE,
     DETECTOR_REASON,
+    FeatureOOD,
+    evaluate_detector,
+)
+from cxr_core.safety.ood import (
     REAL_FILM_LIMITS,
     CheckLimits,
-    FeatureOOD,
     Finding,
     OODDecision,
     OODError,
     colorfulness,
     derive_limits,
-    evaluate_detector,
     image_checks,
     image_decision,
     image_features,

@@ -22,7 +22,7 @@ from cxr_core.io.plain_text import md_escape
 from cxr_core import annotation as ann
 from cxr_core import storage
 from cxr_core.safety import intake
-from cxr_core.safety.ood import DETECTOR_REASON
+from cxr_core.safety.detector import DETECTOR_REASON
 from cxr_core.config import Settings
 from ui import sessions
 
@@ -335,7 +335,7 @@ def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(d
 def test_the_demo_models_detector_screens_the_films(db, tiny_registry, tmp_path, monkeypatch):
     """With a demo model that has an out-of-distribution detector, intake asks it (here one that refuses all)."""
     from cxr_core.models.manifest import read_card, write_card
-    from cxr_core.safety.ood import FeatureOOD
+    from cxr_core.safety.detector import FeatureOOD
     from cxr_core.safety.screening import LUNG_FEATURES, save_detector
 
     weights = tmp_path / "weights"

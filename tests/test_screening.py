@@ -20,7 +20,7 @@ from cxr_core.cli import main
 from cxr_core.errors import ChecksumError, ModelError
 from cxr_core.io.imaging import load_xray
 from cxr_core.models.manifest import load_model, read_card, write_card
-from cxr_core.safety.ood import DETECTOR_REASON, FeatureOOD
+from cxr_core.safety.detector import DETECTOR_REASON, FeatureOOD
 from cxr_core.safety.screening import (
     DETECTOR_FILE,
     LUNG_FEATURES,
@@ -124,7 +124,7 @@ def test_decisions_built_from_reasons_alone_still_phrase_and_record():
 
 def test_the_shipped_demo_detector_is_the_one_its_card_and_the_defaults_describe():
     from cxr_core.models.manifest import file_sha256
-    from cxr_core.safety.ood import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
+    from cxr_core.safety.detector import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE
 
     folder = FIXTURES.parent.parent / "weights" / "demo-efficientnetv2b0"
     entry = json.loads((folder / "card.json").read_text())["ood"]

@@ -38,8 +38,6 @@ def lungseg_dir() -> Path:
 #: The lung model's files in its folder (the classifier registry's are ``manifest.MODEL_FILE``/``CARD_FILE``).
 LUNG_MODEL_FILE = "lungseg.keras"
 LUNG_CARD_FILE = "lungseg.json"
-#: The old names, still imported by :mod:`cxr_core.safety.screening` until its owner switches (issue 13).
-MODEL_FILE, CARD_FILE = LUNG_MODEL_FILE, LUNG_CARD_FILE
 INPUT_SIZE = 128
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 

@@ -148,10 +148,6 @@ def model_folder(name: str, folder: Path | str | None = None) -> Path:
     return registry_dir(folder) / check_model_name(name)
 
 
-#: The old private name, still imported by :mod:`cxr_core.safety.screening` until its owner switches to the
-#: public :func:`registry_dir` (issue 13); nothing else uses it.
-_weights_dir = registry_dir
-
 
 def read_card(folder: Path) -> ModelCard:
     """Parse ``folder/card.json``; raises :class:`ModelError` when it is unreadable."""

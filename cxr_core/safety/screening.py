@@ -1,6 +1,6 @@
 """Model-aware refusal: may this model score this input, or is it not a frontal chest X-ray?
 
-:func:`screen` combines two kinds of evidence from :mod:`cxr_core.safety.ood`:
+:func:`screen` combines two kinds of evidence, from :mod:`cxr_core.safety.ood` and :mod:`cxr_core.safety.detector`:
 
 - the pixel and DICOM-header checks (``image_findings``: colour, blank, noise, histogram, layout,
   modality, body part, view), which need no model;
@@ -37,15 +37,8 @@ import numpy as np
 
 from cxr_core.errors import ChecksumError, CXRError, ModelError
 from cxr_core.io.imaging import XRay
-from cxr_core.safety.ood import (
-    DEFAULT_K,
-    DEFAULT_METHOD,
-    DEFAULT_PERCENTILE,
-    FeatureOOD,
-    OODDecision,
-    OODError,
-    image_findings,
-)
+from cxr_core.safety.detector import DEFAULT_K, DEFAULT_METHOD, DEFAULT_PERCENTILE, FeatureOOD
+from cxr_core.safety.ood import OODDecision, OODError, image_findings
 
 DETECTOR_FILE = "ood.npz"
 REFUSAL = "not analysed: this does not look like a frontal chest X-ray"
@@ -55,7 +48,7 @@ LUNG_LAYER = "bottom_relu2"
 #: Classifier layers tried, in order, when a classifier layer is wanted but none is named.
 FEATURE_LAYERS = ("pool", "hidden_1")
 #: The detector ``calibrate`` and ``train`` fit, chosen by ``bench/bench_ood.py`` on the demo model
-#: (method, k and percentile live in :mod:`cxr_core.safety.ood`).
+#: (method, k and percentile live in :mod:`cxr_core.safety.detector`).
 DEFAULT_FEATURES = LUNG_FEATURES
 CV_FOLDS = 5
 
@@ -133,10 +126,10 @@ def extract_features(model, spec, images: Sequence[np.ndarray], *, layer: str | 
 
 def lung_model_sha256() -> str:
     """SHA-256 of the shipped lung U-Net file (a detector on its features is only valid with that file)."""
-    from cxr_core.models.lungs import MODEL_FILE, lungseg_dir
+    from cxr_core.models.lungs import LUNG_MODEL_FILE, lungseg_dir
     from cxr_core.models.manifest import file_sha256
 
-    path = lungseg_dir() / MODEL_FILE
+    path = lungseg_dir() / LUNG_MODEL_FILE
     if not path.is_file():
         raise ModelError(f"the lung model {path} is missing; the OOD detector reads its features")
     return file_sha256(path)
@@ -280,7 +273,7 @@ def fit_model_detector(loaded, train_files: Sequence[Path | str], groups: Sequen
     share of held-out real films the detector refuses (``val_refusal_rate``). Writes
     ``weights/<name>/ood.npz`` and returns the card's ``ood`` entry (the caller writes the card).
     """
-    from cxr_core.models.manifest import _weights_dir
+    from cxr_core.models.manifest import registry_dir
 
     if features != LUNG_FEATURES:
         features = feature_layer(loaded.model, features)
@@ -294,7 +287,7 @@ def fit_model_detector(loaded, train_files: Sequence[Path | str], groups: Sequen
     if len(val_files):
         val = features_of_files(loaded, val_files, features)
         facts.update(n_val=len(val), val_refusal_rate=round(float(np.mean(det.score(val) > det.threshold)), 4))
-    return save_detector(_weights_dir(weights_dir) / loaded.name, det, features=features, **facts)
+    return save_detector(registry_dir(weights_dir) / loaded.name, det, features=features, **facts)
 
 
 def load_detector(loaded, weights_dir: Path | str | None = None) -> tuple[FeatureOOD | None, str | None]:
@@ -307,12 +300,12 @@ def load_detector(loaded, weights_dir: Path | str | None = None) -> tuple[Featur
     ChecksumError
         The file, or the lung model whose features it reads, differs from the one the card describes.
     """
-    from cxr_core.models.manifest import _weights_dir, file_sha256
+    from cxr_core.models.manifest import file_sha256, registry_dir
 
     entry = loaded.card.extra.get("ood")
     if not entry:
         return None, None
-    path = _weights_dir(weights_dir) / loaded.name / entry.get("file", DETECTOR_FILE)
+    path = registry_dir(weights_dir) / loaded.name / entry.get("file", DETECTOR_FILE)
     if not path.is_file():
         raise ModelError(f"model {loaded.name!r}: its card names an OOD detector {path} that is missing; "
                          f"rerun `python -m cxr_core calibrate --model {loaded.name} --data DIR`")
