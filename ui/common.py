@@ -15,15 +15,16 @@ Who is using the app is the logged-in user (:func:`ui.auth.current_user`; users 
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
 
+from cxr_core.agreement.figures import METHOD_LABELS as _FIGURE_LABELS
 from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
+from cxr_core.io.samples import list_samples  # noqa: F401  (re-exported: the samples' home is cxr_core.io.samples)
 from cxr_core.models.manifest import ModelEntry, list_models
 
 BANNER = (
@@ -36,7 +37,8 @@ DISPLAY_SIDE = 1024
 THUMB_SIDE = 160
 DECODED_LRU = 16
 DECODED = "review_decoded"  # session LRU of decoded X-rays (the review page's key, kept for every page)
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+#: The heatmap methods a reader picks, labelled as every report labels them (the random baseline is not offered).
+METHOD_LABELS = {m: _FIGURE_LABELS[m] for m in ("gradcam", "gradcam++")}
 
 
 # --- the blind gate ------------------------------------------------------------------------------
@@ -107,11 +109,12 @@ def loaded_by_name(name: str, sha256: str):
 @st.cache_resource(max_entries=8, show_spinner="Preparing heatmaps for this model...")
 def cam_engine(weights_dir: str, name: str, sha256: str):
     """``(CamEngine, "")`` of a registered model, or ``(None, why not)``; built once per process."""
-    from cxr_core.explain.cam import CamEngine, CamUnavailableError
+    from cxr_core.analysis import cam_engine as engine_of
+    from cxr_core.explain.cam import CamUnavailableError
 
     loaded = _loaded_model(weights_dir, name, sha256)
     try:
-        return CamEngine.from_loaded(loaded), ""
+        return engine_of(loaded), ""
     except CamUnavailableError as exc:  # cached too: the check is not repeated on every rerun
         return None, str(exc)
 
@@ -168,15 +171,6 @@ def upload_item(uploaded) -> Item:
     """An ``st.file_uploader`` file as a review item (errors kept as the item's message)."""
     return _decode(f"upload:{uploaded.file_id}:{uploaded.name}", uploaded.name, uploaded.getvalue())
 
-
-def list_samples() -> list[dict]:
-    """Bundled samples from ``data/samples/samples.json`` ({file, label, source, license, attribution}); [] if none."""
-    folder = get_settings().samples_dir
-    try:
-        entries = json.loads((folder / "samples.json").read_text())
-    except (OSError, ValueError):
-        return []
-    return [e for e in entries if isinstance(e, dict) and (folder / str(e.get("file", ""))).is_file()]
 
 
 def sample_item(sample: dict) -> Item:
