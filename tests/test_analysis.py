@@ -157,6 +157,7 @@ def test_the_session_report_refuses_the_same_films_and_stores_the_same_scores(de
     from cxr_core.agreement.session_report import session_report
     from cxr_core.agreement.session_scores import ModelRef
     from cxr_core.analysis import cam_engine, screen_films
+    from cxr_core.io.film_facts import film_label
     from cxr_core.io.imaging import load_xray
     from sqlalchemy import select
 
@@ -177,18 +178,20 @@ def test_the_session_report_refuses_the_same_films_and_stores_the_same_scores(de
                 canvas_width=w, canvas_height=h, background_fit=ann.contain_fit(w, h, w, h), labels=["consolidation"])
     result = session_report(factory, "Mixed", [(ModelRef.from_card(demo.card), lambda: cam_engine(demo))],
                             screens={DEMO: lambda xrays: screen_films(demo, xrays)}, gallery=0)
+    label = {n: film_label(sha) for n, sha in zip(names, shas)}  # films are named by label, never file name
+    by_id = {label[n]: direct[n] for n in STORABLE}
     refused = {r["image_id"]: r for r in result.report.refused}
-    assert set(refused) == set(STORABLE)
+    assert set(refused) == set(by_id)
     for name in STORABLE:
-        assert refused[name]["reasons"] == list(direct[name].reasons)
-        assert refused[name]["details"] == list(direct[name].details)
-    assert {s.image_id for s in result.report.scores} == {p.name for p in CHEST}
+        assert refused[label[name]]["reasons"] == list(direct[name].reasons)
+        assert refused[label[name]]["details"] == list(direct[name].details)
+    assert {s.image_id for s in result.report.scores} == {label[p.name] for p in CHEST}
     exported = {r["image_id"]: r for r in json.loads(reports.to_json(result.report))["refused"]}
-    assert {n: exported[n]["details"] for n in exported} == {n: list(direct[n].details) for n in STORABLE}
+    assert {n: exported[n]["details"] for n in exported} == {n: list(d.details) for n, d in by_id.items()}
     rows = [r for r in csv.DictReader(io.StringIO(reports.to_csv(result.report.scores, result.report.excluded,
                                                                   result.report.refused))) if r["not_analysed"]]
-    assert sorted(r["image_id"] for r in rows) == sorted(STORABLE)
-    assert all(f"{direct[r['image_id']].reasons[0]} ({direct[r['image_id']].details[0]})" in r["not_analysed"]
+    assert sorted(r["image_id"] for r in rows) == sorted(by_id)
+    assert all(f"{by_id[r['image_id']].reasons[0]} ({by_id[r['image_id']].details[0]})" in r["not_analysed"]
                for r in rows)
     page = reports.to_html(result.report)
     assert all(d in page for n in STORABLE for d in direct[n].details)
