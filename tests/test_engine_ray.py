@@ -73,13 +73,17 @@ def test_local_and_ray_audit_rows_identical(tmp_path):
     shas = {r["file"]: r["film_sha256"] for r in a}
     from cxr_core.io.imaging import load_xray
 
+    from cxr_core.engines.batch import BatchSpec
+
+    file_id = BatchSpec(DEMO).file_id  # rows name a file by a key of its path, never by the name itself
+    assert not any(".png" in r["file"] or "holiday" in r["file"] for r in a)
     for f in FILMS:  # keyed by the pixel SHA-256 the rest of the app uses
-        assert shas[str(films / f.name)] == load_xray(f).sha256
+        assert shas[file_id(str(films / f.name))] == load_xray(f).sha256
     refused = [r for r in a if r["refused"]]
-    assert [Path(r["file"]).name for r in refused] == ["zz_holiday.png"]
+    assert [r["file"] for r in refused] == [file_id(str(films / "zz_holiday.png"))]
     assert refused[0]["predicted"] is None and refused[0]["probabilities"] is None and refused[0]["refusal"]
     broken = [r for r in a if r["error"]]
-    assert [Path(r["file"]).name for r in broken] == ["zz_broken.png"] and broken[0]["film_sha256"] is None
+    assert [r["file"] for r in broken] == [file_id(str(films / "zz_broken.png"))] and broken[0]["film_sha256"] is None
     scored = [r for r in a if r["predicted"] is not None]
     assert len(scored) == 4
     for r in scored:
@@ -163,7 +167,7 @@ def test_predict_parquet_from_files_and_manifest(tmp_path, monkeypatch, capsys):
     (tmp_path / "manifest.csv").write_text("file,label\n" + "".join(f"{f},{f.name.split('_')[0]}\n" for f in FILMS[1:]))
     out = tmp_path / "rows"
     code = main(["predict", str(FILMS[0]), str(tmp_path / "manifest.csv"), str(FILMS[1]), "--model", DEMO,
-                 "--cam", "gradcam", "--parquet", str(out)])
+                 "--cam", "gradcam", "--parquet", str(out), "--keep-names"])  # a researcher's local run: paths kept
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"local engine: {len(FILMS) + 1} film(s) listed, 1 already in the results" in printed  # FILMS[1] twice

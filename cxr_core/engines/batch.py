@@ -20,6 +20,7 @@ Model scores are not diagnoses; the rows are numbers for an audit or a study, no
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -78,6 +79,14 @@ class BatchSpec:
     mask_markers: bool = False
     lung_masks: str | None = None
     batch_size: int = 16
+    keep_names: bool = False  # True: rows carry the file path as given (predict --keep-names), else its key
+
+    def file_id(self, file: str) -> str:
+        """What a row says of a film's file: the path with ``keep_names``, else ``path-`` and 16 hex of its
+        SHA-256, so resuming still works and no file name (often a patient's name) leaves the machine."""
+        if self.keep_names:
+            return file
+        return "path-" + hashlib.sha256(file.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -168,7 +177,7 @@ def heatmap_stats(heatmap: np.ndarray) -> dict[str, float]:
 
 def _row(entry: dict, spec: BatchSpec, model_name: str, engine: str, **values) -> dict:
     row = {name: None for name in schema().names}
-    row.update(file=entry["file"], file_size=entry.get("file_size", -1), file_mtime_ns=entry.get("file_mtime_ns", -1),
+    row.update(file=spec.file_id(entry["file"]), file_size=entry.get("file_size", -1), file_mtime_ns=entry.get("file_mtime_ns", -1),
                label=entry.get("label") or "", patient_id=entry.get("patient_id") or "", model=model_name,
                mode=spec.mode, engine=engine, refused=False, overridden=False, refusal="", error="")
     row.update(values)
@@ -381,7 +390,7 @@ class RunSummary:
 def pending(films: Sequence[FilmEntry], store: ParquetStore, spec: BatchSpec) -> tuple[list[FilmEntry], set[str]]:
     """(films still to score, hashes already done): the resume step both engines share."""
     hashes, stat_keys = store.done(_model_name(spec), spec.mode)
-    return [f for f in films if f.stat_key not in stat_keys], hashes
+    return [f for f in films if (spec.file_id(f.file), f.file_size, f.file_mtime_ns) not in stat_keys], hashes
 
 
 def _model_name(spec: BatchSpec) -> str:

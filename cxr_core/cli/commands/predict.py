@@ -60,7 +60,8 @@ def run(args) -> int:
     if wants_archive(args):  # paths may then also be folders or manifest CSVs (cxr_core.engines.batch)
         if args.target or args.out or args.json:
             raise CXRError("--parquet writes one row per film; --target, --out and --json apply without it")
-        return run_cli(args, BatchSpec(args.model, "predict", cam=args.cam, allow_ood=args.allow_ood), args.paths)
+        return run_cli(args, BatchSpec(args.model, "predict", cam=args.cam, allow_ood=args.allow_ood,
+                                       keep_names=args.keep_names), args.paths)
     import_tensorflow_quietly()
     loaded = load_model(args.model)
     engine = None
