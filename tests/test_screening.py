@@ -350,5 +350,6 @@ def test_page_expert_override_shows_the_scores_and_is_logged_once(use_registry, 
     assert main_chart(at)
     assert any(w.startswith("Expert override") for w in texts(at, "warning"))
     logged = [m for m in caplog.messages if "expert override" in m and "review page" in m]
-    assert len(logged) == 1 and "noise.png" in logged[0]
+    assert len(logged) == 1 and "noise.png" not in logged[0]  # the log names the film by its label only
+    assert at.session_state["review_selected"] and "film-" in logged[0]
     assert {model for model, _ in at.session_state["review_ood_overrides_logged"]} == {"tiny-effnet"}

@@ -128,7 +128,7 @@ def ood_override(entry: ModelEntry, item: Item, analysis: Analysis) -> dict:
     trail.once("refusal_override", item.xray.sha256, f"review page: {entry.name} shown for a film refused as not a "
                "frontal chest X-ray", ("review", entry.name, item.xray.sha256))
     return analysis.film.override_record(where="review page", by=common.current_reader_name(), log=first,
-                                         image=f"{item.name} (sha256 {item.xray.sha256[:16]})")
+                                         image=film_label(item.xray.sha256))  # never the file name
 
 
 def review_warnings(item: Item, entry: ModelEntry) -> list[str]:

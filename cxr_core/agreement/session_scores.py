@@ -37,6 +37,9 @@ Which class a heatmap explains: with ``cam_target="expert"`` (default) the class
 as CheXlocalize explains each pathology against its own segmentation; when the model has no such
 class (or the expert was uncertain) the model's top class. ``"predicted"``: always the top class.
 ``ImageScore.target`` is always the expert's class, so Normal readings are reported apart.
+
+About 470 lines by choice: loading a session's pairs, scoring them and the per-reader tables share the
+pair records and the blinding rule; split, each part would re-check what the other already checked.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ e.g. AVX512_BF16 or AMX), float32 otherwise. Every engine is checked when made: 
 batch must match the Keras model's own within :data:`TOLERANCE` (1e-4 in float32, 1e-2 in bfloat16); a
 bfloat16 engine that misses falls back to float32, and a float32 one that misses is refused
 (:class:`EngineUnavailableError`), never a wrong score.
+
+About 430 lines by choice: the body's conversion, its cache and the head's gradient are checked together
+against the Keras model when an engine is made; apart, a stale cache could pair with the wrong head.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ A model without an ``ood`` entry is screened by the image checks alone. A refusa
 sentences (``OODDecision.reasons``) with the measured figures beside them (``OODDecision.details``);
 :func:`refusal_message` phrases it for the CLI, :func:`refusal_lines` for a page or report, and
 :func:`override_record` logs an expert's decision to look at the scores anyway.
+
+About 400 lines by choice: fitting a model's detector, storing it next to the model and applying it must
+agree on one feature extractor and one threshold rule, so they stay in one module.
 """
 
 from __future__ import annotations
