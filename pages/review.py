@@ -32,7 +32,7 @@ up_col, sample_col = st.columns([3, 2], gap="large")
 with up_col:
     uploads = st.file_uploader(
         "Chest X-rays (PNG, JPEG, TIFF or DICOM); several at once", accept_multiple_files=True,
-        key=review.REVIEW_UPLOADS,
+        key=review.REVIEW_UPLOADS, max_upload_size=common.FILM_UPLOAD_MB,
     )
 with sample_col:
     samples = {s["file"]: s for s in common.list_samples()}

@@ -54,7 +54,7 @@ with st.container():  # created by the logged-in administrator (created_by, in t
     files, why_none = [], ""
     if source == "Uploaded files":
         uploads = st.file_uploader("Chest X-rays (PNG, JPEG, TIFF or DICOM)", accept_multiple_files=True,
-                                   key=sessions.SESSIONS_UPLOADS) or []
+                                   key=sessions.SESSIONS_UPLOADS, max_upload_size=common.FILM_UPLOAD_MB) or []
         files = intake.from_uploads((f.name, f.getvalue()) for f in uploads)
     elif source == "Bundled samples":
         samples = common.list_samples()

@@ -353,9 +353,26 @@ def test_streamlit_config_is_safe_and_uploads_fit_what_the_loader_accepts():
     assert config["server"]["address"] == "127.0.0.1"
     assert config["server"]["enableXsrfProtection"] is True
     assert config["client"]["showErrorDetails"] == "none"  # no traceback in the browser
+    from cxr_core.models.upload import MAX_MODEL_BYTES
+    from ui.common import FILM_UPLOAD_MB
+
+    # The server's cap is the largest file any uploader takes: an administrator's model file.
+    assert config["server"]["maxUploadSize"] * 2**20 == pytest.approx(MAX_MODEL_BYTES, rel=0.001)
     largest_film = get_settings().max_pixels * 2  # an uncompressed 16-bit film at the pixel limit
-    limit = config["server"]["maxUploadSize"] * 2**20
-    assert largest_film < limit < largest_film * 1.1  # it fits, with room for a header, and little more
+    limit = FILM_UPLOAD_MB * 2**20
+    assert largest_film < limit < largest_film * 1.1  # film uploads: it fits, with room for a header, and little more
+
+
+def test_film_uploaders_take_no_more_than_the_loader_accepts(tmp_path):
+    from ui.common import FILM_UPLOAD_MB
+
+    for page, role in (("pages/review.py", "reviewer"), ("pages/sessions.py", "admin")):
+        at = AppTest.from_file(str(REPO / page), default_timeout=120)
+        login(at, name=f"up-{role}", role=role)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        uploaders = at.get("file_uploader")
+        assert uploaders and all(u.proto.max_upload_size_mb == FILM_UPLOAD_MB for u in uploaders), page
 
 
 def test_make_run_listens_on_localhost_unless_cxr_host_says_otherwise():

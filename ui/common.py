@@ -36,6 +36,9 @@ BANNER = (
 DISPLAY_SIDE = 1024
 THUMB_SIDE = 160
 DECODED_LRU = 16
+#: Largest film upload in MB: an uncompressed 16-bit film at Settings.max_pixels plus room for a DICOM header.
+#: Film uploaders pass it as their own limit; the server's cap (.streamlit/config.toml) is the model uploader's.
+FILM_UPLOAD_MB = -(-get_settings().max_pixels * 2 // 2**20) + 5
 DECODED = "review_decoded"  # session LRU of decoded X-rays (the review page's key, kept for every page)
 #: The heatmap methods a reader picks, labelled as every report labels them (the random baseline is not offered).
 METHOD_LABELS = {m: _FIGURE_LABELS[m] for m in ("gradcam", "gradcam++")}
