@@ -117,6 +117,12 @@ def test_an_administrator_registers_an_uploaded_model_on_the_models_page(tiny_ke
     assert [e.name for e in list_models(tmp_path) if e.ready] == ["site-a"]
     assert any(s.value == "site-a" for s in at.subheader)  # listed at once, with its checked file
     assert any(s.value.startswith("Checksum verified") for s in at.success)
+    from cxr_core import auth, storage
+    from cxr_core.config import get_settings
+
+    with storage.read_transaction(storage.session_factory(storage.make_engine(get_settings().database_url))) as s:
+        changes = auth.events(s, action="model_change")
+    assert [(e.who, e.detail.split(" (")[0]) for e in changes] == [("admin user", "registered site-a")]  # refusal: none
 
 
 @pytest.mark.parametrize("role", ["reviewer", "sme", "researcher"])

@@ -70,6 +70,8 @@ def upload_form() -> None:
     except CXRError as err:
         st.error(f"Not registered: {err}", icon=":material/block:")
         return
+    ui_auth.record("model_change", detail=f"registered {card.name} ({card.architecture}, "
+                   f"{len(card.classes)} classes, sha256 {card.sha256[:16]}){' replacing the old one' if replace else ''}")
     st.session_state[MODELS_FLASH] = (
         f"Registered {card.name}: {card.architecture}, {len(card.classes)} classes "
         f"({md_escape(', '.join(card.classes))}), "

@@ -23,7 +23,7 @@ from cxr_core.storage.schema import AuditEvent
 #: What can be recorded. ``who`` is the user's name; ``film_sha`` the film's pixel SHA-256.
 AUDIT_ACTIONS = (
     "login", "login_failed", "logout", "model_output_shown", "reveal", "refusal_override", "export",
-    "session_change", "user_change",
+    "session_change", "user_change", "model_change",
 )
 #: Columns of :func:`events_csv`, in order.
 CSV_COLUMNS = ("id", "at", "who", "action", "film_sha", "detail")
