@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from auth_helpers import browser_login, make_user
 from browser import chromium_page, require_chromium, streamlit_server
 from conftest import FIXTURES, REPO
 
@@ -35,10 +36,15 @@ def sample_film() -> tuple[str, bytes]:
 def test_upload_a_sample_and_see_the_overlay(tiny_registry, tmp_path, record_property):
     require_chromium()
     name, data = sample_film()
-    env = {"CXR_WEIGHTS_DIR": str(tiny_registry), "CXR_DATA_DIR": str(tmp_path / "data"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    url = f"sqlite:///{tmp_path / 'data' / 'annotations.db'}"
+    make_user(url, "Admin", "admin")  # an administrator exists: the login form, not the first-run one
+    make_user(url, "Dr R", "reviewer")  # a reviewer may open the review and models pages
+    env = {"CXR_WEIGHTS_DIR": str(tiny_registry), "CXR_DATA_DIR": str(tmp_path / "data"), "CXR_DATABASE_URL": url,
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
     tall = {"width": 1400, "height": 2600}  # Streamlit scrolls inside the page: a tall window shows it all
-    with streamlit_server(REPO / "app.py", env=env, log_dir=tmp_path) as url, chromium_page(tall) as page:
-        page.goto(url)
+    with streamlit_server(REPO / "app.py", env=env, log_dir=tmp_path) as server, chromium_page(tall) as page:
+        page.goto(server)
+        browser_login(page, "Dr R")
         page.get_by_text("Research tool.").wait_for(timeout=120_000)
         page.get_by_text("Upload one or more chest X-rays").wait_for(timeout=60_000)
 
