@@ -29,22 +29,23 @@ from cxr_core.models.zoo import ModelSpec
 BACKENDS = ("auto", "openvino", "tensorflow")
 
 
+def _choice(env: Mapping[str, str] | None, name: str, choices: tuple[str, ...]) -> str:
+    """The environment variable ``name``, lower-cased and checked against ``choices`` (default ``auto``)."""
+    env = os.environ if env is None else env
+    value = env.get(name, "").strip().lower() or "auto"
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
 def backend_setting(env: Mapping[str, str] | None = None) -> str:
     """``CXR_BACKEND``, checked (default ``auto``)."""
-    env = os.environ if env is None else env
-    value = env.get("CXR_BACKEND", "").strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise SettingsError(f"CXR_BACKEND={value!r}; expected one of {', '.join(BACKENDS)}")
-    return value
+    return _choice(env, "CXR_BACKEND", BACKENDS)
 
 
 def precision_setting(env: Mapping[str, str] | None = None) -> str:
     """``CXR_OPENVINO_PRECISION``, checked (default ``auto``)."""
-    env = os.environ if env is None else env
-    value = env.get("CXR_OPENVINO_PRECISION", "").strip().lower() or "auto"
-    if value not in PRECISIONS:
-        raise SettingsError(f"CXR_OPENVINO_PRECISION={value!r}; expected one of {', '.join(PRECISIONS)}")
-    return value
+    return _choice(env, "CXR_OPENVINO_PRECISION", PRECISIONS)
 
 
 def cache_dir(env: Mapping[str, str] | None = None) -> Path:
