@@ -22,16 +22,21 @@ TIMEOUT = 600  # the compute test loads a tiny model and traces its CAM step; 2 
 PAGE = "pages/agreement.py"
 
 
-@pytest.fixture(scope="module")
-def computed(tiny_registry, tmp_path_factory) -> str:
-    """A study database whose tiny-effnet Grad-CAM and random heatmaps are already stored."""
-    study = build_study(f"sqlite:///{tmp_path_factory.mktemp('page-agreement') / 'annotations.db'}")
+def study_with_heatmaps(tiny_registry, folder) -> str:
+    """URL of a study database in ``folder`` whose tiny-effnet Grad-CAM and random heatmaps are stored."""
+    study = build_study(f"sqlite:///{folder / 'annotations.db'}")
     factory = study.factory()
     with factory.begin() as s:
         data = ss.read_session(s, "Blind 1")
     ss.compute_missing(factory, data, model_refs(tiny_registry)["tiny-effnet"],
                        engine_loader(tiny_registry, "tiny-effnet"), "gradcam")
     return study.url
+
+
+@pytest.fixture(scope="module")
+def computed(tiny_registry, tmp_path_factory) -> str:
+    """A study database whose tiny-effnet Grad-CAM and random heatmaps are already stored."""
+    return study_with_heatmaps(tiny_registry, tmp_path_factory.mktemp("page-agreement"))
 
 
 @pytest.fixture

@@ -149,16 +149,9 @@ def open_export_page(action: str, role: str, db_url: str | None = None) -> AppTe
 @pytest.fixture(scope="module")
 def agreement_study(tiny_registry, tmp_path_factory) -> str:
     """test_page_agreement's study with its tiny-effnet heatmaps computed: something to export."""
-    from test_page_agreement import ss
-    from test_session_scores import build_study, engine_loader, model_refs
+    from test_page_agreement import study_with_heatmaps
 
-    study = build_study(f"sqlite:///{tmp_path_factory.mktemp('matrix-agreement') / 'annotations.db'}")
-    factory = study.factory()
-    with factory.begin() as s:
-        data = ss.read_session(s, "Blind 1")
-    ss.compute_missing(factory, data, model_refs(tiny_registry)["tiny-effnet"],
-                       engine_loader(tiny_registry, "tiny-effnet"), "gradcam")
-    return study.url
+    return study_with_heatmaps(tiny_registry, tmp_path_factory.mktemp("matrix-agreement"))
 
 
 @pytest.fixture
