@@ -124,7 +124,9 @@ def engine_for(loaded, *, backend: str | None = None, precision: str | None = No
     SettingsError
         ``CXR_BACKEND`` or ``CXR_OPENVINO_PRECISION`` holds an unknown value.
     """
-    temperature = float(loaded.card.calibration.get("temperature", 1.0) or 1.0)
+    from cxr_core.models.predict import card_temperature
+
+    temperature = card_temperature(loaded.card)
     return engine_for_model(loaded.model, loaded.spec, loaded.card.classes, temperature=temperature,
                             sha256=loaded.card.sha256 or None, backend=backend, precision=precision, cache=cache)
 
