@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cxr_core.errors import CorruptImageError, ImageError, ImageTooLargeError, MultiFrameError
+from cxr_core.io.strips import ColourStats, map_strips, row_strips, strips_range
 
 #: Modalities that are plain projection radiographs.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "PX"})
@@ -142,18 +144,16 @@ def _window_output_range(ds) -> tuple[float, float]:
     return min(lo, hi), max(lo, hi)
 
 
-def _minmax(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(values.min()), float(values.max())
-    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-
-
-def _to_unit_range(ds, raw: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Apply the modality LUT and the first VOI window, then scale to [0, 1].
+def _to_unit_range(ds, source: Callable[[slice], np.ndarray], shape: tuple[int, int], notes: list[str], *,
+                   invert: bool = False) -> np.ndarray:
+    """Apply the modality LUT and the first VOI window, scale to [0, 1] (inverted for MONOCHROME1): float32.
 
     With a window, its output range maps to [0, 1]. Without one, unsigned data with no rescale
     is divided by its stored-bits maximum, so the same pixels saved as PNG load identically;
     anything else (rescaled CT values, a VOI LUT table) is min-max scaled. A VOI LUT table that
     cannot be applied is ignored with a note; a modality LUT that cannot be applied is an error.
+    ``source(rows)`` gives the stored values of a strip of rows: the film is converted strip by strip
+    (:mod:`cxr_core.io.strips`), in float64 per strip, so no float64 copy of the whole film is made.
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -162,25 +162,48 @@ def _to_unit_range(ds, raw: np.ndarray, notes: list[str]) -> np.ndarray:
     _check_modality_lut(ds)
     _clean_voi(ds, notes)
     has_window = "WindowCenter" in ds and "WindowWidth" in ds
-    has_voi_lut = bool(ds.get("VOILUTSequence"))
     has_rescale = _number(ds, "RescaleSlope", 1.0) != 1 or _number(ds, "RescaleIntercept", 0.0) != 0
-    try:
-        values = apply_modality_lut(raw, ds).astype(np.float64)
-    except Exception as exc:  # an empty or inconsistent Modality LUT table
-        raise CorruptImageError(f"DICOM modality LUT could not be applied ({type(exc).__name__}: {exc})") from exc
-    if has_voi_lut:
+    rows, cols = shape
+
+    def modality(sl: slice) -> np.ndarray:
         try:
-            return _minmax(apply_voi_lut(values, ds, index=0).astype(np.float64))
+            return apply_modality_lut(source(sl), ds).astype(np.float64)
+        except Exception as exc:  # an empty or inconsistent Modality LUT table
+            raise CorruptImageError(f"DICOM modality LUT could not be applied ({type(exc).__name__}: {exc})") from exc
+
+    def voi(sl: slice) -> np.ndarray:
+        return apply_voi_lut(modality(sl), ds, index=0).astype(np.float64)
+
+    def unit(values: Callable[[slice], np.ndarray], scale: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        def strip(sl: slice) -> np.ndarray:
+            out = scale(values(sl))
+            if not np.isfinite(out).all():
+                raise CorruptImageError("DICOM pixel values are not finite after the modality and VOI LUTs")
+            return 1.0 - out if invert else out
+        return map_strips(rows, cols, strip)
+
+    def minmax(values: Callable[[slice], np.ndarray]) -> np.ndarray:
+        lo, hi = strips_range(rows, cols, values)
+        if not hi > lo:  # one value everywhere (or NaN, as the whole-film min and max would give): all zeros
+            return unit(lambda sl: np.zeros((sl.stop - sl.start, cols)), lambda v: v)
+        return unit(values, lambda v: (v - lo) / (hi - lo))
+
+    if ds.get("VOILUTSequence"):
+        try:
+            return minmax(voi)
+        except CorruptImageError:
+            raise
         except Exception as exc:  # a VOI LUT with bad descriptors: fall back to the window, or the full range
             notes.append(f"DICOM VOI LUT table could not be applied ({type(exc).__name__}) and was ignored")
             del ds["VOILUTSequence"]
     if has_window:
-        values = apply_voi_lut(values, ds, index=0).astype(np.float64)
         lo, hi = _window_output_range(ds)
-        return np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else _minmax(values)
+        if hi > lo:
+            return unit(voi, lambda v: np.clip((v - lo) / (hi - lo), 0.0, 1.0))
+        return minmax(voi)
     if not signed and not has_rescale and not ds.get("ModalityLUTSequence"):
-        return np.clip(values / (2**bits - 1), 0.0, 1.0)
-    return _minmax(values)
+        return unit(modality, lambda v: np.clip(v / (2**bits - 1), 0.0, 1.0))
+    return minmax(modality)
 
 
 def read_dicom(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> DicomImage:
@@ -236,7 +259,11 @@ def _read_dicom(data: bytes, *, max_pixels: int, max_bytes: int) -> DicomImage:
     if samples not in (1, 3, 4) or bits_allocated > 64:
         raise CorruptImageError(f"DICOM declares {samples} samples of {bits_allocated} bits per pixel; "
                                 "expected 1 (grey) or 3 (colour) samples of at most 32 bits")
-    working = rows * cols * samples * 8  # decoding works on float64 samples
+    try:  # compressed (or unknown): the decoder's buffer and its array; uncompressed: a view on the pixel bytes
+        copies = 2 if ds.file_meta.TransferSyntaxUID.is_compressed else 1
+    except Exception:  # no file meta, or a transfer syntax pydicom does not know
+        copies = 2
+    working = rows * cols * (samples * -(-bits_allocated // 8) * copies + 4)  # the stored samples + float32 film
     if working > max_bytes:
         raise ImageTooLargeError(
             f"DICOM declares {cols}x{rows} pixels of {samples} samples ({bits_allocated} bits): decoding would take "
@@ -245,6 +272,7 @@ def _read_dicom(data: bytes, *, max_pixels: int, max_bytes: int) -> DicomImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            ds.pixel_array_options(view_only=True)  # uncompressed data: a view on the pixel bytes, not a copy
             raw = ds.pixel_array
     except Exception as exc:  # pydicom raises RuntimeError, ValueError, OSError... for bad or unsupported data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -254,21 +282,24 @@ def _read_dicom(data: bytes, *, max_pixels: int, max_bytes: int) -> DicomImage:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     was_color = raw.ndim == 3
     colour = 0.0
-    if was_color:
-        from cxr_core.safety.ood import colorfulness
-
-        rgb = raw.astype(np.float64)
-        colour = colorfulness(rgb / max(float(rgb.max()), 1.0))
-        raw = _luminance(rgb)
-        del rgb
+    if raw.ndim not in (2, 3):
+        raise CorruptImageError(f"DICOM pixel data decoded to shape {raw.shape}; expected one 2-D film")
+    if was_color:  # luminance and colourfulness strip by strip: no float64 copy of the three channels
+        top = max(float(raw.max()), 1.0)
+        stats = ColourStats()
+        for sl in row_strips(raw.shape[0], raw.shape[1]):
+            stats.add(raw[sl].astype(np.float64) / top)
+        colour = stats.value()
         photometric = "RGB"
-    pixels = _to_unit_range(ds, raw, notes)
-    if not np.isfinite(pixels).all():
-        raise CorruptImageError("DICOM pixel values are not finite after the modality and VOI LUTs")
-    if photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels
+
+        def source(sl: slice) -> np.ndarray:
+            return _luminance(raw[sl].astype(np.float64))
+    else:
+        def source(sl: slice) -> np.ndarray:
+            return raw[sl]
+    pixels = _to_unit_range(ds, source, raw.shape[:2], notes, invert=photometric == "MONOCHROME1")
     modality = str(ds.get("Modality", "")).upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
         notes.append(f"DICOM modality is {modality}, not a plain radiograph (CR/DX); results may be meaningless")
     bits = _count(ds, "BitsStored", 8)
-    return DicomImage(pixels.astype(np.float32), bits, _metadata(ds), tuple(notes), was_color, colour)
+    return DicomImage(pixels, bits, _metadata(ds), tuple(notes), was_color, colour)

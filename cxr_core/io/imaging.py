@@ -16,7 +16,7 @@ import numpy as np
 
 from cxr_core.config import get_settings
 from cxr_core.io.dicom import is_dicom, read_dicom
-from cxr_core.safety.ood import colorfulness
+from cxr_core.io.strips import ColourStats, map_strips, strips_range
 from cxr_core.errors import (
     CorruptImageError,
     EmptyFileError,
@@ -46,8 +46,9 @@ def is_image_name(path: str | Path, *, bare: bool = False) -> bool:
     name = Path(path).name
     suffix = Path(name).suffix.lower()
     return not name.startswith(".") and (suffix in IMAGE_SUFFIXES or (bare and not suffix))
-#: Pillow modes decoded straight to float32 (5 bytes a pixel at the peak); others go through float64 RGB(A).
-GREY_MODES = frozenset({"L", "I;16", "I;16B", "I;16L", "I;16N"})
+#: Bytes a pixel Pillow holds for a decoded image of each mode (any other mode: 4). The float32 film (4 bytes
+#: a pixel) is made strip by strip next to it (:mod:`cxr_core.io.strips`), so the peak of a decode is the sum.
+PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 #: A file declaring more than this many pixels per byte of itself is a decompression bomb: real films,
 #: even blank ones, never compress that far. Checked only above BOMB_MIN_PIXELS.
 BOMB_PIXELS_PER_BYTE = 5000
@@ -118,41 +119,58 @@ def sniff_format(data: bytes) -> str:
     raise UnsupportedFormatError(f"not an image CXR Review can read (starts with {head!r}); expected {ACCEPTED}")
 
 
+def _pil_strip(img, sl: slice) -> np.ndarray:
+    """Rows ``sl`` of a loaded Pillow image as an array (a copy of those rows only)."""
+    return np.asarray(img.crop((0, sl.start, img.width, sl.stop)))
+
+
 def _pil_to_unit(img) -> tuple[np.ndarray, int, float]:
-    """PIL image to (float [0, 1] luminance, bit depth, colourfulness). Alpha is composited on black."""
+    """PIL image to (float32 [0, 1] luminance, bit depth, colourfulness). Alpha is composited on black.
+
+    Converted strip by strip (:mod:`cxr_core.io.strips`): the peak is Pillow's image plus the float32 film.
+    """
     mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA")
-        mode = "RGBA"
+    width, height = img.size
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):  # float32 division: bit-identical to float64 then float32
-        arr = np.asarray(img).astype(np.float32)
-        arr /= np.float32(65535.0)
-        return arr, 16, 0.0
-    if mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.max() <= 65535 and arr.min() >= 0:
-            return arr / 65535.0, 16, 0.0
-        lo, hi = arr.min(), arr.max()
-        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, 0.0
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        if not np.isfinite(arr).all():  # else min/max are NaN and the image silently turns black
-            raise CorruptImageError("decoded pixels contain NaN or infinity")
-        lo, hi = arr.min(), arr.max()
-        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), 32, 0.0
+        return map_strips(height, width, lambda sl: _pil_strip(img, sl).astype(np.float32) / np.float32(65535.0)), \
+            16, 0.0
+    if mode == "L":  # the common grey film
+        return map_strips(height, width, lambda sl: _pil_strip(img, sl).astype(np.float32) / np.float32(255.0)), 8, 0.0
     if mode == "1":
-        return np.asarray(img, dtype=np.float64), 1, 0.0
-    if mode == "L":  # the common grey film: 5 bytes a pixel at the peak (uint8 source + float32 result)
-        arr = np.asarray(img).astype(np.float32)
-        arr /= np.float32(255.0)
-        return arr, 8, 0.0
+        return map_strips(height, width, lambda sl: _pil_strip(img, sl).astype(np.float64)), 1, 0.0
+    if mode in ("I", "F"):
+        def values(sl: slice) -> np.ndarray:
+            arr = _pil_strip(img, sl).astype(np.float64)
+            if mode == "F" and not np.isfinite(arr).all():  # else min/max are NaN and the image silently turns black
+                raise CorruptImageError("decoded pixels contain NaN or infinity")
+            return arr
+
+        lo, hi = strips_range(height, width, values)
+        if mode == "I" and hi <= 65535 and lo >= 0:
+            return map_strips(height, width, lambda sl: values(sl) / 65535.0), 16, 0.0
+        if hi <= lo:
+            return np.zeros((height, width), np.float32), 32, 0.0
+        return map_strips(height, width, lambda sl: (values(sl) - lo) / (hi - lo)), 32, 0.0
     if mode == "LA":
-        arr = np.asarray(img, dtype=np.float64) / 255.0
-        return arr[..., 0] * arr[..., 1], 8, 0.0
-    rgba = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
-    rgb = rgba[..., :3] * rgba[..., 3:4]
-    lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return lum, 8, colorfulness(rgb)
+        def grey_alpha(sl: slice) -> np.ndarray:
+            arr = _pil_strip(img, sl).astype(np.float64) / 255.0
+            return arr[..., 0] * arr[..., 1]
+
+        return map_strips(height, width, grey_alpha), 8, 0.0
+    stats = ColourStats()
+
+    def luminance(sl: slice) -> np.ndarray:  # palette, RGB, RGBA, CMYK...: as RGB(A), a strip at a time, float32
+        part = img.crop((0, sl.start, width, sl.stop))
+        raw = np.asarray(part if part.mode in ("RGB", "RGBA") else part.convert("RGBA"))
+        rgb = raw[..., :3].astype(np.float32)
+        rgb *= np.float32(1 / 255)
+        if raw.shape[-1] == 4:  # alpha composited on black
+            rgb *= raw[..., 3:4].astype(np.float32) * np.float32(1 / 255)
+        stats.add(rgb)
+        return rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + rgb[..., 2] * np.float32(0.114)
+
+    lum = map_strips(height, width, luminance)
+    return lum, 8, stats.value()
 
 
 def _png_is_16bit_colour(data: bytes) -> bool:
@@ -167,10 +185,16 @@ def _read_png16_colour(data: bytes) -> tuple[np.ndarray, int, float]:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.ndim != 3:
         raise CorruptImageError("PNG data is truncated or damaged (16-bit colour image could not be decoded)")
-    x = arr.astype(np.float64) / 65535.0
-    rgb = x[..., 2::-1][..., :3] if x.shape[-1] == 3 else x[..., [2, 1, 0]] * x[..., 3:4]
-    lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return lum, 16, colorfulness(rgb)
+    stats = ColourStats()
+
+    def luminance(sl: slice) -> np.ndarray:
+        x = arr[sl].astype(np.float64) / 65535.0
+        rgb = x[..., 2::-1][..., :3] if x.shape[-1] == 3 else x[..., [2, 1, 0]] * x[..., 3:4]
+        stats.add(rgb)
+        return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+    lum = map_strips(arr.shape[0], arr.shape[1], luminance)
+    return lum, 16, stats.value()
 
 
 def _read_raster(data: bytes, fmt: str, max_pixels: int, max_bytes: int) -> tuple[np.ndarray, int, float]:
@@ -193,7 +217,10 @@ def _read_raster(data: bytes, fmt: str, max_pixels: int, max_bytes: int) -> tupl
                     f"image declares {width}x{height} pixels in only {len(data):,} bytes: a decompression bomb, "
                     "not a radiograph"
                 )
-            working = width * height * (5 if img.mode in GREY_MODES else 8 * bands)  # peak bytes while converting
+            if fmt == "png" and _png_is_16bit_colour(data):  # OpenCV's 16-bit samples, then the float32 film
+                working = width * height * (2 * (4 if data[25] == 6 else 3) + 4)
+            else:
+                working = width * height * (PILLOW_BYTES.get(img.mode, 4) + 4)
             if working > max_bytes:
                 raise ImageTooLargeError(
                     f"image is {width}x{height} pixels with {bands} channels: decoding would take "
@@ -261,7 +288,7 @@ def load_xray(source: str | Path | bytes, name: str | None = None) -> XRay:
         raise ImageTooSmallError(
             f"image is {width}x{height} pixels; a chest X-ray must be at least {settings.min_side} pixels on each side"
         )
-    if not np.isfinite(pixels).all():
+    if not np.isfinite(pixels.sum(dtype=np.float64)):  # any NaN or infinity makes the sum so, with no film-size mask
         raise CorruptImageError("decoded pixels contain NaN or infinity")
     metadata = {**metadata, "height": height, "width": width}
     return XRay(pixels, fmt, bits, pixel_sha256(pixels), name, metadata, notes, colour > 0.0, colour)
