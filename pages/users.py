@@ -47,15 +47,11 @@ with st.form("users_add", clear_on_submit=True):
     name_col, role_col = st.columns([3, 1])
     new_name = name_col.text_input("User name", key="users_new_name")
     new_role = role_col.selectbox("Role", auth.ROLES, index=auth.ROLES.index("sme"), key="users_new_role")
-    pw_col, again_col = st.columns(2)
-    password = pw_col.text_input("Password (at least 12 characters)", type="password", key="users_new_password",
-                                 autocomplete="new-password")
-    again = again_col.text_input("Password again", type="password", key="users_new_again",
-                                 autocomplete="new-password")
+    password = ui_auth.new_password("users_new", "Password (at least 12 characters)")
     add = st.form_submit_button("Add user", icon=":material/person_add:")
 if add:
     try:
-        if password != again:
+        if password is None:
             raise CXRError("the two passwords differ")
         with common.db().begin() as s:
             user = auth.create_user(s, new_name.strip(), new_role, password, by=me.name)
@@ -85,14 +81,11 @@ if users:
             else:
                 changed(f"{md_escape(target.name)} is now {role}.")
     with pw_col, st.form("users_reset", clear_on_submit=True, border=False):
-        new_pw = st.text_input("New password", type="password", key="users_reset_password",
-                               autocomplete="new-password")
-        new_again = st.text_input("New password again", type="password", key="users_reset_again",
-                                  autocomplete="new-password")
+        new_pw = ui_auth.new_password("users_reset", "New password")
         reset = st.form_submit_button("Reset password", icon=":material/key:")
     if reset:
         try:
-            if new_pw != new_again:
+            if new_pw is None:
                 raise CXRError("the two passwords differ")
             with common.db().begin() as s:
                 auth.reset_password(s, target.name, new_pw, by=me.name)

@@ -172,6 +172,14 @@ def _login_form() -> None:
         _start(user)
 
 
+def new_password(key: str, label: str = "Password") -> str | None:
+    """Two password boxes (``label`` and "... again") inside the caller's form; returns the password, or
+    None when the two differ (then the caller changes nothing and says so)."""
+    first = st.text_input(label, type="password", key=f"{key}_password", autocomplete="new-password")
+    again = st.text_input(f"{label} again", type="password", key=f"{key}_again", autocomplete="new-password")
+    return first if first == again else None
+
+
 def _first_admin_form() -> None:
     auth.setup_code(_db().kw["bind"])  # made, and written to the server log, once per process and database
     st.subheader("First run: create the administrator")
@@ -181,12 +189,11 @@ def _first_admin_form() -> None:
     with st.form("auth_first_admin", clear_on_submit=True, border=False):
         code = st.text_input("Setup code", type="password", key="auth_setup_code")
         name = st.text_input("Administrator name", key="auth_admin_name", autocomplete="username")
-        password = st.text_input("Password", type="password", key="auth_admin_password", autocomplete="new-password")
-        again = st.text_input("Password again", type="password", key="auth_admin_again", autocomplete="new-password")
+        password = new_password("auth_admin")
         submitted = st.form_submit_button("Create administrator")
     if not submitted:
         return
-    if password != again:
+    if password is None:
         st.error("The two passwords differ; nothing was created.")
         return
     try:
