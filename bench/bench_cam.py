@@ -27,8 +27,10 @@ OpenVINO (:mod:`cxr_core.engines.openvino`) in float32 and, where the CPU has it
   then read from the cache).
 
 Timings alternate the engines in each repeat and report the best of the repeats (as ``timeit``
-advises), so load from other processes on a shared machine inflates neither side of a ratio.
-Run: ``python bench/bench_cam.py [--archs resnet50 vgg16] [--repeats 5] [--engines-only]``.
+advises), so load from other processes on a shared machine inflates neither side of a ratio; the median
+is printed too. ``--ov-threads 0 1`` adds an OpenVINO row per thread count (0: OpenVINO's choice, every core);
+the header states the CPU, its flags, the load average and the settings each engine compiled with.
+Run: ``python bench/bench_cam.py [--archs resnet50 vgg16] [--repeats 5] [--engines-only] [--ov-threads 0 1]``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cxr_core.engines.openvino import (  # noqa: E402
-    OpenVinoCamEngine, bf16_supported, cpu_flags, cpu_name, ov_core,
+    OpenVinoCamEngine, bf16_supported, compile_config, cpu_flags, cpu_name, ov_core,
 )
 from cxr_core.explain.cam import CamEngine  # noqa: E402
 from cxr_core.io.imaging import XRay, load_xray, pixel_sha256  # noqa: E402
@@ -98,13 +100,13 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 
 def ov_matmul_gflops(precision: str, n: int = 2048, repeats: int = 10) -> float:
-    """The same matmul compiled by OpenVINO in ``precision`` ("f32" or "bf16")."""
+    """The same matmul compiled by OpenVINO in ``precision`` ("float32" or "bfloat16"), the engine's settings."""
     import openvino as ov
     from openvino import opset13 as ops
 
     a, b = ops.parameter([n, n], np.float32), ops.parameter([n, n], np.float32)
     compiled = ov_core().compile_model(ov.Model([ops.matmul(a, b, False, False)], [a, b]), "CPU",
-                                       {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision})
+                                       compile_config(precision))
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     request.infer([x, x])
@@ -182,8 +184,12 @@ def bench_arch(arch: str, xray: XRay, repeats: int) -> dict:
     return row
 
 
-def bench_engines(arch: str, xray: XRay, repeats: int, precisions: list[str]) -> list[dict]:
-    """One row per engine (TensorFlow, OpenVINO in each precision) for the same weights=None model."""
+def bench_engines(arch: str, xray: XRay, repeats: int, precisions: list[str], threads: list[int],
+                  settings: dict[str, dict]) -> list[dict]:
+    """One row per engine (TensorFlow, OpenVINO in each precision and thread count) for the same weights=None model.
+
+    ``settings`` collects what each OpenVINO engine compiled with (by engine name), for the header.
+    """
     import keras
 
     spec = get_spec(arch)
@@ -194,10 +200,13 @@ def bench_engines(arch: str, xray: XRay, repeats: int, precisions: list[str]) ->
     engines["TensorFlow float32"] = CamEngine.from_model(model, spec, DEFAULT_CLASSES)
     setup["TensorFlow float32"] = time.perf_counter() - t0
     for precision in precisions:
-        t0 = time.perf_counter()
-        engine = OpenVinoCamEngine(model, spec, DEFAULT_CLASSES, precision=precision)
-        setup[f"OpenVINO {engine.info.precision}"] = time.perf_counter() - t0
-        engines[f"OpenVINO {engine.info.precision}"] = engine
+        for n in threads:
+            t0 = time.perf_counter()
+            engine = OpenVinoCamEngine(model, spec, DEFAULT_CLASSES, precision=precision, threads=n)
+            name = f"OpenVINO {engine.info.precision}" + (f" {n}t" if n else "")
+            setup[name] = time.perf_counter() - t0
+            engines[name] = engine
+            settings[name] = engine.settings
     x1 = prepare_batch([xray.pixels], spec)
     targets, noise = np.full(1, -1, np.int32), np.zeros((1, 0), np.float32)
     steps = {name: e._compiled_step("gradcam") for name, e in engines.items()}
@@ -223,7 +232,8 @@ def bench_engines(arch: str, xray: XRay, repeats: int, precisions: list[str]) ->
         corr = (float(np.corrcoef(r.heatmap.ravel(), reference.heatmap.ravel())[0, 1])
                 if not (r.all_zero or reference.all_zero) else float("nan"))
         rows.append({"arch": spec.display_name, "input": spec.input_size, "engine": name, "gflop": gflop,
-                     "run": min(times[name]["run"]), "net": min(times[name]["net"]),
+                     "precision": getattr(engine, "precision", "float32"), "run": min(times[name]["run"]),
+                     "run_median": float(np.median(times[name]["run"])), "net": min(times[name]["net"]),
                      "run16": 16 / min(times[name]["run16"]), "setup": setup[name], "diff": diff, "corr": corr,
                      "same": r.target_index == reference.target_index})
     del engines, steps, model
@@ -236,14 +246,16 @@ def print_engines(rows: list[dict], mm: dict[str, float]) -> None:
     """The side-by-side table; speed-up = TensorFlow latency / this engine's, for the same model."""
     print("\nEngines side by side: predict + Grad-CAM (weights=None; end-to-end latency includes preprocessing and "
           "the heatmap at the X-ray's size; net = the compiled call alone)")
-    print(f"{'model':17s} {'engine':19s} {'latency s':>9s} {'speed-up':>8s} {'net s':>7s} {'films/s@16':>10s} "
+    print(f"{'model':17s} {'engine':19s} {'latency s':>9s} {'speed-up':>8s} {'median s':>8s} {'net s':>7s} "
+          f"{'films/s@16':>10s} "
           f"{'GFLOP/s':>8s} {'of matmul':>9s} {'max|dp|':>8s} {'corr':>7s} {'class':>5s} {'setup s':>7s}")
     tf_rows = {r["arch"]: r for r in rows if r["engine"].startswith("TensorFlow")}
     for r in rows:
         rate = r["gflop"] / r["net"]
-        peak = mm["tf"] if r["engine"].startswith("TensorFlow") else mm[r["engine"].split()[-1]]
+        peak = mm["tf"] if r["engine"].startswith("TensorFlow") else mm[r["precision"]]
         print(f"{r['arch']:17s} {r['engine']:19s} {r['run']:9.4f} {tf_rows[r['arch']]['run'] / r['run']:7.2f}x "
-              f"{r['net']:7.4f} {r['run16']:10.1f} {rate:8.1f} {rate / peak:9.0%} {r['diff']:8.1e} {r['corr']:7.4f} "
+              f"{r['run_median']:8.4f} {r['net']:7.4f} {r['run16']:10.1f} {rate:8.1f} {rate / peak:9.0%} "
+              f"{r['diff']:8.1e} {r['corr']:7.4f} "
               f"{'same' if r['same'] else 'DIFF':>5s} {r['setup']:7.1f}")
     print("matmul 2048^3: " + ", ".join(f"{k if k != 'tf' else 'TensorFlow float32'} {v:.1f} GFLOP/s"
                                         for k, v in mm.items()))
@@ -256,6 +268,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="side of the X-ray (default 1024)")
     parser.add_argument("--engines-only", action="store_true",
                         help="only the TensorFlow / OpenVINO side-by-side table (skip the keras.io comparison)")
+    parser.add_argument("--ov-threads", nargs="+", type=int, default=[0],
+                        help="OpenVINO inference threads, one row each (0: OpenVINO's choice, every core)")
+    parser.add_argument("--precisions", nargs="+", choices=["float32", "bfloat16"], default=None,
+                        help="OpenVINO precisions (default float32, plus bfloat16 where the CPU has it)")
     args = parser.parse_args()
 
     tf = import_tensorflow_quietly()
@@ -264,18 +280,26 @@ def main() -> None:
     import openvino as ov
 
     load_before = os.getloadavg()[0]
-    precisions = ["float32"] + (["bfloat16"] if bf16_supported() else [])
-    hints = {"float32": "f32", "bfloat16": "bf16"}
+    precisions = args.precisions or ["float32"] + (["bfloat16"] if bf16_supported() else [])
     mm = matmul_gflops()
-    mm_engines = {"tf": mm, **{p: ov_matmul_gflops(hints[p]) for p in precisions}}
+    mm_engines = {"tf": mm, **{p: ov_matmul_gflops(p) for p in precisions}}
     print(f"CPU: {cpu_name()}; {os.cpu_count()} logical CPUs; flags: {' '.join(cpu_flags()) or 'none of interest'}; "
           f"OpenVINO CPU capabilities: {', '.join(ov_core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}")
     print(f"TensorFlow {tf.__version__}, OpenVINO {ov.get_version().split('-')[0]}; load average {load_before:.1f}; "
           f"X-ray {args.size} x {args.size}; best of {args.repeats}")
-    engine_rows = [row for arch in args.archs for row in bench_engines(arch, xray, args.repeats, precisions)]
+    settings: dict[str, dict] = {}
+    engine_rows = [row for arch in args.archs
+                   for row in bench_engines(arch, xray, args.repeats, precisions, args.ov_threads, settings)]
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    print(f"Settings: TensorFlow intra-op threads {intra or 'default (every core)'}, inter-op {inter or 'default'}, "
+          f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default (on)')}; OpenVINO batch dimension free "
+          "(one compiled model for every batch size)")
+    for name, values in settings.items():
+        print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
     rows = [] if args.engines_only else [bench_arch(arch, xray, args.repeats) for arch in args.archs]
     mm = max(mm, matmul_gflops())  # again at the end: the better of the two is the machine's rate
-    mm_engines = {"tf": mm, **{p: max(mm_engines[p], ov_matmul_gflops(hints[p])) for p in precisions}}
+    mm_engines = {"tf": mm, **{p: max(mm_engines[p], ov_matmul_gflops(p)) for p in precisions}}
     print_engines(engine_rows, mm_engines)
     if args.engines_only:
         print(f"Load average at end {os.getloadavg()[0]:.1f}.")

@@ -2,7 +2,8 @@
 
 Equivalence on the shipped demo model with three real films (one per class), on a zoo architecture with
 a different head (VGG16: max pooling above the Grad-CAM layer, global max pooling) and on nested models;
-batch invariance; the converted-model cache; the ``CXR_BACKEND`` choice and its stated fallbacks.
+batch invariance; the converted-model cache; the ``CXR_BACKEND`` choice and its stated fallbacks; the compile
+settings (latency hint, no thread pinning, ``CXR_OPENVINO_THREADS``).
 bfloat16 is checked only on a CPU that has it (OpenVINO reports ``BF16``); elsewhere that test is skipped.
 """
 
@@ -20,10 +21,11 @@ from tests.conftest import FIXTURES, REPO
 openvino = pytest.importorskip("openvino")
 
 from cxr_core.config import SettingsError  # noqa: E402
+from cxr_core.errors import CXRError  # noqa: E402
 from cxr_core.engines import openvino as ov_engine  # noqa: E402
 from cxr_core.engines.openvino import EngineCamResult, EngineUnavailableError, OpenVinoCamEngine  # noqa: E402
 from cxr_core.engines.select import (  # noqa: E402
-    TensorFlowCamEngine, backend_setting, cache_dir, engine_for, engine_for_model,
+    TensorFlowCamEngine, backend_setting, cache_dir, engine_for, engine_for_model, threads_setting,
 )
 from cxr_core.explain.cam import CamEngine  # noqa: E402
 from cxr_core.io.imaging import load_xray  # noqa: E402
@@ -281,3 +283,38 @@ def test_backend_setting_and_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("CXR_OPENVINO_PRECISION", "half")
     with pytest.raises(SettingsError, match="CXR_OPENVINO_PRECISION='half'"):
         engine_for(loaded)
+
+
+# --- compile settings -----------------------------------------------------------------------------------
+
+def test_the_engine_compiles_for_latency_without_pinning_and_a_thread_cap_keeps_results(monkeypatch):
+    model = tiny_nested()
+    images = [np.random.default_rng(i).uniform(0, 1, (40, 50)).astype(np.float32) for i in range(3)]
+    default = OpenVinoCamEngine(model, tiny_spec(), ["a", "b", "c"], precision="float32")
+    assert default.settings["PERFORMANCE_HINT"] == "LATENCY" and default.settings["ENABLE_CPU_PINNING"] == "False"
+    assert default.settings["NUM_STREAMS"] == "1" and default.settings["INFERENCE_PRECISION_HINT"] == "f32"
+    one = OpenVinoCamEngine(model, tiny_spec(), ["a", "b", "c"], precision="float32", threads=1)
+    assert one.settings["INFERENCE_NUM_THREADS"] == "1" and one.threads == 1
+    reference = CamEngine(model, tiny_spec(), ["a", "b", "c"]).run_arrays(images)
+    assert_equivalent(one.run_arrays(images), reference, prob_tol=1e-4)
+    assert_equivalent(one.run_arrays(images), default.run_arrays(images), prob_tol=1e-5, min_corr=0.9999)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted although the thread count is invalid")
+
+    monkeypatch.setattr(ov_engine, "convert_body", no_conversion)
+    with pytest.raises(CXRError, match="threads must be 0"):
+        OpenVinoCamEngine(model, tiny_spec(), ["a", "b", "c"], precision="float32", threads=-1)
+
+
+def test_threads_setting_is_checked_and_reaches_the_engine(monkeypatch):
+    assert threads_setting({}) == 0 and threads_setting({"CXR_OPENVINO_THREADS": " 2 "}) == 2
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(SettingsError, match="CXR_OPENVINO_THREADS="):
+            threads_setting({"CXR_OPENVINO_THREADS": bad})
+    monkeypatch.setenv("CXR_OPENVINO_THREADS", "1")
+    engine = engine_for_model(tiny_nested(), tiny_spec(), ["a", "b", "c"], backend="openvino", precision="float32")
+    assert engine.settings["INFERENCE_NUM_THREADS"] == "1"
+    engine = engine_for_model(tiny_nested(), tiny_spec(), ["a", "b", "c"], backend="openvino", precision="float32",
+                              threads=0)
+    assert engine.threads == 0 and int(engine.settings["INFERENCE_NUM_THREADS"]) >= 1

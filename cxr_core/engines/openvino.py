@@ -19,7 +19,15 @@ batch must match the Keras model's own within :data:`TOLERANCE` (1e-4 in float32
 bfloat16 engine that misses falls back to float32, and a float32 one that misses is refused
 (:class:`EngineUnavailableError`), never a wrong score.
 
-About 430 lines by choice: the body's conversion, its cache and the head's gradient are checked together
+Compile settings (:func:`compile_config`; measured on a shared 2-core AVX2 EPYC, see ``bench/bench_cam.py``):
+``PERFORMANCE_HINT=LATENCY`` (one stream, all cores for one film), ``ENABLE_CPU_PINNING=False`` and, optionally,
+``INFERENCE_NUM_THREADS`` (``CXR_OPENVINO_THREADS``; 0 = OpenVINO's choice, all cores). Pinning binds OpenVINO's
+threads to fixed cores: where other processes (the app server, another engine, training) want the same cores, a
+pinned thread cannot move and every layer waits for it (ResNet50 0.43 -> 0.25 s, Xception 0.75 -> 0.59 s at
+batch 1 with pinning off on a loaded machine). The batch dimension stays free: a static batch-1 copy measured no
+faster beyond run-to-run noise and would double compilation time and weight memory.
+
+About 470 lines by choice: the body's conversion, its cache and the head's gradient are checked together
 against the Keras model when an engine is made; apart, a stale cache could pair with the wrong head.
 """
 
@@ -50,6 +58,9 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}
 PRECISIONS = ("auto", "float32", "bfloat16")
 _HINT = {"float32": "f32", "bfloat16": "bf16"}
 _NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+#: Compiled-model properties worth stating next to timings (what :attr:`OpenVinoCamEngine.settings` holds).
+SETTINGS = ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS",
+            "ENABLE_CPU_PINNING")
 #: CPU flags worth printing next to timings (vector width, bfloat16 and int8 dot products, AMX tiles).
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16",
                "amx_int8")
@@ -163,6 +174,28 @@ def choose_precision(requested: str = "auto") -> tuple[str, str]:
     caps = ", ".join(ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     asked = "bfloat16 was asked for, but " if requested == "bfloat16" else ""
     return "float32", f"{asked}this CPU has no bfloat16 support (OpenVINO CPU capabilities: {caps})"
+
+
+def compile_config(precision: str, *, threads: int = 0, cache_dir: str | None = None) -> dict[str, object]:
+    """The CPU plugin configuration for one film at a time: latency hint, ``precision``, no thread pinning.
+
+    ``threads`` > 0 caps OpenVINO's threads (``INFERENCE_NUM_THREADS``); 0 leaves the choice to OpenVINO
+    (every core). ``cache_dir`` is OpenVINO's compiled-blob cache (``CACHE_DIR``); None: no blob cache.
+    """
+    if threads < 0:
+        raise CXRError(f"OpenVINO threads must be 0 (OpenVINO's choice) or more; got {threads}")
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _HINT[precision],
+                                 "ENABLE_CPU_PINNING": False}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if cache_dir:
+        config["CACHE_DIR"] = cache_dir
+    return config
+
+
+def _text(value: object) -> str:
+    """A compiled-model property as text: an element type by its short name (``f32``), anything else by ``str``."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
 # --- splitting the Keras model at the Grad-CAM layer ----------------------------------------------------
@@ -297,6 +330,8 @@ class OpenVinoCamEngine(CamEngine):
     cache_dir : path, optional
         The cache folder (``<cache_dir>/openvino/...``); None: no cache.
     precision : {"auto", "float32", "bfloat16"}
+    threads : int
+        OpenVINO's inference threads; 0 (default): OpenVINO's choice (every core). See :func:`compile_config`.
 
     Raises
     ------
@@ -309,11 +344,14 @@ class OpenVinoCamEngine(CamEngine):
     backend = "openvino"
 
     def __init__(self, model, spec: ModelSpec, classes: Sequence[str], *, temperature: float = 1.0,
-                 sha256: str | None = None, cache_dir: Path | str | None = None, precision: str = "auto"):
+                 sha256: str | None = None, cache_dir: Path | str | None = None, precision: str = "auto",
+                 threads: int = 0):
         # CamEngine.__init__ is not called: its TensorFlow pass is what this engine replaces.
         self.model, self.spec, self.classes, self.temperature = model, spec, tuple(classes), float(temperature)
         self._compiled: dict[str, Callable] = {}
         self._local = threading.local()
+        self.threads = int(threads)
+        compile_config("float32", threads=self.threads)  # a bad thread count fails before the slow conversion
         body, self._head = split_model(model, spec)
         final, _ = output_layer(model)
         self._score = score_function(final, spec.outputs)
@@ -336,11 +374,11 @@ class OpenVinoCamEngine(CamEngine):
 
     @classmethod
     def from_loaded(cls, loaded, *, cache_dir: Path | str | None = None,
-                    precision: str = "auto") -> "OpenVinoCamEngine":
+                    precision: str = "auto", threads: int = 0) -> "OpenVinoCamEngine":
         """Engine for a registry :class:`~cxr_core.models.manifest.LoadedModel`, cached by its file's SHA-256."""
         temperature = float(loaded.card.calibration.get("temperature", 1.0) or 1.0)
         return cls(loaded.model, loaded.spec, loaded.card.classes, temperature=temperature,
-                   sha256=loaded.card.sha256 or None, cache_dir=cache_dir, precision=precision)
+                   sha256=loaded.card.sha256 or None, cache_dir=cache_dir, precision=precision, threads=threads)
 
     @property
     def precision(self) -> str:
@@ -348,11 +386,11 @@ class OpenVinoCamEngine(CamEngine):
 
     def _compile_and_check(self, precision: str, blobs: str | None) -> tuple[float, str]:
         """Compile the body in ``precision``; returns (max |prob difference| on the probe, precision used)."""
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _HINT[precision]}
-        if blobs:
-            config["CACHE_DIR"] = blobs
+        config = compile_config(precision, threads=self.threads, cache_dir=blobs)
         self._body = ov_core().compile_model(self._ov_model, "CPU", config)
         self._local = threading.local()
+        #: What OpenVINO compiled with (``SETTINGS``: hint, precision, threads, streams, pinning), as strings.
+        self.settings = {key: _text(self._body.get_property(key)) for key in SETTINGS}
         used = self._body.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         return self._verify(), _NAMES.get(used, used)
 
@@ -371,7 +409,9 @@ class OpenVinoCamEngine(CamEngine):
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._body.create_infer_request()
-        return np.asarray(request.infer([np.ascontiguousarray(batch, np.float32)])[0], np.float32)
+        # share_inputs: OpenVINO reads the (contiguous) array in place during this synchronous call, no copy
+        return np.asarray(request.infer([np.ascontiguousarray(batch, np.float32)], share_inputs=True)[0],
+                          np.float32)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Raw softmax outputs (N, K) float64 for a prepared batch (no gradients)."""
@@ -427,4 +467,4 @@ class OpenVinoCamEngine(CamEngine):
 
 
 __all__ = ["EngineCamResult", "EngineInfo", "EngineUnavailableError", "OpenVinoCamEngine", "TOLERANCE",
-           "bf16_supported", "choose_precision", "cpu_flags", "cpu_name", "split_model"]
+           "bf16_supported", "choose_precision", "compile_config", "cpu_flags", "cpu_name", "split_model"]

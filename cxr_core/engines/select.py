@@ -7,8 +7,10 @@
   (for an administrator who must know which engine runs).
 - ``tensorflow``: the reference engine (:class:`~cxr_core.explain.cam.CamEngine`); training always uses it.
 
-Other settings: ``CXR_OPENVINO_PRECISION=auto|float32|bfloat16`` (auto: bfloat16 where the CPU supports it) and
-``CXR_CACHE_DIR``, where converted models are kept (default ``<CXR_DATA_DIR>/cache``, i.e. ``data/cache``).
+Other settings: ``CXR_OPENVINO_PRECISION=auto|float32|bfloat16`` (auto: bfloat16 where the CPU supports it),
+``CXR_OPENVINO_THREADS`` (OpenVINO's inference threads; 0 or unset: OpenVINO's choice, every core; 1 can be faster
+for one film on a small machine crowded by other processes) and ``CXR_CACHE_DIR``, where converted models are
+kept (default ``<CXR_DATA_DIR>/cache``, i.e. ``data/cache``).
 
 Both engines are :class:`~cxr_core.explain.cam.CamEngine` objects (same ``run`` / ``run_arrays``) whose results
 are :class:`~cxr_core.engines.openvino.EngineCamResult` objects carrying an
@@ -48,6 +50,16 @@ def precision_setting(env: Mapping[str, str] | None = None) -> str:
     return _choice(env, "CXR_OPENVINO_PRECISION", PRECISIONS)
 
 
+def threads_setting(env: Mapping[str, str] | None = None) -> int:
+    """``CXR_OPENVINO_THREADS``, checked: a whole number >= 0 (default 0, OpenVINO's choice)."""
+    env = os.environ if env is None else env
+    value = env.get("CXR_OPENVINO_THREADS", "").strip() or "0"
+    if not value.isdigit():
+        raise SettingsError(f"CXR_OPENVINO_THREADS={value!r}; expected a whole number of threads, 0 for OpenVINO's "
+                            "choice")
+    return int(value)
+
+
 def cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """``CXR_CACHE_DIR``, or ``cache`` inside the data folder (``data/cache`` by default; git ignores it)."""
     env = os.environ if env is None else env
@@ -84,13 +96,14 @@ def _openvino_failure(exc: Exception) -> str:
 
 def engine_for_model(model, spec: ModelSpec, classes: Sequence[str], *, temperature: float = 1.0,
                      sha256: str | None = None, backend: str | None = None, precision: str | None = None,
-                     cache: Path | str | None = None) -> CamEngine:
+                     cache: Path | str | None = None, threads: int | None = None) -> CamEngine:
     """The engine for a Keras model under ``backend`` (default ``CXR_BACKEND``); see :func:`engine_for`.
 
     ``sha256`` (the model file's) keys the converted-model cache; without it OpenVINO converts every time.
     """
     backend = backend_setting({"CXR_BACKEND": backend} if backend else None)
     precision = precision_setting({"CXR_OPENVINO_PRECISION": precision} if precision else None)
+    threads = threads_setting({"CXR_OPENVINO_THREADS": str(threads)} if threads is not None else None)
     if backend == "tensorflow":
         return TensorFlowCamEngine(model, spec, classes, temperature=temperature,
                                    reason="CXR_BACKEND=tensorflow (the reference engine)")
@@ -98,7 +111,8 @@ def engine_for_model(model, spec: ModelSpec, classes: Sequence[str], *, temperat
         from cxr_core.engines.openvino import OpenVinoCamEngine
 
         return OpenVinoCamEngine(model, spec, classes, temperature=temperature, sha256=sha256,
-                                 cache_dir=cache_dir() if cache is None else cache, precision=precision)
+                                 cache_dir=cache_dir() if cache is None else cache, precision=precision,
+                                 threads=threads)
     except Exception as exc:  # noqa: BLE001 - any OpenVINO failure means TensorFlow (auto) or a stated refusal
         reason = _openvino_failure(exc)
         if backend == "openvino":
@@ -108,7 +122,7 @@ def engine_for_model(model, spec: ModelSpec, classes: Sequence[str], *, temperat
 
 
 def engine_for(loaded, *, backend: str | None = None, precision: str | None = None,
-               cache: Path | str | None = None) -> CamEngine:
+               cache: Path | str | None = None, threads: int | None = None) -> CamEngine:
     """The engine for a registry :class:`~cxr_core.models.manifest.LoadedModel`: drop-in for ``CamEngine.from_loaded``.
 
     Returns an :class:`~cxr_core.engines.openvino.OpenVinoCamEngine` or a :class:`TensorFlowCamEngine`; both
@@ -122,14 +136,15 @@ def engine_for(loaded, *, backend: str | None = None, precision: str | None = No
     EngineUnavailableError
         ``backend="openvino"`` (or ``CXR_BACKEND=openvino``) and OpenVINO cannot run this model.
     SettingsError
-        ``CXR_BACKEND`` or ``CXR_OPENVINO_PRECISION`` holds an unknown value.
+        ``CXR_BACKEND``, ``CXR_OPENVINO_PRECISION`` or ``CXR_OPENVINO_THREADS`` holds an unknown value.
     """
     from cxr_core.models.predict import card_temperature
 
     temperature = card_temperature(loaded.card)
     return engine_for_model(loaded.model, loaded.spec, loaded.card.classes, temperature=temperature,
-                            sha256=loaded.card.sha256 or None, backend=backend, precision=precision, cache=cache)
+                            sha256=loaded.card.sha256 or None, backend=backend, precision=precision, cache=cache,
+                            threads=threads)
 
 
 __all__ = ["BACKENDS", "TensorFlowCamEngine", "backend_setting", "cache_dir", "engine_for", "engine_for_model",
-           "precision_setting"]
+           "precision_setting", "threads_setting"]
