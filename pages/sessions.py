@@ -5,7 +5,7 @@ import streamlit as st
 from cxr_core import auth, storage
 from cxr_core.config import get_settings
 from cxr_core.errors import CXRError
-from cxr_core.safety import intake
+from cxr_core.safety import intake, redaction
 from cxr_core.safety.screening import refusal_lines
 from ui import common, sessions
 from cxr_core.io import server_paths
@@ -87,7 +87,7 @@ with st.container():  # created by the logged-in administrator (created_by, in t
         bar = st.empty()
         screened = sessions.sessions_screen(
             files, screening, progress=lambda done, todo, name: bar.progress(
-                done / max(todo, 1), text=f"Screening {md_escape(name)} ({done + 1} of {todo})"))
+                done / max(todo, 1), text=f"Screening file {done + 1} of {todo}"))
         bar.empty()
         flagged = [x for x in screened if x.flagged]
         unreadable = [x for x in screened if not x.readable]
@@ -98,29 +98,32 @@ with st.container():  # created by the logged-in administrator (created_by, in t
                    "not a diagnosis and can be wrong either way.")
         if screening.problem:
             st.warning(screening.problem, icon=":material/warning:")
-        st.dataframe({"File": [x.name for x in screened], "Verdict": [x.verdict for x in screened],
+        st.dataframe({"Film": [x.film or "(none)" for x in screened], sessions.SESSIONS_FILE_COLUMN:
+                      [x.name for x in screened], "Verdict": [x.verdict for x in screened],
                       "Reason": [server_paths.without_contents(x.reason) for x in screened]}, hide_index=True)
+        st.caption(sessions.SESSIONS_NAMES_NOTE)
         for x in unreadable:
-            st.warning(f"**{md_escape(x.name)}** is not readable and is left out: "
+            st.warning(f"Your file **{md_escape(x.name)}** is not readable and is left out: "
                        f"{md_escape(server_paths.without_contents(x.error))}", icon=":material/broken_image:")
         for x in flagged:
             with st.container(border=True):
                 pic, text = st.columns([1, 5])
-                pic.image(x.thumb, caption=x.name)
-                text.markdown(f"**{md_escape(x.name)}** does not look like a frontal chest X-ray:\n\n"  # as everywhere
+                pic.image(x.thumb, caption=x.film)
+                text.markdown(f"**{x.film}** (your file *{md_escape(x.name)}*) does not look like a frontal chest "
+                              "X-ray:\n\n"  # the reasons, as everywhere
                               + "\n".join(f"- {r}" + (f" *({d})*" if d else "") for r, d in refusal_lines(x.decision)))
-                if text.checkbox(f"Keep {md_escape(x.name)} in the session anyway",
-                                 key=sessions.sessions_keep_key(x.ident)):
+                if text.checkbox(f"Keep {x.film} in the session anyway", key=sessions.sessions_keep_key(x.ident)):
                     keep.add(x.ident)
-        # --- burned-in text (names, dates of birth): blacked out before readers see the film -----------
+        # --- burned-in text (names, dates of birth): outlined for review, blacked out before readers see it ----
         for x in [x for x in screened if x.readable and x.has_text]:
             with st.container(border=True):
                 pic, text = st.columns([1, 5])
-                pic.image(x.thumb, caption=x.name)
-                text.markdown(f"**{md_escape(x.name)}** has burned-in text in {len(x.text)} place(s), which may "
-                              "name the patient. Blacked out, readers, galleries and exports only ever get the film "
-                              "with black boxes over the text; the redaction is recorded in the audit trail.")
-                if text.checkbox(f"Black out the burned-in text on {md_escape(x.name)}", value=True,
+                pic.image(redaction.outline_boxes(x.thumb, x.text, x.size), caption=f"{x.film}: text outlined in red")
+                text.markdown(f"**{x.film}** (your file *{md_escape(x.name)}*) has burned-in text in {len(x.text)} "
+                              "place(s), outlined in red, which may name the patient. Blacked out, readers, galleries "
+                              "and exports only ever get the film with black boxes over the outlined text; either "
+                              "way, your choice and the boxes are recorded in the audit trail.")
+                if text.checkbox(f"Black out the burned-in text on {x.film}", value=True,
                                  key=sessions.sessions_redact_key(x.ident)):
                     redact.add(x.ident)
     elif why_none and source != "Uploaded files":

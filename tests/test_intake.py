@@ -3,6 +3,7 @@ unreadable files named, and the films stored are the ones that were screened."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -112,10 +113,13 @@ def test_only_chest_films_and_kept_flagged_films_are_stored(db, folder):
         plain = intake.create_session(s, name="plain", files=files, screened=screened, reader_ids=[reader])
         kept = intake.create_session(s, name="kept", files=files, screened=screened, keep={photo.ident},
                                      reader_ids=[reader])
-    assert (plain.stored, plain.dropped, plain.kept, plain.unreadable) == (1, ["photo.png"], [], ["broken.jpg"])
-    assert (kept.stored, kept.dropped, kept.kept) == (2, [], ["photo.png"])
-    assert kept.summary() == ("Kept 1 flagged film(s) by your choice: photo.png. "
-                              "Left out 1 file(s) that could not be read: broken.jpg.")
+    # films by their label, never their file name; only unreadable files (no film, never stored) by name
+    assert (plain.stored, plain.dropped, plain.kept, plain.unreadable) == (1, [photo.film], [], ["broken.jpg"])
+    assert (kept.stored, kept.dropped, kept.kept) == (2, [], [photo.film])
+    assert photo.film == f"film-{photo.image_sha[:8]}"
+    assert kept.summary() == (f"Kept 1 flagged film(s) by your choice: {photo.film}. "
+                              "Left out 1 file(s) that could not be read: broken.jpg. "  # the photo has text-like
+                              f"Left the burned-in text on 1 film(s) by your choice: {photo.film}.")  # marks
     with db.begin() as s:
         queues = {n: storage.reader_queue(s, storage.get_session(s, n).id, reader) for n in ("plain", "kept")}
         assert {e.image_sha for e in queues["plain"].entries} == {load_xray(CHEST).sha256}
@@ -148,3 +152,81 @@ def test_samples_carry_their_labels_and_say_why_there_are_none(tmp_path):
     assert intake.from_samples(tmp_path, [])[1] == "no sample chosen"
     decision = intake.screen_files(files, checks)[0].decision
     assert isinstance(decision, OODDecision) and decision.ok
+
+
+def _arrays(obj, seen=None) -> list[np.ndarray]:
+    """Every NumPy array reachable through a record's dataclass fields, tuples, lists and dicts."""
+    import dataclasses
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [a for f in dataclasses.fields(obj) for a in _arrays(getattr(obj, f.name), seen)]
+    if isinstance(obj, (list, tuple)):
+        return [a for x in obj for a in _arrays(x, seen)]
+    if isinstance(obj, dict):
+        return [a for x in obj.values() for a in _arrays(x, seen)]
+    return []
+
+
+def test_intake_streams_films_screened_records_hold_no_pixels_and_every_film_is_stored(db, monkeypatch):
+    """Issue 15: screening keeps small facts per film (a thumbnail at most), and both screening and storing
+    decode one film at a time: when a film is decoded, at most the one before it is still alive."""
+    import gc
+    import weakref
+
+    base = load_xray(FIXTURES / "audit" / "hannover_4fed5061.png").pixels  # test_redaction.py's film
+    uploads = []
+    for i in range(5):  # five different films (each with its own mark), with a burned-in line on the last
+        img = np.round(base * 255).astype(np.uint8)
+        img[10 + 4 * i: 14 + 4 * i, 10:14] = 255
+        if i == 4:
+            import cv2
+
+            for text, org in (("DOE_JANE_4711_19700101", (20, 40)), ("DOB 1970-01-01", (20, 70))):
+                cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 255, 2)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        uploads.append((f"film{i}.png", buf.getvalue()))
+    alive: list[weakref.ref] = []
+    most_alive = [0]
+    real_load = intake.load_xray
+
+    def watched(source, name=None):
+        gc.collect()
+        most_alive[0] = max(most_alive[0], sum(r() is not None for r in alive))
+        xray = real_load(source, name)
+        alive.append(weakref.ref(xray))
+        return xray
+
+    monkeypatch.setattr(intake, "load_xray", watched)
+    files = intake.from_uploads(uploads)
+    screened = intake.screen_files(files, checks)
+    assert most_alive[0] <= 1, f"{most_alive[0]} decoded films were alive at once while screening"
+    film_pixels = base.size
+    for x in screened:
+        arrays = _arrays(x)
+        assert all(a.size <= intake.THUMB_SIDE**2 for a in arrays), [a.shape for a in arrays]
+        assert sum(a.nbytes for a in arrays) <= intake.THUMB_SIDE**2 < film_pixels  # a uint8 thumbnail at most
+    assert [x.has_text for x in screened] == [False] * 4 + [True]
+    assert screened[4].thumb is not None and screened[0].thumb is None  # chest films without text: no pixels
+
+    alive.clear()
+    most_alive[0] = 0
+    with db.begin() as s:
+        reader = storage.add_reader(s, "Dr A", "sme").id
+        result = intake.create_session(s, name="Five", files=files, screened=screened, reader_ids=[reader],
+                                       redact={screened[4].ident}, shuffle=False)
+    assert most_alive[0] <= 1, f"{most_alive[0]} decoded films were alive at once while storing"
+    assert result.stored == 5 and len(result.redacted) == 1
+    stored = [x.image_sha for x in screened[:4]] + [result.redacted[0].redacted_sha]
+    with db.begin() as s:
+        queue = storage.reader_queue(s, storage.get_session(s, "Five").id, reader)
+        assert [e.image_sha for e in queue.entries] == stored
+        for sha, (name, _) in zip(stored, uploads):
+            image = storage.get_image(s, sha)
+            assert image is not None and image.original_name == f"film-{sha[:8]}" and name not in repr(image)

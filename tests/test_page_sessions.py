@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from auth_helpers import PASSWORD, login
 from conftest import FIXTURES, REPO
 from cxr_core import auth
 from cxr_core.io.film_facts import film_label
+from cxr_core.io.imaging import load_xray
 from cxr_core.io.plain_text import md_escape
 from cxr_core import annotation as ann
 from cxr_core import storage
@@ -126,7 +128,8 @@ def test_unreadable_uploads_are_named_and_a_session_needs_readers(db):
     at = open_sessions()
     create(at, "Bad", [], source="Uploaded files")
     at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value([("notes.txt", b"not an image", "text/plain")]).run()
-    assert any(w.value.startswith(r"**notes\.txt** is not readable and is left out: not an image") for w in at.warning)
+    assert any(w.value.startswith(r"Your file **notes\.txt** is not readable and is left out: not an image")
+               for w in at.warning)
     click_create(at)
     assert at.error[0].value == "Session not created: no readers chosen; a session needs at least one reader"
     at.multiselect(key=sessions.SESSIONS_READERS).set_value(["Ada"]).run()
@@ -220,14 +223,19 @@ def mixed_uploads() -> list[tuple[str, bytes, str]]:
 
 
 def screening_table(at: AppTest) -> dict[str, tuple[str, str]]:
+    """Verdict and reason by file name (the column shown only to the administrator who chose the files)."""
     frame = at.dataframe[1].value  # after the readers
-    return {f: (v, r) for f, v, r in zip(frame["File"], frame["Verdict"], frame["Reason"])}
+    return {f: (v, r) for f, v, r in zip(frame[sessions.SESSIONS_FILE_COLUMN], frame["Verdict"], frame["Reason"])}
+
+
+def film_of(at: AppTest, name: str) -> str:
+    """The label the screening table gives the file ``name`` (``film-<8 hex>``)."""
+    frame = at.dataframe[1].value
+    return dict(zip(frame[sessions.SESSIONS_FILE_COLUMN], frame["Film"]))[name]
 
 
 def session_shas(db, name: str) -> set[str]:
     """The images of a stored session, straight from the database."""
-    from sqlalchemy import select
-
     with db.begin() as s:
         session = storage.get_session(s, name)
         return set(s.scalars(select(storage.SessionImage.image_sha)
@@ -235,12 +243,11 @@ def session_shas(db, name: str) -> set[str]:
 
 
 def keep_box(at: AppTest, name: str):
-    return next(c for c in at.checkbox if c.label == f"Keep {md_escape(name)} in the session anyway")
+    """The keep box of the file ``name``: labelled with the film's label, never the file name."""
+    return next(c for c in at.checkbox if c.label == f"Keep {film_of(at, name)} in the session anyway")
 
 
 def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_request(db, monkeypatch, caplog):
-    from cxr_core.io.imaging import load_xray
-
     decoded: list[str] = []
     real_decode = intake.IntakeFile.decode
     monkeypatch.setattr(intake.IntakeFile, "decode", lambda self: decoded.append(self.name) or real_decode(self))
@@ -261,11 +268,14 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     assert any("image checks" in c.value and "alone: no model is installed" in c.value for c in at.caption)
     assert any(m.value.startswith("**Screening of 5 file(s)**: 2 chest film(s), 2 flagged") for m in at.markdown)
     for name, (_, words) in NOT_CHEST.items():  # the reasons, in words, beside a keep box that starts unticked
-        assert any(m.value.startswith(f"**{md_escape(name)}** does not look like a frontal chest X-ray")
+        assert any(m.value.startswith(f"**{film_of(at, name)}** (your file *{md_escape(name)}*) does not look "
+                                      "like a frontal chest X-ray")
                    and words in m.value
                    for m in at.markdown)
         assert keep_box(at, name).value is False
-    assert any(w.value.startswith(r"**broken\.png** is not readable and is left out:") for w in at.warning)
+    assert any(w.value.startswith(r"Your file **broken\.png** is not readable and is left out:") for w in at.warning)
+    assert film_of(at, "broken.png") == "(none)" and film_of(at, CXR[0]).startswith("film-")
+    assert any("never stored" in c.value for c in at.caption)
     assert sorted(decoded) == sorted(n for n, _, _ in mixed_uploads())  # each file decoded once...
     at.run()
     assert len(decoded) == 5  # ...and not again on a rerun (verdicts cached by content)
@@ -275,9 +285,10 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     decoded.clear()
     click_create(at)
     assert sorted(decoded) == sorted(CXR[:2])  # only the chosen films are decoded again, to be stored
+    photo, document = (film_label(load_xray(NOT_CHEST[n][0]).sha256) for n in ("photo.png", "document.png"))
     assert at.success[0].value == (
         r"Created session \'Screened\': 2 image(s), 1 reader(s), each in their own order. Dropped 2 film(s) flagged as "
-        "not a frontal chest X-ray: photo.png, document.png. Left out 1 file(s) that could not be read: broken.png.")
+        f"not a frontal chest X-ray: {photo}, {document}. Left out 1 file(s) that could not be read: broken.png.")
     chest_shas = {load_xray(FIXTURES / "cxr" / n).sha256 for n in CXR[:2]}
     assert session_shas(db, "Screened") == chest_shas
 
@@ -290,9 +301,9 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     at.run()
     with caplog.at_level(logging.WARNING, logger="cxr_core.safety.screening"):
         click_create(at)
-    assert at.success[0].value.endswith(
-        "Dropped 1 film(s) flagged as not a frontal chest X-ray: document.png. Kept 1 flagged film(s) by your "
-        "choice: photo.png. Left out 1 file(s) that could not be read: broken.png.")
+    assert (f"Dropped 1 film(s) flagged as not a frontal chest X-ray: {document}. Kept 1 flagged film(s) by your "
+            f"choice: {photo}. Left out 1 file(s) that could not be read: broken.png.") in at.success[0].value
+    assert at.success[0].value.endswith(f"Left the burned-in text on 1 film(s) by your choice: {photo}.")
     photo_sha = load_xray(NOT_CHEST["photo.png"][0], "photo.png").sha256
     assert session_shas(db, "Screened, photo kept") == chest_shas | {photo_sha}
     with db.begin() as s:
@@ -328,7 +339,8 @@ def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(d
     keep_box(at, "document.png").check().run()
     click_create(at)
     assert at.success[0].value.startswith(r"Created session \'Folder\': 1 image(s), 1 reader(s)")
-    assert "Kept 1 flagged film(s) by your choice: document.png." in at.success[0].value
+    document = film_label(load_xray(NOT_CHEST["document.png"][0]).sha256)
+    assert f"Kept 1 flagged film(s) by your choice: {document}." in at.success[0].value
     assert len(session_shas(db, "Folder")) == 1
 
 
@@ -359,3 +371,28 @@ def test_the_demo_models_detector_screens_the_films(db, tiny_registry, tmp_path,
     assert verdict == "flagged: not a frontal chest X-ray"
     assert reason.startswith(DETECTOR_REASON[:40]), reason
     assert any("out-of-distribution detector of **tiny-demo** (the demo model)" in c.value for c in at.caption)
+
+
+def test_a_name_planted_in_an_upload_file_name_is_shown_only_to_the_uploader_and_never_stored(db, tmp_path):
+    """Issue 15: the page names films by label; the file name is shown to the administrator who chose the files,
+    marked as such, and reaches neither the database nor the audit trail."""
+    with db.begin() as s:
+        storage.add_reader(s, "Ada", "admin")
+    at = open_sessions()
+    create(at, "Planted", ["Ada"], source="Uploaded files")
+    planted = "Doe_Jane_MRN4711_19700101.png"
+    data = (FIXTURES / "cxr" / CXR[0]).read_bytes()
+    at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value([(planted, data, "image/png")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    film = film_label(load_xray(data).sha256)
+    assert film_of(at, planted) == film  # the table's identifier is the label; the name sits in its own column
+    assert sessions.SESSIONS_FILE_COLUMN == "Your file (shown only here)"
+    click_create(at)
+    assert at.success[0].value.startswith(r"Created session \'Planted\': 1 image(s)")
+    assert "Doe_Jane" not in at.success[0].value
+    with db.begin() as s:
+        details = [e.detail for e in auth.events(s)]
+        names = [i.original_name for i in s.scalars(select(storage.Image))]
+    assert names == [film] and not [d for d in details if "Doe_Jane" in d or "MRN4711" in d]
+    database = b"".join(p.read_bytes() for p in tmp_path.glob("annotations.db*"))
+    assert len(database) > 10_000 and b"Doe_Jane" not in database and b"MRN4711" not in database

@@ -16,9 +16,9 @@ from streamlit.testing.v1 import AppTest
 from auth_helpers import PASSWORD, login
 from conftest import FIXTURES, REPO
 from cxr_core import auth, storage
+from cxr_core.io.film_facts import film_label
 from cxr_core.io.imaging import load_xray
-from cxr_core.io.plain_text import md_escape
-from cxr_core.safety import blinding, intake
+from cxr_core.safety import blinding, intake, redaction
 from cxr_core.safety.near_copy import near_copies, perceptual_hash
 from cxr_core.safety.ood import OODDecision
 from cxr_core.safety.redaction import redact, text_boxes
@@ -114,7 +114,28 @@ def test_without_the_choice_the_film_is_stored_as_it_came(tmp_path):
         reader = storage.add_reader(s, "Dr A", "sme")
         result = intake.create_session(s, name="As is", files=files, screened=screened, reader_ids=[reader.id])
         assert result.redacted == [] and storage.get_image(s, screened[0].image_sha) is not None
-        assert auth.events(s, action="session_change") == []
+        [event] = auth.events(s, action="session_change")  # the choice to leave the text is recorded, with its boxes
+        assert event.film_sha == screened[0].image_sha and "with_text" not in event.detail
+        boxes = screened[0].text
+        assert event.detail == (f"session 'As is': burned-in text left on {screened[0].film} by choice: "
+                                f"{len(boxes)} box(es) {[list(b) for b in boxes]} not blacked out")
+    assert result.text_left == [screened[0].film]
+    assert result.summary() == f"Left the burned-in text on 1 film(s) by your choice: {screened[0].film}."
+
+
+def test_outline_boxes_draws_each_text_box_scaled_onto_a_copy_of_the_thumbnail():
+    from cxr_core.safety.redaction import OUTLINE, PAD, outline_boxes
+
+    thumb = np.full((50, 100), 90, np.uint8)  # a 400x200 film (width x height) reduced 4x
+    box = (40 + PAD, 80 + PAD, 80 - PAD, 200 - PAD)  # film rows 40-80, columns 80-200 once padded
+    out = outline_boxes(thumb, [box], (400, 200))
+    assert out.shape == (50, 100, 3) and out.dtype == np.uint8 and (thumb == 90).all()  # a copy
+    red = (out == OUTLINE).all(axis=-1)
+    assert red[10, 20:50].all() and red[19, 20:50].all()  # top and bottom edges: film rows 40 and 79, / 4
+    assert red[10:20, 20].all() and red[10:20, 49].all()  # left and right edges: film columns 80 and 199, / 4
+    assert not red[11:19, 21:49].any() and (out[11:19, 21:49] == 90).all()  # the inside is left as it was
+    assert red.sum() == 2 * 30 + 2 * 8  # nothing else is drawn
+    assert (outline_boxes(thumb, [], (400, 200)) == 90).all()
 
 
 @pytest.fixture
@@ -132,6 +153,10 @@ def test_sessions_page_offers_redaction_and_stores_the_redacted_film(db, tmp_pat
     monkeypatch.setenv("CXR_IMPORT_ROOTS", str(tmp_path))
     with db.begin() as s:
         auth.create_user(s, "Dr A", "sme", PASSWORD)
+    drawn = []  # the page shows each film with text outlined: the boxes it draws are the ones detected
+    real_outline = redaction.outline_boxes
+    monkeypatch.setattr(redaction, "outline_boxes", lambda thumb, boxes, size: drawn.append((tuple(boxes), size))
+                        or real_outline(thumb, boxes, size))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
     login(at, name="Ada", role="admin")
     at.run()
@@ -143,8 +168,13 @@ def test_sessions_page_offers_redaction_and_stores_the_redacted_film(db, tmp_pat
     at.text_input(key=sessions.SESSIONS_FOLDER).input(str(folder)).run()
     assert not at.exception, [e.value for e in at.exception]
     boxes = [c for c in at.checkbox if c.label.startswith("Black out the burned-in text")]
-    assert [c.label for c in boxes] == [f"Black out the burned-in text on {md_escape('DOE_JANE_4711.png')}"]
+    film = film_label(load_xray(folder / "DOE_JANE_4711.png").sha256)
+    assert [c.label for c in boxes] == [f"Black out the burned-in text on {film}"]  # the label, not the file name
     assert boxes[0].value is True  # redaction is the default
+    found = load_xray(folder / "DOE_JANE_4711.png")
+    assert drawn and set(drawn) == {(text_boxes(found.pixels), found.shape[::-1])} and len(drawn[0][0]) == 2
+    captions = [c for image in at.image for c in image.captions]
+    assert f"{film}: text outlined in red" in captions
     assert any("has burned-in text in 2 place(s)" in m.value for m in at.markdown)
     next(b for b in at.button if b.label == "Create session").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -159,3 +189,7 @@ def test_sessions_page_offers_redaction_and_stores_the_redacted_film(db, tmp_pat
         names = [i.original_name for i in s.scalars(select(storage.Image))]
     assert len(events) == 1 and events[0].who == "Ada" and events[0].film_sha in shas
     assert all(n.startswith("film-") for n in names)  # stored under labels, never the file name
+    assert f"2 box(es) blacked out {[list(b) for b in text_boxes(found.pixels)]}" in events[0].detail  # which boxes
+    database = b"".join(p.read_bytes() for p in tmp_path.glob("annotations.db*"))  # with any journal or WAL:
+    assert len(database) > 10_000  # the name planted in the file name is nowhere in it
+    assert b"DOE_JANE" not in database and b"4711" not in database

@@ -26,6 +26,11 @@ SESSIONS_NEW_READER = "sessions_new_reader"
 SESSIONS_NEW_ROLE = "sessions_new_role"
 SESSIONS_FLASH = "sessions_flash"
 SESSIONS_SCREENED = "sessions_screened"  # cxr_core.safety.intake.VerdictCache of this browser session
+#: The screening table's column of file names: shown to the administrator who chose the files, never stored.
+SESSIONS_FILE_COLUMN = "Your file (shown only here)"
+SESSIONS_NAMES_NOTE = ("Films are named by their label (film- and 8 characters of the picture's fingerprint), as "
+                       "readers, the audit trail and exports name them. Your file names are shown only here, in your "
+                       "browser, to help you match films to files; they are never stored.")
 
 
 def sessions_redact_key(ident: str) -> str:

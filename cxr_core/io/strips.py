@@ -70,9 +70,9 @@ class ColourStats:
         yb -= b
         self.n += rg.size
         self.rg += float(rg.sum(dtype=np.float64))
-        self.rg2 += float(np.dot(rg.ravel(), rg.ravel()))  # sums of squares without a squared copy
-        self.yb += float(yb.sum(dtype=np.float64))
-        self.yb2 += float(np.dot(yb.ravel(), yb.ravel()))
+        self.rg2 += float(np.einsum("i,i->", rg.ravel(), rg.ravel(), dtype=np.float64))  # no squared copy; not
+        self.yb += float(yb.sum(dtype=np.float64))  # np.dot, whose BLAS threads crawl on a busy machine
+        self.yb2 += float(np.einsum("i,i->", yb.ravel(), yb.ravel(), dtype=np.float64))
 
     def value(self) -> float:
         if not self.n:

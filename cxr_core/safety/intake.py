@@ -91,6 +91,13 @@ class Screened:
         return not self.error
 
     @property
+    def film(self) -> str:
+        """The film's label ``film-<8 hex>`` (what pages, the trail and exports call it); "" when not readable."""
+        from cxr_core.io.film_facts import film_label
+
+        return film_label(self.image_sha) if self.image_sha else ""
+
+    @property
     def flagged(self) -> bool:
         """Readable, but does not look like a frontal chest X-ray."""
         return self.decision is not None and not self.decision.ok
@@ -246,14 +253,19 @@ def screen_files(files: Sequence[IntakeFile], screen: ScreenFn, *, cache: Verdic
 
 @dataclass(frozen=True)
 class IntakeResult:
-    """The session made, and what was left out of it (by file name)."""
+    """The session made, and what was left out of it.
+
+    Films are named by their label (``film-<8 hex>``); only files that could not be read, which have no
+    film and are never stored, are named by their file name (for the administrator who chose them).
+    """
 
     session: Any  # cxr_core.storage.AnnotationSession
     stored: int
-    kept: list[str]  # flagged films the administrator kept
-    dropped: list[str]  # flagged films left out
-    unreadable: list[str]
+    kept: list[str]  # labels of flagged films the administrator kept
+    dropped: list[str]  # labels of flagged films left out
+    unreadable: list[str]  # file names
     redacted: list[Any] = field(default_factory=list)  # cxr_core.safety.redaction.Redaction, one per film
+    text_left: list[str] = field(default_factory=list)  # labels of films stored with their burned-in text, by choice
 
     def summary(self) -> str:
         """What was left out and what was kept against the screening, in a sentence or two ("" if nothing)."""
@@ -268,6 +280,9 @@ class IntakeResult:
                          + _names(self.unreadable) + ".")
         if self.redacted:
             parts.append(f"Blacked out burned-in text on {len(self.redacted)} film(s) before storing them.")
+        if self.text_left:
+            parts.append(f"Left the burned-in text on {len(self.text_left)} film(s) by your choice: "
+                         + _names(self.text_left) + ".")
         return " ".join(parts)
 
 
@@ -337,13 +352,13 @@ def create_session(
     from cxr_core.io.film_facts import film_label
     from cxr_core.safety.screening import override_record
 
-    keep = set(keep)
+    keep, redact = set(keep), set(redact)
     picked = chosen(screened, keep)
     if not picked:
         raise IntakeError("no film left to put in the session: every file was flagged and dropped, or could not "
                           "be read; keep a flagged film or add chest films")
     redactions: list[Any] = []
-    session = create_session_from_xrays(s, name=name, images=_films(files, picked, set(redact), redactions),
+    session = create_session_from_xrays(s, name=name, images=_films(files, picked, redact, redactions),
                                         reader_ids=reader_ids, blind=blind, created_by=created_by,
                                         shuffle=shuffle, seed=seed)
     from cxr_core.auth import record
@@ -354,14 +369,19 @@ def create_session(
             s.add(Redaction(image_sha=done.redacted_sha, source_sha=done.original_sha))
         record(s, by, "session_change", film_sha=done.redacted_sha,
                detail=f"session {session.name!r}: {done.detail()}")
+    left = [x for x in picked if x.text and x.ident not in redact]
+    for x in left:  # the administrator saw the outlined text and chose to keep it: the trail says so, and where
+        record(s, by, "session_change", film_sha=x.image_sha,
+               detail=f"session {session.name!r}: burned-in text left on {x.film} by choice: {len(x.text)} box(es) "
+                      f"{[list(b) for b in x.text]} not blacked out")
     kept = [x for x in picked if x.flagged]
     for x in kept:
         override_record(x.decision, model=screened_by, image=film_label(x.image_sha),  # never the file name
                         where=f"sessions page, session {session.name!r}", by=by)
     return IntakeResult(
-        session, len(picked), [x.name for x in kept],
-        [x.name for x in screened if x.flagged and x.ident not in keep],
-        [x.name for x in screened if not x.readable], redactions,
+        session, len(picked), [x.film for x in kept],
+        [x.film for x in screened if x.flagged and x.ident not in keep],
+        [x.name for x in screened if not x.readable], redactions, [x.film for x in left],
     )
 
 

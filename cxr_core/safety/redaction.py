@@ -73,6 +73,43 @@ def redact(pixels: np.ndarray, boxes: tuple[Box, ...] | list[Box], *, pad: int =
     return out
 
 
+#: Colour of the outlines drawn round detected text on a thumbnail (RGB): a red no film contains.
+OUTLINE = (255, 48, 48)
+
+
+def outline_boxes(thumb: np.ndarray, boxes: tuple[Box, ...] | list[Box], size: tuple[int, int], *,
+                  colour: tuple[int, int, int] = OUTLINE) -> np.ndarray:
+    """An RGB copy of a film's thumbnail with each text box outlined, so the administrator sees what would go.
+
+    Parameters
+    ----------
+    thumb : (h, w) uint8 ndarray
+        The film reduced (``cxr_core.safety.intake``'s thumbnail); left untouched.
+    boxes : sequence of (row0, col0, row1, col1)
+        Boxes in the *film's* pixels (:func:`text_boxes`), drawn grown by :data:`PAD` as :func:`redact` blacks them.
+    size : (width, height)
+        The film's size, to scale the boxes onto the thumbnail.
+
+    Returns
+    -------
+    (h, w, 3) uint8 ndarray
+        The thumbnail in grey with a one-pixel ``colour`` rectangle round each box (at least 2 pixels across).
+    """
+    out = np.repeat(np.asarray(thumb, np.uint8)[..., None], 3, axis=-1)
+    rows, cols = out.shape[:2]
+    width, height = size
+    sy, sx = rows / max(height, 1), cols / max(width, 1)
+    for r0, c0, r1, c1 in boxes:
+        top, left = max(0, int((r0 - PAD) * sy)), max(0, int((c0 - PAD) * sx))
+        bottom = min(rows - 1, max(top + 1, int(np.ceil((r1 + PAD) * sy)) - 1))
+        right = min(cols - 1, max(left + 1, int(np.ceil((c1 + PAD) * sx)) - 1))
+        if top >= rows or left >= cols:
+            continue
+        out[top, left:right + 1] = out[bottom, left:right + 1] = colour
+        out[top:bottom + 1, left] = out[top:bottom + 1, right] = colour
+    return out
+
+
 @dataclass(frozen=True)
 class Redaction:
     """What was blacked out: the original film's hash, the stored (redacted) film's hash, the boxes."""
@@ -103,4 +140,4 @@ def redact_xray(xray: Any, boxes: tuple[Box, ...] | None = None) -> tuple[Any, R
     return redacted, Redaction(xray.sha256, redacted.sha256, boxes)
 
 
-__all__ = ["PAD", "Redaction", "redact", "redact_xray", "text_boxes"]
+__all__ = ["OUTLINE", "PAD", "Redaction", "outline_boxes", "redact", "redact_xray", "text_boxes"]
