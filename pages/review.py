@@ -6,13 +6,13 @@ from pathlib import Path
 import streamlit as st
 
 from cxr_core.errors import CXRError
-from cxr_core.explain.overlay import COLORMAPS, ZOOMS, legend_band
+from cxr_core.explain.overlay import COLORMAPS, ZOOMS
 from cxr_core.io.csv_safe import dict_rows_csv
 from cxr_core.io.film_facts import image_facts
 from cxr_core.models.status import missing_architectures
 from cxr_core.models.zoo import DEFAULT_CLASSES
 from ui import common, review
-from ui.figures import score_bars
+from ui.figures import cached_score_bars
 from cxr_core.io.plain_text import md_escape
 from ui import auth as ui_auth
 from ui import trail
@@ -193,8 +193,10 @@ with scores_box:
         trail.output_shown("review", item.xray.sha256, f"{entry.name}: scores and {method} heatmap")
         pred = analysis.prediction
         st.markdown(f"Top model score: **{pred.predicted}** ({pred.confidence:.1%})")
-        st.plotly_chart(score_bars(pred.classes, pred.probabilities, title="Model scores for this image"),
+        st.plotly_chart(cached_score_bars(pred.classes, pred.probabilities, title="Model scores for this image"),
                         width="stretch", key="review_scores_chart", config={"displayModeBar": False})
+        st.caption(f"Scores by {analysis.engine}.", help="The engine and number precision that ran the model "
+                   "(CXR_BACKEND, CXR_OPENVINO_PRECISION); the Models page says more.")
         if pred.temperature != 1.0:
             st.caption(f"Scores are temperature-scaled (T = {pred.temperature:.2f}) so that they track how often "
                        "the model is right on its test set; they are still not probabilities of disease.")
@@ -214,9 +216,9 @@ with view_col:
         centre = (down / 100, across / 100)
     zoomed = "" if zoom == 1 else f", {zoom}x zoom"
 
-    def picture(shown_view: str, with_outline: bool = False):
-        return review.overlay_image(item, analysis, shown_view, colormap, opacity, outline=with_outline, zoom=zoom,
-                                centre=centre)
+    def picture(shown_view: str, with_outline: bool = False) -> bytes:
+        return review.overlay_jpeg(item, analysis, shown_view, colormap, opacity, model=entry,
+                                   outline=with_outline, zoom=zoom, centre=centre)
 
     cam = analysis.cam if analysis is not None else None
     if analysis is None:
@@ -241,7 +243,7 @@ with view_col:
         else:
             st.image(picture("Original"), caption=f"{item.name} (heatmap hidden){zoomed}", width="stretch")
         if view != "Original":
-            st.image(legend_band(768, colormap=colormap), width="stretch",
+            st.image(review.legend_png(768, colormap), width="stretch",
                      caption="Heatmap colours, low to high, relative within this film: the hottest spot is always the "
                              "top colour, however weak, and the film is left untinted where the map is low. Do not "
                              "compare colours between films or models.")
@@ -284,15 +286,16 @@ def _compare_cell(other) -> None:
         st.error(f"{other.name} could not be run: {exc}", icon=":material/error:")
         return
     trail.output_shown("review compare", item.xray.sha256, f"{other.name}: scores and {method} heatmap")
-    st.plotly_chart(score_bars(result.prediction.classes, result.prediction.probabilities,
-                               title=f"Model scores: {other.name}", height=220),
+    st.plotly_chart(cached_score_bars(result.prediction.classes, result.prediction.probabilities,
+                                      title=f"Model scores: {other.name}", height=220),
                     width="stretch", key=f"review_compare_chart::{other.name}", config={"displayModeBar": False})
+    st.caption(f"Scores by {result.engine}.")
     if result.cam is None:
         st.warning(result.cam_error, icon=":material/block:")
     elif result.cam.all_zero:
         st.info(f"No positive evidence for {result.cam.target}.", icon=":material/blur_off:")
     else:
-        st.image(review.overlay_image(item, result, "Overlay", colormap, opacity),
+        st.image(review.overlay_jpeg(item, result, "Overlay", colormap, opacity, model=other),
                  caption=f"{other.name}: {common.METHOD_LABELS[method]} for {result.cam.target}")
 
 

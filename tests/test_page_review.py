@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -421,3 +422,83 @@ def test_summary_csv_cells_cannot_run_as_formulas():
     text = dict_rows_csv([row.csv_row("@model")])  # as the page writes it
     assert "calc" not in text  # the file name stays on the page
     assert text.splitlines()[1] == "film-0123abcd,'@model,'=EVIL(),50.0,no,,2,'-2+3 | plain"
+
+
+def test_scores_say_which_engine_made_them(use_registry):
+    """Issue 17: the page states the engine and precision behind the scores (conftest pins TensorFlow)."""
+    at = upload(start(), png(CHEST))
+    assert "Scores by TensorFlow, float32." in texts(at, "caption")
+    at.toggle(key="review_compare").set_value(True).run()
+    assert texts(at, "caption").count("Scores by TensorFlow, float32.") == 3  # the film's, and each compared model
+
+
+@pytest.fixture
+def fresh_cache():
+    """An empty results cache for the test, and a fresh default one after it (other tests see no budget games)."""
+    from ui import common
+
+    yield common.reset_results_cache
+    common.reset_results_cache()
+
+
+def counted_analyses(monkeypatch) -> list[tuple[str, str | None]]:
+    """(image SHA-256, method) of every model run the page makes through cxr_core.analysis.analyse."""
+    from cxr_core import analysis
+
+    calls, real = [], analysis.analyse
+    monkeypatch.setattr(analysis, "analyse", lambda model, film, **kw: calls.append(
+        (film.sha256, kw.get("method"))) or real(model, film, **kw))
+    return calls
+
+
+FILMS = (CHEST, "normal_kermany224_IM-0001-0001.png", "pneumonia_kermany224_person100_bacteria_475.png")
+
+
+def click_through(at: AppTest, keys: list[str]) -> None:
+    for key in keys:
+        at.radio(key="review_selected").set_value(key).run()
+        assert not at.exception
+        assert main_chart(at)  # this film's scores are shown
+
+
+def test_a_film_viewed_again_is_not_recomputed_while_the_budget_holds(use_registry, monkeypatch, fresh_cache):
+    """Issue 15: films clicked through again come from the byte-bounded cache; nothing exceeds its budget."""
+    cache = fresh_cache()  # CXR_CACHE_MB's default, 512 MB
+    calls = counted_analyses(monkeypatch)
+    at = upload(start(), *(png(f) for f in FILMS))
+    keys = at.radio(key="review_selected").options
+    click_through(at, keys)
+    first = list(calls)
+    # one scores-only run per film (the summary table) and one Grad-CAM run per film viewed
+    assert Counter(m for _, m in first) == {None: 3, "gradcam": 3} and len({s for s, _ in first}) == 3
+    click_through(at, [*reversed(keys), *keys])
+    at.slider(key="review_opacity").set_value(0.6).run()  # a click that changes only the picture
+    assert calls == first  # every film seen again: no model run
+    stats = cache.stats()
+    assert stats.hits > stats.misses and 0 < stats.nbytes <= stats.budget_bytes
+
+
+def test_a_film_evicted_by_the_byte_budget_is_computed_again(use_registry, monkeypatch, fresh_cache):
+    """The same clicks with a budget too small for a film: each view runs the model again (memory stays bounded)."""
+    cache = fresh_cache(0)
+    calls = counted_analyses(monkeypatch)
+    at = upload(start(), *(png(f) for f in FILMS[:2]))
+    keys = at.radio(key="review_selected").options
+    click_through(at, keys)
+    before = len(calls)
+    click_through(at, keys)
+    assert len(calls) > before and cache.nbytes == 0
+
+
+def test_reruns_keep_the_keras_session(use_registry, monkeypatch):
+    """Issue 17: Streamlit's end-of-run keras.backend.clear_session() (a full gc.collect of TensorFlow's heap,
+    0.7 s a click) is switched off for this app; models stay loaded and answers stay the same."""
+    import keras
+
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(1))
+    at = upload(start(), png(CHEST))
+    scores = bars(main_chart(at))
+    at.run()
+    assert not cleared
+    assert bars(main_chart(at)) == scores

@@ -5,6 +5,7 @@ Every figure speaks of "model scores", never of diagnoses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,6 +54,18 @@ def score_bars(classes: Sequence[str], probabilities: Sequence[float], *, title:
         yaxis={"automargin": True}, showlegend=False,
     )
     return fig
+
+
+@functools.lru_cache(maxsize=256)
+def _score_bars_cached(classes: tuple[str, ...], probabilities: tuple[float, ...], title: str, height: int):
+    return score_bars(classes, probabilities, title=title, height=height)
+
+
+def cached_score_bars(classes: Sequence[str], probabilities: Sequence[float], *, title: str = "Model scores",
+                      height: int = 260):
+    """:func:`score_bars`, built once per scores, title and height (building a plotly figure validates every
+    property: about 40 ms, on every rerun of a page otherwise). The figure is shared: do not change it."""
+    return _score_bars_cached(tuple(classes), tuple(float(p) for p in probabilities), title, height)
 
 
 def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], *,

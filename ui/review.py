@@ -65,6 +65,43 @@ def overlay_image(item: Item, analysis: Analysis | None, view: str, colormap: st
     return overlay(film(item), heatmap, colormap=colormap, opacity=opacity, outline=outline)
 
 
+#: JPEG quality of the pictures the page shows (downloads are full-size PNGs).
+JPEG_QUALITY = 92
+
+
+def to_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """An (H, W, 3) or (H, W) uint8 picture as JPEG bytes, ready for ``st.image`` (which then stores them as is)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def overlay_jpeg(item: Item, analysis: Analysis | None, view: str, colormap: str, opacity: float, *,
+                 model: ModelEntry, outline: bool = False, zoom: int = 1,
+                 centre: tuple[float, float] = (0.5, 0.5)) -> bytes:
+    """:func:`overlay_image` encoded as JPEG, made once per film, model file, heatmap and view settings
+    (:func:`ui.common.picture`): a click elsewhere on the page sends the same bytes again without blending."""
+    cam = analysis.cam if analysis is not None else None
+    heat = None if view == "Original" or cam is None or cam.all_zero else (
+        model.name, model.card.sha256, cam.method, cam.target)
+    key = (item.key, item.xray.sha256, heat, colormap if heat else "", round(opacity, 3) if heat else 0.0,
+           bool(outline and heat), zoom, centre if zoom != 1 else None)
+    return common.picture(key, lambda: to_jpeg(overlay_image(item, analysis, view, colormap, opacity,
+                                                             outline=outline, zoom=zoom, centre=centre)))
+
+
+def legend_png(width: int, colormap: str) -> bytes:
+    """The heatmap colour legend (:func:`cxr_core.explain.overlay.legend_band`) as PNG bytes, made once per
+    width and colour map."""
+    from cxr_core.explain.overlay import legend_band, to_png_bytes
+
+    return common.picture(("legend", width, colormap), lambda: to_png_bytes(legend_band(width, colormap=colormap)))
+
+
 def overlay_caption(model: str, method: str, target: str) -> str:
     """What made a heatmap, as the downloaded overlay's footer says it: "<model> · <method> · target <class>"."""
     return f"{model} · {METHOD_LABELS.get(method, method)} · target {target}"
