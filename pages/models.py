@@ -49,9 +49,9 @@ for entry in entries:
         with facts:
             missing = [c for c in DEFAULT_CLASSES if c not in card.classes]
             st.table({
-                "Fact": ["Architecture", "Classes", "Input size", "Preprocessing", "Grad-CAM layer"],
+                "Fact": ["Architecture", "Classes", "Input size", "Preprocessing", "Grad-CAM layer", "Engine"],
                 "Value": [card.architecture, ", ".join(card.classes), f"{card.input_size} x {card.input_size} pixels",
-                          card.preprocessing, card.last_conv_layer],
+                          card.preprocessing, card.last_conv_layer, models.engine_text(entry)],
             }, hide_header=True)
             if missing:
                 st.warning(f"No output for {', '.join(missing)}: this model can neither flag nor rule it out.",

@@ -139,3 +139,23 @@ def test_empty_registry_says_how_to_start():
     at = models_page()
     assert any("make demo-model" in i.value for i in at.info)
     assert len([m for m in at.markdown if "python -m cxr_core train --arch" in m.value]) == 4
+
+
+def test_the_engine_behind_the_scores_is_stated(tiny_registry, tmp_path, monkeypatch):
+    """Issue 17: each card says which engine and precision score its films once the server has built it, and how
+    it will be chosen before that (the page itself never loads a model)."""
+    import shutil
+
+    from ui import common
+
+    weights = tmp_path / "weights"
+    for name in ("tiny-effnet", "tiny-resnet-3class"):
+        shutil.copytree(tiny_registry / name, weights / name)
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(weights))
+    entry = next(e for e in common.registry() if e.name == "tiny-effnet")
+    engine, _ = common.cam_engine(common.weights_key(), entry.name, entry.card.sha256)  # as the review page does
+    at = models_page()
+    shown = " ".join(str(t.proto) for t in at.get("table"))
+    assert engine.info.label == "TensorFlow, float32"
+    assert shown.count("Scores by TensorFlow, float32 (CXR_BACKEND=tensorflow") == 1, shown  # tiny-effnet only
+    assert shown.count("Chosen when the model reads its first film on this server (CXR_BACKEND=tensorflow") == 1

@@ -18,6 +18,23 @@ MODELS_PER_CLASS = "models_per_class"  # toggle: per-class rows in the metrics t
 MODELS_FLASH = "models_flash"  # one-run message after a model was registered from the browser
 
 
+def engine_text(entry) -> str:
+    """Which engine and precision score this model's films on this server, or how it will be chosen."""
+    from cxr_core.config import SettingsError
+    from cxr_core.engines.select import backend_setting, precision_setting
+    from ui import common
+
+    built = common.engine_built(entry)
+    if built is not None:
+        label, reason = built
+        return f"Scores by {label}" + (f" ({reason})" if reason else "")
+    try:
+        setting = f"CXR_BACKEND={backend_setting()}, CXR_OPENVINO_PRECISION={precision_setting()}"
+    except SettingsError as err:
+        return f"Not chosen: {err}"
+    return f"Chosen when the model reads its first film on this server ({setting})"
+
+
 def upload_form() -> None:
     """Administrators: register a ``.keras`` file from the browser, with every check of ``import-model``."""
     from cxr_core.models.upload import MAX_MODEL_BYTES, import_uploaded
