@@ -209,9 +209,10 @@ def _to_unit_range(ds, source: Callable[[slice], np.ndarray], shape: tuple[int, 
 def read_dicom(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> DicomImage:
     """Decode one single-frame DICOM into a :class:`DicomImage`.
 
-    The header is checked before any pixel is decoded: size (``max_pixels``) and the bytes the
-    decoded samples would take (Rows x Columns x samples x frames x bytes per sample, at most
-    ``max_bytes``, default 8 bytes a pixel of ``max_pixels``). Anything a damaged file makes
+    The header is checked before any pixel is decoded: size (``max_pixels``) and the bytes decoding
+    holds at its peak (Rows x Columns x (samples x bytes per sample, twice for a compressed transfer
+    syntax, + 4 for the float32 film); at most ``max_bytes``, default 8 bytes a pixel of ``max_pixels``).
+    The LUTs and the luminance of colour films are applied a strip of rows at a time. Anything a damaged file makes
     pydicom raise ends as a :class:`CorruptImageError` naming the problem.
 
     Raises

@@ -2,6 +2,11 @@
 
 PNG (8/16-bit, grayscale, RGB, RGBA, palette), JPEG, TIFF and DICOM all end up as one float32
 array in [0, 1] at the original resolution, bone bright, with only non-identifying metadata.
+
+Memory (issue 15): the header's size is checked before any pixel is decoded, against ``max_pixels``
+and against ``max_decode_bytes`` for what decoding holds at its peak (the decoder's samples plus the
+float32 film); the conversion then runs a strip of rows at a time (:mod:`cxr_core.io.strips`), so an
+accepted film costs at most about 10 times its 8-bit size (``bench/bench_decode_memory.py``).
 """
 
 from __future__ import annotations
