@@ -71,9 +71,6 @@ def _glyph_candidates(img8: np.ndarray) -> list[tuple[int, int, int, int]]:
     tophat = cv2.morphologyEx(img8, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
     bright = ((tophat >= 40) & (img8 >= 100)).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
-    gx = cv2.Sobel(img8, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(img8, cv2.CV_32F, 0, 1, ksize=3)
-    grad = np.hypot(gx, gy)
     boxes = []
     for i in range(1, n):
         c0, r0, w, h, area = stats[i]
@@ -89,10 +86,23 @@ def _glyph_candidates(img8: np.ndarray) -> list[tuple[int, int, int, int]]:
         edge = cv2.morphologyEx(comp.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
         # Printed glyphs stand far above their surroundings and jump there within a pixel or two;
         # bone, vessels and nodules are dimmer above their surroundings and blurrier.
-        if tophat[rs, cs][comp].mean() < 80 or np.median(grad[rs, cs][edge]) < 200:
+        if tophat[rs, cs][comp].mean() < 80 or np.median(_gradient(img8, rs, cs)[edge]) < 200:
             continue
         boxes.append((int(r0), int(c0), int(r0 + h), int(c0 + w)))
     return boxes
+
+
+def _gradient(img8: np.ndarray, rs: slice, cs: slice) -> np.ndarray:
+    """Sobel magnitude of ``img8`` over the window ``[rs, cs]``, equal to the whole film's there.
+
+    Computed on the window grown by one pixel (the kernel's reach), so the film's gradient is never held
+    whole: three float32 films were most of screening's memory (issue 15)."""
+    r0, r1 = max(0, rs.start - 1), min(img8.shape[0], rs.stop + 1)
+    c0, c1 = max(0, cs.start - 1), min(img8.shape[1], cs.stop + 1)
+    window = img8[r0:r1, c0:c1]
+    grad = np.hypot(cv2.Sobel(window, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(window, cv2.CV_32F, 0, 1, ksize=3))
+    return grad[rs.start - r0:rs.start - r0 + (min(rs.stop, img8.shape[0]) - rs.start),
+                cs.start - c0:cs.start - c0 + (min(cs.stop, img8.shape[1]) - cs.start)]
 
 
 def _group_glyphs(boxes: list[tuple[int, int, int, int]], shape: tuple[int, int]) -> list[Marker]:
