@@ -162,7 +162,7 @@ with st.container():  # created by the logged-in administrator (created_by, in t
                 f"Created session {md_escape(repr(result.session.name))}: {result.stored} image(s), "
                 f"{len(chosen)} reader(s)"
                 + (", each in their own order." if shuffle else ", all in the same order.")
-                + (" " + result.summary() if result.summary() else ""))
+                + (" " + md_escape(result.summary()) if result.summary() else ""))
             st.rerun()
 
 # --- sessions and progress ------------------------------------------------------------------------

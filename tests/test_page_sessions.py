@@ -102,7 +102,7 @@ def test_session_from_uploads_skips_unreadable_files_and_shows_progress_per_read
     at.file_uploader(key=sessions.SESSIONS_UPLOADS).set_value(uploads).run()
     click_create(at)
     assert at.success[0].value == (r"Created session \'Uploads 1\': 3 image(s), 2 reader(s), each in their own order. "
-                                   "Left out 1 file(s) that could not be read: notes.txt.")
+                                   + md_escape("Left out 1 file(s) that could not be read: notes.txt."))
     with db.begin() as s:
         changes = [(e.who, e.detail) for e in auth.events(s, action="session_change")]
     assert changes == [("Ada", "created session 'Uploads 1' (blind): 3 film(s), readers 'Dr A', 'Dr B'")]
@@ -287,8 +287,9 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     assert sorted(decoded) == sorted(CXR[:2])  # only the chosen films are decoded again, to be stored
     photo, document = (film_label(load_xray(NOT_CHEST[n][0]).sha256) for n in ("photo.png", "document.png"))
     assert at.success[0].value == (
-        r"Created session \'Screened\': 2 image(s), 1 reader(s), each in their own order. Dropped 2 film(s) flagged as "
-        f"not a frontal chest X-ray: {photo}, {document}. Left out 1 file(s) that could not be read: broken.png.")
+        r"Created session \'Screened\': 2 image(s), 1 reader(s), each in their own order. " + md_escape(
+            f"Dropped 2 film(s) flagged as not a frontal chest X-ray: {photo}, {document}. Left out 1 file(s) that "
+            "could not be read: broken.png."))
     chest_shas = {load_xray(FIXTURES / "cxr" / n).sha256 for n in CXR[:2]}
     assert session_shas(db, "Screened") == chest_shas
 
@@ -301,9 +302,9 @@ def test_uploads_are_screened_flagged_films_dropped_by_default_and_kept_on_reque
     at.run()
     with caplog.at_level(logging.WARNING, logger="cxr_core.safety.screening"):
         click_create(at)
-    assert (f"Dropped 1 film(s) flagged as not a frontal chest X-ray: {document}. Kept 1 flagged film(s) by your "
-            f"choice: {photo}. Left out 1 file(s) that could not be read: broken.png.") in at.success[0].value
-    assert at.success[0].value.endswith(f"Left the burned-in text on 1 film(s) by your choice: {photo}.")
+    assert md_escape(f"Dropped 1 film(s) flagged as not a frontal chest X-ray: {document}. Kept 1 flagged film(s) by "
+                     f"your choice: {photo}. Left out 1 file(s) that could not be read: broken.png.") in at.success[0].value
+    assert at.success[0].value.endswith(md_escape(f"Left the burned-in text on 1 film(s) by your choice: {photo}."))
     photo_sha = load_xray(NOT_CHEST["photo.png"][0], "photo.png").sha256
     assert session_shas(db, "Screened, photo kept") == chest_shas | {photo_sha}
     with db.begin() as s:
@@ -340,7 +341,7 @@ def test_a_folder_of_only_unusable_files_makes_no_session_until_a_film_is_kept(d
     click_create(at)
     assert at.success[0].value.startswith(r"Created session \'Folder\': 1 image(s), 1 reader(s)")
     document = film_label(load_xray(NOT_CHEST["document.png"][0]).sha256)
-    assert f"Kept 1 flagged film(s) by your choice: {document}." in at.success[0].value
+    assert md_escape(f"Kept 1 flagged film(s) by your choice: {document}.") in at.success[0].value
     assert len(session_shas(db, "Folder")) == 1
 
 
