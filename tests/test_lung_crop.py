@@ -68,3 +68,70 @@ def test_crop_step_with_the_shipped_lung_model_keeps_the_expert_lungs():
     r0, c0, r1, c1 = lung_box(est)
     np.testing.assert_array_equal(cropped, pixels[r0:r1, c0:c1])
     assert lungs[r0:r1, c0:c1].sum() >= 0.95 * lungs.sum()  # the estimate's box holds the expert's lungs
+
+
+# --- crop_lungs wired through the model: preprocessing, both engines, predict (issue 16) --------------
+
+def _tiny_crop_model():
+    """A 32-px CNN and its spec with ``crop_lungs`` on (weights seeded, so maps are not flat)."""
+    import keras
+
+    from cxr_core.models.zoo import ModelSpec
+
+    keras.utils.set_random_seed(5)
+    L = keras.layers
+    inp = keras.Input((32, 32, 3))
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inp)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="last_conv")(x)
+    model = keras.Model(inp, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    return model, ModelSpec("tiny", "Tiny", "", 32, "unit", "last_conv", crop_lungs=True)
+
+
+def test_prepare_with_crop_lungs_is_prepare_of_the_estimated_lung_crop():
+    from dataclasses import replace
+
+    from cxr_core.models.preprocess import lung_crop_of, prepare, prepare_cropped
+
+    _, spec = _tiny_crop_model()
+    pixels = load_xray(FILM).pixels
+    x, crop = prepare_cropped(pixels, spec)
+    assert crop is not None and crop.cropped and crop.shape == pixels.shape
+    assert crop.box == lung_crop_of(pixels).box
+    np.testing.assert_array_equal(x, prepare(crop.pixels, replace(spec, crop_lungs=False)))
+    assert not np.array_equal(x, prepare(pixels, replace(spec, crop_lungs=False)))  # the crop did change the input
+    assert prepare_cropped(pixels, replace(spec, crop_lungs=False))[1] is None
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "openvino"])
+def test_crop_model_heatmap_is_the_crops_map_put_back_on_the_film(backend):
+    """Both engines: scores are those of the cropped film, the map has the film's shape and is zero off the box."""
+    from dataclasses import replace
+
+    from cxr_core.explain.cam import CamEngine
+    from cxr_core.models.predict import predict_arrays
+    from cxr_core.models.preprocess import lung_crop_of
+
+    model, spec = _tiny_crop_model()
+    classes = ["a", "b", "c"]
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+        from cxr_core.engines.openvino import OpenVinoCamEngine
+
+        engine, plain = (OpenVinoCamEngine(model, s, classes, precision="float32")
+                         for s in (spec, replace(spec, crop_lungs=False)))
+    else:
+        engine, plain = CamEngine(model, spec, classes), CamEngine(model, replace(spec, crop_lungs=False), classes)
+    pixels = load_xray(FILM).pixels
+    crop = lung_crop_of(pixels)
+    r0, c0, r1, c1 = crop.box
+    for method in ("gradcam", "gradcam++"):
+        (res,) = engine.run_arrays([pixels], method=method)
+        (ref,) = plain.run_arrays([crop.pixels], method=method)
+        assert res.heatmap.shape == pixels.shape
+        outside = np.ones(pixels.shape, bool)
+        outside[r0:r1, c0:c1] = False
+        assert res.heatmap[outside].max() == 0.0 and res.heatmap[~outside].max() == pytest.approx(1.0)
+        np.testing.assert_allclose(res.heatmap, uncrop(ref.heatmap, crop), atol=1e-4)
+        np.testing.assert_allclose(res.prediction.raw_probabilities, ref.prediction.raw_probabilities, atol=1e-4)
+    np.testing.assert_allclose(predict_arrays(model, spec, [pixels]), predict_arrays(
+        model, replace(spec, crop_lungs=False), [crop.pixels]), atol=1e-6)

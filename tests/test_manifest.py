@@ -79,6 +79,14 @@ def test_card_round_trips_through_a_dict_keeping_unknown_fields():
     assert again.to_dict()["trained_by"] == "someone else" and "extra" not in again.to_dict()
 
 
+def test_crop_lungs_round_trips_and_is_false_in_cards_written_before_it():
+    card = card_for("m", ("Normal", "Pneumonia"), crop_lungs=True)
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again.crop_lungs is True and again.spec().crop_lungs is True and "crop_lungs" not in again.extra
+    old = {k: v for k, v in card.to_dict().items() if k != "crop_lungs"}  # a card from before issue 16
+    assert ModelCard.from_dict(old).spec().crop_lungs is False
+
+
 def test_card_spec_overrides_the_zoo_and_checks_preprocessing():
     card = ModelCard(name="r", architecture="resnet50", classes=["A", "B"], input_size=64,
                      preprocessing="caffe", last_conv_layer="conv4_block6_out")

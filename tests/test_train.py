@@ -81,6 +81,47 @@ def test_train_writes_a_model_the_registry_loads_and_that_predicts(trained, monk
     assert ood["n_fit"] == card.training_data["split"]["counts"]["train"]["images"]
 
 
+def test_train_crop_lungs_is_recorded_and_every_later_prediction_crops(tiny_data, tmp_path, monkeypatch):
+    """`train --crop-lungs`: the card says so, and the registered model scores the film's lung crop."""
+    from dataclasses import replace
+
+    from cxr_core.io.imaging import load_xray
+    from cxr_core.models.manifest import load_model
+    from cxr_core.models.predict import predict_arrays, predict_loaded
+    from cxr_core.models.preprocess import lung_crop_of
+
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path))
+    assert main(["train", "--arch", "efficientnetv2b0", "--data", str(tiny_data / "manifest.csv"), "--name", "crop",
+                 "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--no-imagenet", "--trainable-layers", "0",
+                 "--input-size", "64", "--seed", "3", "--crop-lungs", "--no-augment"]) == 0
+    card = json.loads((tmp_path / "crop" / "card.json").read_text())
+    assert card["crop_lungs"] is True and card["training_data"]["recipe"]["crop_lungs"] is True
+    loaded = load_model("crop")
+    assert loaded.spec.crop_lungs
+    xray = load_xray(FIXTURES / "cxr" / "covid_hannover_b343e657.png")
+    crop = lung_crop_of(xray.pixels)
+    assert crop.cropped
+    uncropped_spec = replace(loaded.spec, crop_lungs=False)
+    np.testing.assert_allclose(predict_loaded(loaded, [xray])[0].raw_probabilities,
+                               predict_arrays(loaded.model, uncropped_spec, [crop.pixels])[0], atol=1e-6)
+
+
+def test_group_weights_balance_sources_within_a_class_and_keep_class_totals():
+    from cxr_core.training.dataset import class_weights
+    from cxr_core.training.train import MAX_GROUP_WEIGHT, group_weights
+
+    labels = [0] * 10 + [1] * 10
+    groups = ["a"] * 8 + ["b"] * 2 + ["a"] * 9 + ["c"]
+    w = group_weights(labels, groups, 2)
+    assert w[:8].sum() == pytest.approx(w[8:10].sum())  # class 0: each source the same total weight
+    cw = class_weights(labels, 2)
+    assert w[:10].sum() == pytest.approx(10 * cw[0]) and w[10:].sum() == pytest.approx(10 * cw[1])
+    # class 1: the lone "c" film would need a factor of 5 to balance 9 "a" films; the cap holds it lower
+    capped = group_weights(labels, groups, 2, cap=2.0)
+    assert capped[19] / capped[10] == pytest.approx(2.0 / (10 / 18))
+    assert MAX_GROUP_WEIGHT >= 2
+
+
 def test_saved_split_is_patient_disjoint_and_covers_every_image(trained, tiny_data):
     weights, name = trained
     with (weights / name / "split.csv").open() as fh:

@@ -31,7 +31,8 @@ from cxr_core.errors import CXRError, ModelError
 from cxr_core.io.imaging import XRay, pixel_sha256
 from cxr_core.models.model_outputs import output_layer, score_function
 from cxr_core.models.predict import Prediction, scale_temperature
-from cxr_core.models.preprocess import prepare_batch
+from cxr_core.models.lung_crop import uncrop
+from cxr_core.models.preprocess import prepare_batch, prepare_cropped
 from cxr_core.models.zoo import ModelSpec
 
 METHODS = ("gradcam", "gradcam++", "random")
@@ -64,7 +65,8 @@ class CamResult:
         The map at the target layer's resolution (e.g. 7 x 7), min-max normalised to [0, 1].
     heatmap : (H, W) float32 ndarray
         The map upsampled bilinearly to the X-ray's original size, min-max normalised to [0, 1]
-        within this image.
+        within this image. For a ``crop_lungs`` model it is computed on the lung crop and placed back
+        in the crop's box on the whole film (zero outside it).
     all_zero : bool
         No positive evidence for the target: ``grid`` and ``heatmap`` are all zeros (never NaN).
     """
@@ -330,11 +332,18 @@ class CamEngine:
             n = len(chunk)
             noise = (np.stack([random_channel_weights(s, self.channels) for s in shas[start:start + n]])
                      if method == "random" else np.zeros((n, 0), np.float32))
-            probs, chosen, cams = step(prepare_batch(chunk, self.spec), np.full(n, wanted, np.int32), noise)
+            prepared = [prepare_cropped(p, self.spec) for p in chunk]  # crops: None unless spec.crop_lungs
+            x = np.stack([inp for inp, _ in prepared])
+            probs, chosen, cams = step(x, np.full(n, wanted, np.int32), noise)
             raw = np.asarray(probs, np.float64)
             shown = scale_temperature(raw, self.temperature)
             for i, pixels in enumerate(chunk):
-                grid, heatmap, all_zero = postprocess(np.asarray(cams[i]), pixels.shape)
+                crop = prepared[i][1]
+                if crop is not None and crop.cropped:  # the map describes the crop: put it back on the film
+                    grid, inner, all_zero = postprocess(np.asarray(cams[i]), crop.pixels.shape[:2])
+                    heatmap = uncrop(inner, crop)
+                else:
+                    grid, heatmap, all_zero = postprocess(np.asarray(cams[i]), pixels.shape)
                 idx = int(chosen[i])
                 pred = Prediction(self.classes, shown[i], raw[i], self.temperature)
                 results.append(CamResult(pred, method, self.classes[idx], idx, grid, heatmap, all_zero))

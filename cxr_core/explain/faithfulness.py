@@ -59,6 +59,10 @@ def network_pixels(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
         from cxr_core.safety.markers import mask_markers
 
         pixels = mask_markers(pixels)
+    if getattr(spec, "crop_lungs", False):  # a lung-crop model sees (and is explained on) its crop
+        from cxr_core.models.preprocess import lung_crop_of
+
+        pixels = lung_crop_of(np.asarray(pixels, np.float32)).pixels
     return resize(np.asarray(pixels, np.float32), spec.input_size).astype(np.float32)
 
 

@@ -369,7 +369,7 @@ def run_sanity(model, spec: ModelSpec, classes: Sequence[str], films: Sequence[n
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     net = np.stack([network_pixels(np.asarray(f, np.float32), spec) for f in films])
-    flat_spec = replace(spec, mask_markers=False)  # the films are already as the network sees them
+    flat_spec = replace(spec, mask_markers=False, crop_lungs=False)  # the films are already as the network sees them
     copy = RandomisedCopy(model, seed=seed)
     try:
         engine = CamEngine.from_model(copy.model, flat_spec, classes)

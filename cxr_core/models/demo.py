@@ -80,12 +80,27 @@ def licences(records: list[Record]) -> list[dict]:
     ]
 
 
-def card_fields(records: list[Record], source: Path) -> dict:
+def recipe_notes(config: dict) -> list[str]:
+    """Card notes for the issue-16 mitigations a recipe uses (lung crop, source-balanced weights)."""
+    notes = []
+    if config.get("crop_lungs"):
+        notes.append("Lung crop: every film is cut to the bounding box of its lung fields as the bundled lung U-Net "
+                     "estimates them (plus 10% margin) before the network sees it, in training and in every "
+                     "prediction; heatmaps are computed on the crop and put back on the whole film (zero outside the "
+                     "box), so their outside-lung share is lower partly by construction.")
+    if config.get("balance_by"):
+        notes.append(f"Balanced by {config['balance_by']}: within each class every {config['balance_by']} carries "
+                     "the same total training weight (per-image factor capped), so the 15 adult NIH Normal films are "
+                     "not drowned by 105 pediatric Kermany ones.")
+    return notes
+
+
+def card_fields(records: list[Record], source: Path, config: dict | None = None) -> dict:
     return {
         "demo": True,
         "intended_use": INTENDED_USE,
         "licences": licences(records),
-        "notes": list(NOTES),
+        "notes": list(NOTES) + recipe_notes(config or {}),
         "training_data": {
             "dataset": f"{source.name} (520 real chest X-rays: COVID-19, Normal, Pneumonia; see its SOURCES.md)",
             "sources": dict(sorted(Counter(r.source for r in records).items())),
@@ -99,14 +114,23 @@ def build_demo(
     *,
     weights_dir: Path | str | None = None,
     log: Callable[[str], None] = print,
+    split_csv: Path | str | None = None,
     **overrides,
 ) -> TrainResult:
-    """Train and register the demo model from the ``cxr-real`` folder (``overrides`` change :data:`RECIPE`)."""
+    """Train and register the demo model from the ``cxr-real`` folder (``overrides`` change :data:`RECIPE`).
+
+    ``split_csv``: a saved ``split.csv`` (paths relative to ``source``) to reuse, so two recipes are
+    compared on the same patient-held-out test films.
+    """
+    from cxr_core.training.dataset import apply_split, read_split_csv
+
     source = Path(source)
     records = load_records(source, CLASSES)
+    if split_csv is not None:
+        records = apply_split(records, read_split_csv(split_csv), root=source)
     config = TrainConfig(**{**RECIPE, **overrides})
     result = train(records, config, weights_dir=weights_dir, data_root=source,
-                   card_fields=card_fields(records, source), log=log)
+                   card_fields=card_fields(records, source, {**RECIPE, **overrides}), log=log)
     add_source_breakdown(result.loaded, [r for r in result.records if r.split == "test"], weights_dir=weights_dir)
     return result
 

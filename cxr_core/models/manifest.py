@@ -47,6 +47,7 @@ class ModelCard:
     demo: bool = False
     mask_markers: bool = False
     outputs: str = "probabilities"  # what the imported file's last layer gave (zoo.OUTPUT_KINDS)
+    crop_lungs: bool = False  # cropped to the estimated lung fields before the network (absent in old cards: False)
     notes: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -78,7 +79,7 @@ class ModelCard:
         return base.with_overrides(
             input_size=self.input_size, preprocessing=self.preprocessing, last_conv_layer=self.last_conv_layer,
             base_name=self.base_name or None, head=head, mask_markers=self.mask_markers or None,
-            outputs=self.outputs,
+            outputs=self.outputs, crop_lungs=bool(self.crop_lungs) or None,
         )
 
 

@@ -1,12 +1,16 @@
 """X-ray pixels to network input, one path for training and inference.
 
 A grayscale film becomes three identical channels by :func:`to_rgb`, then is resized to the
-model's square input and scaled as its :class:`~cxr_core.models.zoo.ModelSpec` says.
+model's square input and scaled as its :class:`~cxr_core.models.zoo.ModelSpec` says. A spec with
+``crop_lungs`` first cuts the film to its estimated lung fields (:mod:`cxr_core.models.lung_crop`);
+:func:`prepare_cropped` also returns that crop so a heatmap can be put back on the whole film.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -53,10 +57,34 @@ def scale(rgb255: np.ndarray, mode: str) -> np.ndarray:
 PixelStep = Callable[[np.ndarray], np.ndarray]
 
 
-def prepare(pixels: np.ndarray, spec: ModelSpec, *, pixel_step: PixelStep | None = None) -> np.ndarray:
-    """One X-ray's [0, 1] pixels to a (S, S, 3) float32 network input.
+_ESTIMATORS: dict[str, object] = {}
+_ESTIMATOR_LOCK = threading.Lock()
 
-    ``pixel_step`` runs first, then marker masking when the spec says the model was trained with it.
+
+def lung_estimator():
+    """The lung U-Net (:class:`cxr_core.models.lungs.LungEstimator`), loaded once per folder and kept."""
+    from cxr_core.models.lungs import LungEstimator, lungseg_dir
+
+    key = str(lungseg_dir())
+    with _ESTIMATOR_LOCK:
+        if key not in _ESTIMATORS:
+            _ESTIMATORS[key] = LungEstimator.load(Path(key))
+        return _ESTIMATORS[key]
+
+
+def lung_crop_of(pixels: np.ndarray):
+    """:class:`~cxr_core.models.lung_crop.LungCrop` of [0, 1] ``pixels`` to the U-Net's lung fields."""
+    from cxr_core.models.lung_crop import crop_to_lungs
+
+    (lungs,) = lung_estimator().estimate([pixels])
+    return crop_to_lungs(pixels, lungs)
+
+
+def prepare_cropped(pixels: np.ndarray, spec: ModelSpec, *, pixel_step: PixelStep | None = None):
+    """:func:`prepare` and the :class:`~cxr_core.models.lung_crop.LungCrop` it used (None without ``crop_lungs``).
+
+    ``pixel_step`` runs first, then marker masking, then the lung crop, each when the spec says the
+    model was trained with it; the crop's box is in the film's own rows and columns.
     """
     if pixel_step is not None:
         pixels = pixel_step(pixels)
@@ -64,8 +92,17 @@ def prepare(pixels: np.ndarray, spec: ModelSpec, *, pixel_step: PixelStep | None
         from cxr_core.safety.markers import mask_markers
 
         pixels = mask_markers(pixels)
+    crop = None
+    if getattr(spec, "crop_lungs", False):
+        crop = lung_crop_of(np.asarray(pixels, dtype=np.float32))
+        pixels = crop.pixels
     small = resize(np.asarray(pixels, dtype=np.float32), spec.input_size)
-    return np.ascontiguousarray(scale(to_rgb(small) * 255.0, spec.preprocessing), dtype=np.float32)
+    return np.ascontiguousarray(scale(to_rgb(small) * 255.0, spec.preprocessing), dtype=np.float32), crop
+
+
+def prepare(pixels: np.ndarray, spec: ModelSpec, *, pixel_step: PixelStep | None = None) -> np.ndarray:
+    """One X-ray's [0, 1] pixels to a (S, S, 3) float32 network input (see :func:`prepare_cropped`)."""
+    return prepare_cropped(pixels, spec, pixel_step=pixel_step)[0]
 
 
 def prepare_batch(images: Sequence[np.ndarray], spec: ModelSpec, *, pixel_step: PixelStep | None = None) -> np.ndarray:

@@ -92,6 +92,8 @@ class ModelSpec:
     base_name : the base's layer name when it is nested inside an imported model.
     mask_markers : inpaint burned-in markers and black out the border before the network sees the
         film (``--mask-markers``); a model trained that way must be run that way.
+    crop_lungs : crop each film to its estimated lung fields' bounding box (with a margin) before
+        resizing (``--crop-lungs``, :mod:`cxr_core.models.lung_crop`); likewise run as trained.
     outputs : what the imported file's last layer gave (:data:`OUTPUT_KINDS`). The registered model
         always outputs probabilities; for ``"sigmoid"`` Grad-CAM explains class 1 by the unit's logit
         ``z`` and class 0 by ``-z``.
@@ -109,6 +111,7 @@ class ModelSpec:
     base_name: str = ""
     mask_markers: bool = False
     outputs: str = "probabilities"
+    crop_lungs: bool = False
 
     def with_overrides(self, **changes: Any) -> "ModelSpec":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

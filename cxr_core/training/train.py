@@ -37,6 +37,8 @@ from cxr_core.errors import DataError
 from cxr_core.models.zoo import HeadSpec, ModelSpec, get_spec, trainable_layers
 
 SPLIT_FILE = "split.csv"
+#: The most one image's group weight may be under ``balance_by`` (2 films of a source must not weigh like 100).
+MAX_GROUP_WEIGHT = 8.0
 
 
 @dataclass
@@ -73,6 +75,10 @@ class TrainConfig:
     max_minutes: float | None = None
     tune_trials: int = 0
     mask_markers: bool = False
+    crop_lungs: bool = False
+    #: A manifest column (e.g. ``"source"``): within each class, every value of it gets the same total weight
+    #: (capped at :data:`MAX_GROUP_WEIGHT` per image), so a minority source is not drowned by the majority one.
+    balance_by: str = ""
 
     def spec(self) -> ModelSpec:
         base = get_spec(self.arch)
@@ -81,7 +87,8 @@ class TrainConfig:
             head = HeadSpec(**{**asdict(head), **{k: v for k, v in (
                 ("hidden_units", tuple(self.hidden_units) if self.hidden_units is not None else None),
                 ("activation", self.activation)) if v is not None}})
-        return base.with_overrides(input_size=self.input_size, head=head, mask_markers=self.mask_markers or None)
+        return base.with_overrides(input_size=self.input_size, head=head, mask_markers=self.mask_markers or None,
+                                   crop_lungs=self.crop_lungs or None)
 
 
 @dataclass
@@ -138,17 +145,43 @@ def _augmenter(config: TrainConfig):
     return augment
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, training: bool):
-    """A ``tf.data`` pipeline over prepared inputs: shuffled and augmented when ``training``."""
+def make_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, training: bool,
+                 weights: np.ndarray | None = None):
+    """A ``tf.data`` pipeline over prepared inputs: shuffled and augmented when ``training``.
+
+    ``weights``: per-image sample weights, yielded as the third element of each batch.
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = tf.data.Dataset.from_tensor_slices((x, y) if weights is None else (x, y, np.asarray(weights, np.float32)))
     if training:
         ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
     ds = ds.batch(config.batch_size)
     if training and config.augment:
-        ds = ds.map(_augmenter(config), num_parallel_calls=tf.data.AUTOTUNE)
+        augment = _augmenter(config)
+        ds = ds.map(augment if weights is None else (lambda a, b, w: (*augment(a, b), w)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def group_weights(labels: Sequence[int], groups: Sequence[str], n_classes: int,
+                  cap: float = MAX_GROUP_WEIGHT) -> np.ndarray:
+    """Per-image weights: balanced classes, and within a class each group (source) the same total weight.
+
+    A group's factor ``n_class / (k_groups * n_group)`` is capped at ``cap`` and the factors are rescaled
+    so each class keeps its balanced total; the result's mean over images is 1 when every class is present.
+    """
+    labels = np.asarray(labels, dtype=int)
+    groups = np.asarray([str(g) for g in groups])
+    cw = class_weights(labels, n_classes)
+    out = np.zeros(len(labels), np.float64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        values, counts = np.unique(groups[idx], return_counts=True)
+        factor = {v: min(cap, len(idx) / (len(values) * n)) for v, n in zip(values, counts)}
+        raw = np.array([factor[g] for g in groups[idx]])
+        out[idx] = raw * len(idx) / raw.sum() * cw[int(c)]
+    return out
 
 
 def trainable_layers_of(config: TrainConfig) -> int | str:
@@ -246,8 +279,12 @@ def callbacks(config: TrainConfig, log: Callable[[str], None]) -> list:
 
 
 def fit(config: TrainConfig, classes: Sequence[str], data: dict, log: Callable[[str], None] = print,
-        model=None):
-    """Train on prepared arrays ``data = {"train": (x, y), "val": (x, y)}``; returns (model, history dict)."""
+        model=None, groups: Sequence[str] | None = None):
+    """Train on prepared arrays ``data = {"train": (x, y), "val": (x, y)}``; returns (model, history dict).
+
+    ``groups``: each training image's ``config.balance_by`` value; with them, :func:`group_weights` replace
+    the plain class weights.
+    """
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -256,9 +293,10 @@ def fit(config: TrainConfig, classes: Sequence[str], data: dict, log: Callable[[
         with strategy().scope():
             model = build_for_training(config, classes, spec)
     x_train, y_train = data["train"]
-    weights = class_weights(y_train, len(classes))
+    per_image = group_weights(y_train, groups, len(classes)) if config.balance_by and groups is not None else None
+    weights = None if per_image is not None else class_weights(y_train, len(classes))
     history = model.fit(
-        make_dataset(x_train, y_train, config, training=True),
+        make_dataset(x_train, y_train, config, training=True, weights=per_image),
         validation_data=make_dataset(*data["val"], config, training=False),
         epochs=config.epochs, class_weight=weights, callbacks=callbacks(config, log),
         verbose=1 if config.progress else 0,
@@ -293,7 +331,10 @@ def _base_card(config: TrainConfig, classes: Sequence[str], spec: ModelSpec, rec
             "trainable_base_layers": trainable_layers_of(config),
             "epochs_max": config.epochs, "epochs_run": epochs_run, "best_epoch": best,
             "batch_size": config.batch_size, "learning_rate": config.lr, "optimizer": "Adam",
-            "loss": "sparse categorical cross-entropy, balanced class weights",
+            "loss": "sparse categorical cross-entropy, balanced class weights" + (
+                f"; within each class every {config.balance_by} weighted equally (per-image factor capped at "
+                f"{MAX_GROUP_WEIGHT:g})" if config.balance_by else ""),
+            "crop_lungs": bool(config.crop_lungs), "balance_by": config.balance_by or None,
             "augmentation": (f"rotation ±{config.rotation_deg}°, shift ±{config.shift:.0%}, zoom ±{config.zoom:.0%}, "
                              f"contrast ±{config.contrast:.0%}; no flip") if config.augment else "none",
             "callbacks": f"EarlyStopping(val_loss, patience {config.early_stopping_patience}, best weights restored), "
@@ -309,7 +350,7 @@ def _base_card(config: TrainConfig, classes: Sequence[str], spec: ModelSpec, rec
     return ModelCard(
         name=config.name, architecture=spec.arch, classes=list(classes), input_size=spec.input_size,
         preprocessing=spec.preprocessing, last_conv_layer=spec.last_conv_layer, mask_markers=spec.mask_markers,
-        head={**asdict(spec.head), "hidden_units": list(spec.head.hidden_units)},
+        crop_lungs=spec.crop_lungs, head={**asdict(spec.head), "hidden_units": list(spec.head.hidden_units)},
         training_data=training, **fields,
     )
 
@@ -364,7 +405,8 @@ def train(
     records = prepare_split(records, config, log)
     spec = config.spec()
     sides = by_split(records)
-    log(f"decoding {len(records)} images at {spec.input_size} px ...")
+    log(f"decoding {len(records)} images at {spec.input_size} px"
+        + (" (each cropped to its estimated lung fields)" if spec.crop_lungs else "") + " ...")
     data = {s: load_inputs(sides[s], spec, classes) for s in ("train", "val") if s in sides}
     log(f"training {spec.display_name} on {len(sides['train'])} images, validating on {len(sides['val'])}; "
         f"classes {', '.join(classes)}")
@@ -378,7 +420,8 @@ def train(
                                 "lr": hp["lr"], "trainable_layers": trainable_layers(hp["trainable_layers"])})
         spec = config.spec()
     else:
-        model, history = fit(config, classes, data, log)
+        groups = [r.extra.get(config.balance_by, "") for r in sides["train"]] if config.balance_by else None
+        model, history = fit(config, classes, data, log, groups=groups)
     seconds = time.monotonic() - started
     card = _base_card(config, classes, spec, records, history, seconds, card_fields or {})
     if tuning:
@@ -432,5 +475,6 @@ def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
 
 
-__all__ = ["TrainConfig", "TrainResult", "train", "fit", "prepare_split", "make_dataset", "after_training",
+__all__ = ["TrainConfig", "TrainResult", "train", "fit", "group_weights", "MAX_GROUP_WEIGHT", "prepare_split",
+           "make_dataset", "after_training",
            "inference_copy", "SPLIT_FILE"]

@@ -27,6 +27,11 @@ def register(sub) -> None:
     p.add_argument("--mask-markers", action="store_true",
                    help="inpaint burned-in markers and black out the border before the network, in training "
                         "and (recorded in the card) in every later prediction")
+    p.add_argument("--crop-lungs", action="store_true",
+                   help="crop each film to its estimated lung fields (lung U-Net box plus a margin) before the "
+                        "network, in training and (recorded in the card) in every later prediction")
+    p.add_argument("--balance-by", default="", metavar="COLUMN",
+                   help="a manifest column (e.g. source): within each class every value of it weighs the same")
     p.set_defaults(func=run)
 
 
@@ -45,6 +50,7 @@ def run(args) -> int:
         trainable_layers=trainable_layers(args.trainable_layers), weights=weights, input_size=args.input_size,
         seed=args.seed, classes=classes, augment=not args.no_augment, progress=sys.stdout.isatty(),
         max_minutes=args.max_minutes, tune_trials=args.tune, mask_markers=args.mask_markers,
+        crop_lungs=args.crop_lungs, balance_by=args.balance_by,
     )
     root = args.data if args.data.is_dir() else args.data.parent
     result = train(records, config, data_root=root, log=lambda s: print(s, flush=True))
