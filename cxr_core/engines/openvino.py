@@ -23,8 +23,11 @@ Compile settings (:func:`compile_config`; measured on a shared 2-core AVX2 EPYC,
 ``PERFORMANCE_HINT=LATENCY`` (one stream, all cores for one film), ``ENABLE_CPU_PINNING=False`` and, optionally,
 ``INFERENCE_NUM_THREADS`` (``CXR_OPENVINO_THREADS``; 0 = OpenVINO's choice, all cores). Pinning binds OpenVINO's
 threads to fixed cores: where other processes (the app server, another engine, training) want the same cores, a
-pinned thread cannot move and every layer waits for it (ResNet50 0.43 -> 0.25 s, Xception 0.75 -> 0.59 s at
-batch 1 with pinning off on a loaded machine). The batch dimension stays free: a static batch-1 copy measured no
+pinned thread cannot move and every layer waits for it (batch 1, one interleaved run on a loaded machine:
+ResNet50 0.43 -> 0.25 s, Xception 0.75 -> 0.59 s with pinning off). OpenVINO's kernels split each layer into
+one fixed share per thread, so a thread that the OS preempts still stalls the layer; TensorFlow's oneDNN pool
+hands out shares to whichever thread is running, which is why it loses less on a crowded machine (there one
+thread, ``CXR_OPENVINO_THREADS=1``, can be faster). The batch dimension stays free: a static batch-1 copy was no
 faster beyond run-to-run noise and would double compilation time and weight memory.
 
 About 470 lines by choice: the body's conversion, its cache and the head's gradient are checked together
