@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PORT ?= 8501
 # Listen on this machine only; set CXR_HOST (e.g. 0.0.0.0) for a deployment behind an HTTPS reverse proxy.
 CXR_HOST ?= 127.0.0.1
+# Test processes (pytest-xdist; a file's tests stay in one process): browser and server waits overlap
+# with computation, so two processes finish the suite sooner even on 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: run test bench demo-model clean-venv
 
@@ -23,7 +26,7 @@ run: $(VENV)/.installed
 		--browser.gatherUsageStats false
 
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.dev-installed
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
