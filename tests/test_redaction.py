@@ -18,6 +18,7 @@ from conftest import FIXTURES, REPO
 from cxr_core import auth, storage
 from cxr_core.io.film_facts import film_label
 from cxr_core.io.imaging import load_xray
+from cxr_core.io.plain_text import md_escape
 from cxr_core.safety import blinding, intake, redaction
 from cxr_core.safety.near_copy import near_copies, perceptual_hash
 from cxr_core.safety.ood import OODDecision
@@ -178,7 +179,7 @@ def test_sessions_page_offers_redaction_and_stores_the_redacted_film(db, tmp_pat
     assert any("has burned-in text in 2 place(s)" in m.value for m in at.markdown)
     next(b for b in at.button if b.label == "Create session").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "Blacked out burned-in text on 1 film(s)" in at.success[0].value
+    assert md_escape("Blacked out burned-in text on 1 film(s)") in at.success[0].value
     original = load_xray(folder / "DOE_JANE_4711.png").sha256
     with db() as s:
         session = storage.get_session(s, "Text check")
