@@ -107,6 +107,8 @@ def test_first_admin_then_local_logins(tmp_path):
 
         # Left alone past the idle timeout (1 minute here), the open page logs itself out
         page.get_by_text("1 minute without activity").wait_for(timeout=180_000)
+        page.get_by_label("User name").wait_for(timeout=WAIT_MS)  # the form follows the notice (a busy server: later)
+        settle(page)
         assert page.get_by_label("User name").is_visible() and not nav_links(page)
 
 
