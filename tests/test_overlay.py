@@ -218,3 +218,20 @@ def test_bad_input_says_what_was_given(call, match):
 def test_every_listed_colormap_renders():
     for name in COLORMAPS:
         assert colorize(np.array([[0.0, 1.0]]), colormap=name).shape == (1, 2, 3)
+
+
+def test_jpeg_bytes_decode_to_the_same_picture_and_refuse_floats():
+    import io
+
+    from PIL import Image
+
+    from cxr_core.explain.overlay import OverlayError, to_jpeg_bytes
+
+    rgb = np.zeros((32, 48, 3), np.uint8)
+    rgb[:, :24] = (200, 40, 40)
+    data = to_jpeg_bytes(rgb)
+    back = np.asarray(Image.open(io.BytesIO(data)))
+    assert data[:2] == b"\xff\xd8" and back.shape == rgb.shape
+    assert np.abs(back.astype(int) - rgb.astype(int)).mean() < 4  # lossy, but the same picture
+    with pytest.raises(OverlayError):
+        to_jpeg_bytes(rgb.astype(np.float32))

@@ -11,6 +11,7 @@ import numpy as np
 import streamlit as st
 
 from cxr_core.errors import CXRError
+from cxr_core.explain.overlay import to_jpeg_bytes
 from cxr_core.io.film_facts import film_label
 from cxr_core.models.manifest import ModelEntry
 from cxr_core.models.summary import SummaryRow
@@ -65,21 +66,6 @@ def overlay_image(item: Item, analysis: Analysis | None, view: str, colormap: st
     return overlay(film(item), heatmap, colormap=colormap, opacity=opacity, outline=outline)
 
 
-#: JPEG quality of the pictures the page shows (downloads are full-size PNGs).
-JPEG_QUALITY = 92
-
-
-def to_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    """An (H, W, 3) or (H, W) uint8 picture as JPEG bytes, ready for ``st.image`` (which then stores them as is)."""
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(out, format="JPEG", quality=quality)
-    return out.getvalue()
-
-
 def overlay_jpeg(item: Item, analysis: Analysis | None, view: str, colormap: str, opacity: float, *,
                  model: ModelEntry, outline: bool = False, zoom: int = 1,
                  centre: tuple[float, float] = (0.5, 0.5)) -> bytes:
@@ -90,8 +76,8 @@ def overlay_jpeg(item: Item, analysis: Analysis | None, view: str, colormap: str
         model.name, model.card.sha256, cam.method, cam.target)
     key = (item.key, item.xray.sha256, heat, colormap if heat else "", round(opacity, 3) if heat else 0.0,
            bool(outline and heat), zoom, centre if zoom != 1 else None)
-    return common.picture(key, lambda: to_jpeg(overlay_image(item, analysis, view, colormap, opacity,
-                                                             outline=outline, zoom=zoom, centre=centre)))
+    return common.picture(key, lambda: to_jpeg_bytes(overlay_image(item, analysis, view, colormap, opacity,
+                                                                   outline=outline, zoom=zoom, centre=centre)))
 
 
 def legend_png(width: int, colormap: str) -> bytes:
