@@ -93,7 +93,7 @@ def prepare_cropped(pixels: np.ndarray, spec: ModelSpec, *, pixel_step: PixelSte
 
         pixels = mask_markers(pixels)
     crop = None
-    if getattr(spec, "crop_lungs", False):
+    if spec.crop_lungs:
         crop = lung_crop_of(np.asarray(pixels, dtype=np.float32))
         pixels = crop.pixels
     small = resize(np.asarray(pixels, dtype=np.float32), spec.input_size)

@@ -349,7 +349,6 @@ def create_session(
         A bad name or unknown readers.
     """
     from cxr_core.annotation import create_session_from_xrays
-    from cxr_core.io.film_facts import film_label
     from cxr_core.safety.screening import override_record
 
     keep, redact = set(keep), set(redact)
@@ -376,7 +375,7 @@ def create_session(
                       f"{[list(b) for b in x.text]} not blacked out")
     kept = [x for x in picked if x.flagged]
     for x in kept:
-        override_record(x.decision, model=screened_by, image=film_label(x.image_sha),  # never the file name
+        override_record(x.decision, model=screened_by, image=x.film,  # never the file name
                         where=f"sessions page, session {session.name!r}", by=by)
     return IntakeResult(
         session, len(picked), [x.film for x in kept],
